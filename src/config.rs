@@ -1,0 +1,808 @@
+//! Daemon configuration: one TOML file plus `FOREWARN__SECTION__KEY`
+//! environment overrides, read through the `config` crate.
+//!
+//! Raw structs mirror the file with `deny_unknown_fields`; `Config::from_raw`
+//! converts them once into typed values and reports *every* problem at once,
+//! each naming the key and saying how to fix it. Past this module no code
+//! re-checks a string from the config.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::event::{EventSchema, FieldPath};
+
+/// Every problem found in a config file, one per line.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {} problem{} in the configuration:",
+            self.source_name,
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret value (password, token). Its `Debug` and `Display` never print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+// ---------------------------------------------------------------- raw shape
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    kafka: RawKafka,
+    #[serde(default)]
+    events: RawEvents,
+    #[serde(default)]
+    customers: RawCustomers,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    rules: RawRules,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    logging: RawLogging,
+    #[serde(default)]
+    channels: BTreeMap<String, RawChannel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: String,
+    #[serde(default = "default_group_id")]
+    group_id: String,
+    topics: Vec<String>,
+    dead_letter_topic: Option<String>,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+}
+
+fn default_group_id() -> String {
+    "forewarn".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    #[serde(rename = "type", default = "d_type")]
+    kind: String,
+    #[serde(default = "d_customer")]
+    customer: String,
+    #[serde(default = "d_time")]
+    time: String,
+    id: Option<String>,
+    #[serde(default = "d_lateness")]
+    allowed_lateness: String,
+    #[serde(default = "d_idle")]
+    idle_timeout: String,
+}
+
+fn d_type() -> String {
+    "type".into()
+}
+fn d_customer() -> String {
+    "customer_id".into()
+}
+fn d_time() -> String {
+    "ts".into()
+}
+fn d_lateness() -> String {
+    "5s".into()
+}
+fn d_idle() -> String {
+    "5s".into()
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        RawEvents {
+            kind: d_type(),
+            customer: d_customer(),
+            time: d_time(),
+            id: None,
+            allowed_lateness: d_lateness(),
+            idle_timeout: d_idle(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCustomers {
+    #[serde(default = "d_email")]
+    email: String,
+    profiles_topic: Option<String>,
+}
+
+fn d_email() -> String {
+    "customer.email".into()
+}
+
+impl Default for RawCustomers {
+    fn default() -> Self {
+        RawCustomers {
+            email: d_email(),
+            profiles_topic: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default = "d_state_dir")]
+    dir: PathBuf,
+}
+fn d_state_dir() -> PathBuf {
+    "./data".into()
+}
+impl Default for RawState {
+    fn default() -> Self {
+        RawState { dir: d_state_dir() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    #[serde(default = "d_rules_dir")]
+    dir: PathBuf,
+}
+fn d_rules_dir() -> PathBuf {
+    "./rules".into()
+}
+impl Default for RawRules {
+    fn default() -> Self {
+        RawRules { dir: d_rules_dir() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "d_listen")]
+    listen: String,
+}
+fn d_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin { listen: d_listen() }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    #[serde(default)]
+    log_customer_ids: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    #[serde(rename = "type")]
+    kind: String,
+    // smtp
+    host: Option<String>,
+    port: Option<u16>,
+    tls: Option<String>,
+    from: Option<String>,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    timeout: Option<String>,
+    // file
+    dir: Option<PathBuf>,
+    // delivery stage, every channel
+    max_attempts: Option<u32>,
+    retry_initial: Option<String>,
+    retry_max: Option<String>,
+}
+
+// ---------------------------------------------------------------- typed shape
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub events: EventSchema,
+    pub allowed_lateness: Duration,
+    pub idle_timeout: Duration,
+    pub customers: CustomersConfig,
+    pub state_dir: PathBuf,
+    pub rules_dir: PathBuf,
+    pub admin_listen: SocketAddr,
+    pub log_customer_ids: bool,
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    pub dead_letter_topic: Option<String>,
+    /// Passed to librdkafka as-is (security.protocol, sasl.*, ssl.*).
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CustomersConfig {
+    pub email: FieldPath,
+    pub profiles_topic: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    pub name: String,
+    pub kind: ChannelKind,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChannelKind {
+    Smtp(SmtpConfig),
+    File(FileConfig),
+}
+
+impl ChannelKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ChannelKind::Smtp(_) => "smtp",
+            ChannelKind::File(_) => "file",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    None,
+    StartTls,
+    Implicit,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub from: lettre::message::Mailbox,
+    pub credentials: Option<(String, Secret)>,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    pub dir: PathBuf,
+    pub from: lettre::message::Mailbox,
+}
+
+/// How the delivery stage retries a channel's transient failures.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+pub const DEFAULT_FROM: &str = "forewarn <forewarn@localhost>";
+
+impl Config {
+    /// Reads `path` and applies `FOREWARN__SECTION__KEY` overrides from the
+    /// process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, env)
+    }
+
+    /// Same as [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let fail = |msg: String| ConfigError {
+            source_name: name.clone(),
+            problems: vec![msg],
+        };
+        if !path.exists() {
+            return Err(fail(
+                "the file does not exist; pass the path of a forewarn config (see deploy/local/forewarn.toml for an example) with --config".into(),
+            ));
+        }
+        let env_map: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("FOREWARN__"))
+            .collect();
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("FOREWARN")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("kafka.topics")
+                    .source(Some(env_map)),
+            )
+            .build()
+            .map_err(|e| fail(describe_config_error(&e)))?;
+        let raw: RawConfig = built
+            .try_deserialize()
+            .map_err(|e| fail(describe_config_error(&e)))?;
+        Config::from_raw(raw).map_err(|problems| ConfigError {
+            source_name: name,
+            problems,
+        })
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, Vec<String>> {
+        let mut p = Vec::new();
+
+        if raw.kafka.brokers.trim().is_empty() {
+            p.push(
+                "kafka.brokers is empty: set it to host:port[,host:port], e.g. \"127.0.0.1:9092\""
+                    .into(),
+            );
+        }
+        if raw.kafka.group_id.trim().is_empty() {
+            p.push("kafka.group_id is empty: name the consumer group, e.g. \"forewarn\"".into());
+        }
+        let topics: Vec<String> = raw
+            .kafka
+            .topics
+            .iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if topics.is_empty() {
+            p.push("kafka.topics is empty: list the topics that carry behavioral events, e.g. [\"behavior-events\"]".into());
+        }
+        if let Some(dlt) = &raw.kafka.dead_letter_topic {
+            if topics.iter().any(|t| t == dlt) {
+                p.push(format!("kafka.dead_letter_topic = {dlt:?} is also in kafka.topics: invalid events would be read again; use a separate topic"));
+            }
+        }
+        for key in raw.kafka.properties.keys() {
+            if matches!(
+                key.as_str(),
+                "group.id"
+                    | "bootstrap.servers"
+                    | "enable.auto.commit"
+                    | "enable.auto.offset.store"
+            ) {
+                p.push(format!("kafka.properties.\"{key}\" is managed by forewarn: use kafka.brokers / kafka.group_id instead, or remove it"));
+            }
+        }
+
+        let mut path = |key: &str, v: &str| match FieldPath::parse(v) {
+            Ok(fp) => Some(fp),
+            Err(e) => {
+                p.push(format!("{key} = {v:?}: {e}"));
+                None
+            }
+        };
+        let kind = path("events.type", &raw.events.kind);
+        let customer = path("events.customer", &raw.events.customer);
+        let time = path("events.time", &raw.events.time);
+        let id = raw.events.id.as_deref().map(|v| path("events.id", v));
+        let email = path("customers.email", &raw.customers.email);
+
+        let allowed_lateness = duration(
+            &mut p,
+            "events.allowed_lateness",
+            &raw.events.allowed_lateness,
+        );
+        let idle_timeout = duration(&mut p, "events.idle_timeout", &raw.events.idle_timeout);
+
+        let admin_listen = match raw.admin.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.push(format!(
+                    "admin.listen = {:?} is not an address: use ip:port, e.g. \"127.0.0.1:9464\"",
+                    raw.admin.listen
+                ));
+                None
+            }
+        };
+
+        let mut channels = BTreeMap::new();
+        if raw.channels.is_empty() {
+            p.push("no [channels.NAME] section: define at least one channel, e.g. [channels.outbox] type = \"file\", dir = \"./outbox\"".into());
+        }
+        for (name, ch) in raw.channels {
+            if let Some(c) = channel(&mut p, &name, ch) {
+                channels.insert(name, c);
+            }
+        }
+
+        if !p.is_empty() {
+            return Err(p);
+        }
+        // All Options are Some here: every None pushed a problem above.
+        let (Some(kind), Some(customer), Some(time), Some(email), Some(admin_listen)) =
+            (kind, customer, time, email, admin_listen)
+        else {
+            unreachable!("a missing value always records a problem")
+        };
+        Ok(Config {
+            kafka: KafkaConfig {
+                brokers: raw.kafka.brokers,
+                group_id: raw.kafka.group_id,
+                topics,
+                dead_letter_topic: raw.kafka.dead_letter_topic,
+                properties: raw.kafka.properties,
+            },
+            events: EventSchema {
+                kind,
+                customer,
+                time,
+                id: id.flatten(),
+            },
+            allowed_lateness: allowed_lateness.unwrap_or_default(),
+            idle_timeout: idle_timeout.unwrap_or_default(),
+            customers: CustomersConfig {
+                email,
+                profiles_topic: raw.customers.profiles_topic,
+            },
+            state_dir: raw.state.dir,
+            rules_dir: raw.rules.dir,
+            admin_listen,
+            log_customer_ids: raw.logging.log_customer_ids,
+            channels,
+        })
+    }
+}
+
+fn duration(p: &mut Vec<String>, key: &str, v: &str) -> Option<Duration> {
+    match humantime::parse_duration(v.trim()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            p.push(format!(
+                "{key} = {v:?} is not a duration ({e}): write a number with a unit, e.g. \"500ms\", \"5s\", \"30m\", \"2h\", \"7d\""
+            ));
+            None
+        }
+    }
+}
+
+fn mailbox(p: &mut Vec<String>, key: &str, v: &str) -> Option<lettre::message::Mailbox> {
+    match v.parse() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            p.push(format!(
+                "{key} = {v:?} is not a mail address ({e}): write \"Name <addr@example.com>\" or \"addr@example.com\""
+            ));
+            None
+        }
+    }
+}
+
+fn channel(p: &mut Vec<String>, name: &str, ch: RawChannel) -> Option<ChannelConfig> {
+    let key = |k: &str| format!("channels.{name}.{k}");
+    let before = p.len();
+    let mut retry = RetryPolicy::default();
+    if let Some(n) = ch.max_attempts {
+        if n == 0 {
+            p.push(format!(
+                "{} = 0: use at least 1 (1 means no retry)",
+                key("max_attempts")
+            ));
+        }
+        retry.max_attempts = n;
+    }
+    if let Some(v) = &ch.retry_initial {
+        retry.initial = duration(p, &key("retry_initial"), v).unwrap_or(retry.initial);
+    }
+    if let Some(v) = &ch.retry_max {
+        retry.max = duration(p, &key("retry_max"), v).unwrap_or(retry.max);
+    }
+    let from = mailbox(p, &key("from"), ch.from.as_deref().unwrap_or(DEFAULT_FROM));
+    let misplaced = |p: &mut Vec<String>, field: &str, present: bool, kind: &str| {
+        if present {
+            p.push(format!(
+                "{} does not apply to a {kind} channel: remove it",
+                key(field)
+            ));
+        }
+    };
+    let kind = match ch.kind.as_str() {
+        "smtp" => {
+            misplaced(p, "dir", ch.dir.is_some(), "smtp");
+            let host = ch.host.clone().unwrap_or_default();
+            if host.trim().is_empty() {
+                p.push(format!(
+                    "{} is missing: name the SMTP server, e.g. host = \"smtp.example.com\"",
+                    key("host")
+                ));
+            }
+            let tls = match ch.tls.as_deref().unwrap_or("starttls") {
+                "none" => TlsMode::None,
+                "starttls" => TlsMode::StartTls,
+                "implicit" => TlsMode::Implicit,
+                other => {
+                    p.push(format!(
+                        "{} = {other:?}: use \"none\", \"starttls\" or \"implicit\"",
+                        key("tls")
+                    ));
+                    TlsMode::StartTls
+                }
+            };
+            let port = ch.port.unwrap_or(match tls {
+                TlsMode::Implicit => 465,
+                TlsMode::StartTls => 587,
+                TlsMode::None => 25,
+            });
+            let password = match (&ch.password_env, &ch.password_file) {
+                (Some(_), Some(_)) => {
+                    p.push(format!(
+                        "{} and {}: set at most one of them",
+                        key("password_env"),
+                        key("password_file")
+                    ));
+                    None
+                }
+                (Some(var), None) => match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+                    _ => {
+                        p.push(format!("{} = {var:?}, but that environment variable is not set or empty: export it before starting forewarn", key("password_env")));
+                        None
+                    }
+                },
+                (None, Some(file)) => match std::fs::read_to_string(file) {
+                    Ok(v) => Some(Secret::new(v.trim_end_matches(['\r', '\n']))),
+                    Err(e) => {
+                        p.push(format!("{} = {:?} cannot be read ({e}): point it at a readable file holding only the password", key("password_file"), file.display()));
+                        None
+                    }
+                },
+                (None, None) => None,
+            };
+            let credentials = match (&ch.username, password) {
+                (Some(u), Some(pw)) => Some((u.clone(), pw)),
+                (Some(_), None) if ch.password_env.is_none() && ch.password_file.is_none() => {
+                    p.push(format!(
+                        "{} is set without a password: add password_env or password_file",
+                        key("username")
+                    ));
+                    None
+                }
+                (None, Some(_)) => {
+                    p.push(format!(
+                        "a password is configured without {}: add the user name",
+                        key("username")
+                    ));
+                    None
+                }
+                _ => None,
+            };
+            if credentials.is_some() && tls == TlsMode::None {
+                p.push(format!("{} = \"none\" with a username: forewarn will not send credentials in clear text; use tls = \"starttls\" or \"implicit\"", key("tls")));
+            }
+            let timeout = match &ch.timeout {
+                Some(v) => duration(p, &key("timeout"), v),
+                None => Some(Duration::from_secs(10)),
+            };
+            from.clone().zip(timeout).map(|(from, timeout)| {
+                ChannelKind::Smtp(SmtpConfig {
+                    host,
+                    port,
+                    tls,
+                    from,
+                    credentials,
+                    ca_file: ch.ca_file.clone(),
+                    timeout,
+                })
+            })
+        }
+        "file" => {
+            for (field, present) in [
+                ("host", ch.host.is_some()),
+                ("port", ch.port.is_some()),
+                ("tls", ch.tls.is_some()),
+                ("username", ch.username.is_some()),
+                ("password_env", ch.password_env.is_some()),
+                ("password_file", ch.password_file.is_some()),
+                ("ca_file", ch.ca_file.is_some()),
+                ("timeout", ch.timeout.is_some()),
+            ] {
+                misplaced(p, field, present, "file");
+            }
+            let dir = ch.dir.clone().unwrap_or_else(|| "./outbox".into());
+            from.map(|from| ChannelKind::File(FileConfig { dir, from }))
+        }
+        other => {
+            p.push(format!(
+                "{} = {other:?} is not a channel type: use \"smtp\" or \"file\"",
+                key("type")
+            ));
+            None
+        }
+    };
+    if p.len() > before {
+        return None;
+    }
+    kind.map(|kind| ChannelConfig {
+        name: name.to_string(),
+        kind,
+        retry,
+    })
+}
+
+/// Turns the `config` crate's error into a sentence that names the key.
+fn describe_config_error(e: &config::ConfigError) -> String {
+    let s = e.to_string();
+    if let Some(rest) = s.strip_prefix("missing field ") {
+        return format!(
+            "missing key {rest}: add it (see deploy/local/forewarn.toml for the full shape)"
+        );
+    }
+    if s.contains("unknown field") {
+        return format!(
+            "{s}: remove or rename the key (keys are listed in README.md, section Configuration)"
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("forewarn.toml");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+        path
+    }
+
+    const MINIMAL: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+topics = ["behavior-events"]
+[channels.outbox]
+type = "file"
+dir = "./outbox"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::load_with_env(&write(dir.path(), MINIMAL), vec![]).unwrap();
+        assert_eq!(cfg.kafka.group_id, "forewarn");
+        assert_eq!(cfg.admin_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(cfg.allowed_lateness, Duration::from_secs(5));
+        assert_eq!(cfg.events.customer.to_string(), "customer_id");
+        assert!(matches!(cfg.channels["outbox"].kind, ChannelKind::File(_)));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::load_with_env(
+            &write(dir.path(), MINIMAL),
+            vec![
+                ("FOREWARN__KAFKA__BROKERS".into(), "10.0.0.1:9093".into()),
+                ("FOREWARN__KAFKA__TOPICS".into(), "a,b".into()),
+                ("FOREWARN__ADMIN__LISTEN".into(), "0.0.0.0:9000".into()),
+                ("UNRELATED".into(), "x".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.kafka.brokers, "10.0.0.1:9093");
+        assert_eq!(cfg.kafka.topics, vec!["a", "b"]);
+        assert_eq!(cfg.admin_listen.port(), 9000);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = r#"
+[kafka]
+brokers = ""
+topics = []
+[events]
+allowed_lateness = "5 parsecs"
+[admin]
+listen = "localhost"
+[channels.email]
+type = "smtp"
+tls = "sometimes"
+username = "me"
+[channels.pager]
+type = "carrier-pigeon"
+"#;
+        let err = Config::load_with_env(&write(dir.path(), body), vec![]).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "kafka.brokers is empty",
+            "kafka.topics is empty",
+            "events.allowed_lateness = \"5 parsecs\"",
+            "admin.listen = \"localhost\"",
+            "channels.email.host is missing",
+            "channels.email.tls = \"sometimes\"",
+            "channels.email.username is set without a password",
+            "channels.pager.type = \"carrier-pigeon\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(err.problems.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = format!("{MINIMAL}\n[state]\ndirectory = \"x\"\n");
+        let err = Config::load_with_env(&write(dir.path(), &body), vec![]).unwrap_err();
+        assert!(err.to_string().contains("directory"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        let body = format!(
+            "{MINIMAL}\n[channels.email]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\nusername = \"u\"\npassword_file = {:?}\n",
+            pw.display().to_string()
+        );
+        let cfg = Config::load_with_env(&write(dir.path(), &body), vec![]).unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        let ChannelKind::Smtp(smtp) = &cfg.channels["email"].kind else {
+            panic!("smtp expected")
+        };
+        assert_eq!(smtp.credentials.as_ref().unwrap().1.expose(), "hunter2");
+    }
+}

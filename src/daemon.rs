@@ -1,0 +1,314 @@
+//! Wiring: rules, channels, admin HTTP, the Kafka source and the event
+//! pipeline, under one cancellation token.
+//!
+//! Shutdown story: the token stops the consumer loop between events; an
+//! in-flight send finishes (bounded by the channel timeout); a retry that
+//! is waiting is abandoned and its event left uncommitted, so it is read
+//! again after a restart; then every done position is committed
+//! synchronously and `run` returns.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::CommitMode;
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Health};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::event::{Event, EventSchema, FieldPath};
+use crate::metrics::Metrics;
+use crate::notify::compose;
+use crate::notify::deliver::{Delivered, Dispatcher};
+use crate::notify::template::Templates;
+use crate::rules::{load_rules, Diagnostics, LoadOptions, Mode};
+use crate::source::kafka::{KafkaSource, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("the rules in {dir} are invalid; nothing was started:\n{diags}")]
+    Rules { dir: String, diags: Diagnostics },
+    #[error("cannot set up delivery: {0}")]
+    Delivery(String),
+    #[error("cannot listen on admin.listen = {addr}: {error}; choose a free port or stop the other process")]
+    Admin {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("the daemon task failed: {0}")]
+    Task(String),
+}
+
+/// A started daemon. `wait` returns when it has stopped.
+pub struct Daemon {
+    pub admin_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    task: tokio::task::JoinHandle<Result<(), DaemonError>>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    Daemon::start(config, shutdown).await?.wait().await
+}
+
+impl Daemon {
+    /// Loads and checks everything that can be checked without the brokers,
+    /// binds the admin listener, then consumes in a background task. The
+    /// brokers may come later: /readyz says so meanwhile.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon, DaemonError> {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+
+        let channels: BTreeSet<String> = config.channels.keys().cloned().collect();
+        let loaded = load_rules(
+            &config.rules_dir,
+            &LoadOptions {
+                channels: Some(channels),
+            },
+        )
+        .map_err(|diags| DaemonError::Rules {
+            dir: config.rules_dir.display().to_string(),
+            diags,
+        })?;
+        metrics.rules_loaded.set(loaded.rules.len() as i64);
+        health.rules_loaded.store(true, Ordering::Relaxed);
+        tracing::info!(rules = loaded.rules.len(), dir = %config.rules_dir.display(), "rules loaded");
+
+        let dispatcher = Dispatcher::new(
+            &config.channels,
+            config.state_dir.join("dead-letters"),
+            Arc::clone(&metrics),
+        )
+        .map_err(DaemonError::Delivery)?;
+
+        let (admin_addr, admin) = admin::serve(
+            config.admin_listen,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|error| DaemonError::Admin {
+            addr: config.admin_listen,
+            error,
+        })?;
+        tracing::info!(%admin_addr, "admin HTTP listening (/metrics, /healthz, /readyz)");
+
+        let pipeline = Pipeline {
+            engine: Engine::new(Arc::new(loaded.rules)),
+            templates: loaded.templates,
+            dispatcher,
+            schema: config.events.clone(),
+            email: config.customers.email.clone(),
+            metrics: Arc::clone(&metrics),
+            log_customer_ids: config.log_customer_ids,
+        };
+        let task = tokio::spawn(consume(
+            config,
+            pipeline,
+            Arc::clone(&health),
+            Arc::clone(&metrics),
+            shutdown,
+        ));
+        Ok(Daemon {
+            admin_addr,
+            metrics,
+            health,
+            task,
+            admin,
+        })
+    }
+
+    pub async fn wait(self) -> Result<(), DaemonError> {
+        let result = self
+            .task
+            .await
+            .unwrap_or_else(|e| Err(DaemonError::Task(e.to_string())));
+        // The admin server stops on the same token; a failed consumer task
+        // must not leave it serving a dead daemon.
+        self.admin.abort();
+        result
+    }
+}
+
+async fn consume(
+    config: Config,
+    pipeline: Pipeline,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let source = match KafkaSource::connect(
+        &config.kafka,
+        Arc::clone(&health),
+        Arc::clone(&metrics),
+        &shutdown,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(SourceError::Cancelled) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let probe = source.spawn_health_probe(
+        Arc::clone(&health),
+        Arc::clone(&metrics),
+        Duration::from_secs(1),
+        shutdown.clone(),
+    );
+    let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_recv_error: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = commit_tick.tick() => {
+                if let Err(e) = source.commit(CommitMode::Async) {
+                    tracing::debug!(error = %e, "periodic commit failed; retried on the next tick");
+                }
+            }
+            received = source.recv() => match received {
+                Ok(msg) => {
+                    if !pipeline.handle(&source, &msg, &shutdown).await {
+                        break;
+                    }
+                    source.mark_done(msg.topic(), msg.partition(), msg.offset());
+                }
+                Err(e) => {
+                    // librdkafka reconnects by itself; log at most every 5 s.
+                    if last_recv_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(error_code = "kafka_consume_error", stage = "source", error = %e, "consume error; retrying");
+                        last_recv_error = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("stopping: committing positions");
+    match source.commit(CommitMode::Sync) {
+        Ok(n) => tracing::info!(partitions = n, "positions committed"),
+        Err(e) => {
+            tracing::error!(error_code = "kafka_commit_failed", stage = "source", error = %e, "final commit failed; the events since the last commit will be read again")
+        }
+    }
+    probe.abort();
+    Ok(())
+}
+
+/// Decode → engine → compose → deliver, for one record.
+struct Pipeline {
+    engine: Engine,
+    templates: Templates,
+    dispatcher: Dispatcher,
+    schema: EventSchema,
+    email: FieldPath,
+    metrics: Arc<Metrics>,
+    log_customer_ids: bool,
+}
+
+impl Pipeline {
+    /// Handles one record. `false` means shutdown interrupted it and its
+    /// position must not be committed.
+    async fn handle(
+        &self,
+        source: &KafkaSource,
+        msg: &OwnedMessage,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let topic = msg.topic();
+        let event = match self.schema.decode(msg.payload().unwrap_or_default()) {
+            Ok(e) => Arc::new(e),
+            Err(invalid) => {
+                self.metrics
+                    .events
+                    .with_label_values(&[topic, "invalid"])
+                    .inc();
+                self.metrics
+                    .invalid_events
+                    .with_label_values(&[invalid.reason()])
+                    .inc();
+                // Never the payload: it may carry addresses and other PII.
+                tracing::warn!(
+                    error_code = "invalid_event",
+                    stage = "decode",
+                    topic,
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    reason = invalid.reason(),
+                    error = %invalid,
+                    "invalid event skipped"
+                );
+                return source
+                    .dead_letter(msg, &invalid.to_string(), &self.metrics, shutdown)
+                    .await;
+            }
+        };
+        self.metrics
+            .events
+            .with_label_values(&[topic, "accepted"])
+            .inc();
+        self.on_event(&event, shutdown).await
+    }
+
+    async fn on_event(&self, event: &Arc<Event>, shutdown: &CancellationToken) -> bool {
+        let evaluation = self.engine.on_event(event);
+        for err in &evaluation.errors {
+            self.metrics
+                .rule_errors
+                .with_label_values(&[&err.rule_id])
+                .inc();
+            tracing::warn!(error_code = "rule_eval_error", stage = "engine", rule = %err.rule_id, error = %err.message, "condition could not be evaluated; treated as not matching");
+        }
+        for firing in evaluation.firings {
+            let rule = &firing.rule;
+            self.metrics
+                .rule_firings
+                .with_label_values(&[&rule.id])
+                .inc();
+            let channel = rule.notify.channel.as_str();
+            let customer = self
+                .log_customer_ids
+                .then_some(firing.event.customer.as_str());
+            let outcome = match compose(&firing, &self.templates, &self.email) {
+                Err(e) => {
+                    tracing::warn!(error_code = e.outcome(), stage = "compose", rule = %rule.id, notification_id = %firing.notification_id, customer, error = %e, "notification not sent");
+                    e.outcome()
+                }
+                Ok(_) if rule.mode == Mode::Shadow => {
+                    tracing::info!(stage = "decide", rule = %rule.id, notification_id = %firing.notification_id, customer, "shadow mode: decided, not sent");
+                    "shadow"
+                }
+                Ok(n) => {
+                    let delivered = self.dispatcher.deliver(&n, shutdown).await;
+                    match &delivered {
+                        Delivered::Interrupted => return false,
+                        Delivered::Sent { attempts } => {
+                            tracing::info!(stage = "deliver", rule = %rule.id, channel, notification_id = %n.id, customer, attempts, "notification sent");
+                        }
+                        Delivered::DeadLettered { .. } => {}
+                    }
+                    delivered.outcome()
+                }
+            };
+            self.metrics
+                .notifications
+                .with_label_values(&[&rule.id, channel, outcome])
+                .inc();
+        }
+        true
+    }
+}

@@ -1,0 +1,267 @@
+//! Events: the typed view of one behavioral record.
+//!
+//! Each company's pipeline has its own schema, so the type, customer, time
+//! and id fields are found through configurable dotted paths. Decoding is
+//! pure: bytes in, `Event` or `InvalidEvent` out. It never logs payloads;
+//! the caller decides what to count and where to dead-letter.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// A dotted path into a JSON object, parsed once (`customer.id` → ["customer", "id"]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FieldPath(Arc<[String]>);
+
+impl FieldPath {
+    pub fn parse(s: &str) -> Result<FieldPath, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("the field path is empty: write a field name or a dotted path such as \"customer.id\"".into());
+        }
+        let parts: Vec<String> = s.split('.').map(str::to_string).collect();
+        if parts.iter().any(String::is_empty) {
+            return Err("the field path has an empty segment: write segments separated by single dots, e.g. \"customer.id\"".into());
+        }
+        Ok(FieldPath(parts.into()))
+    }
+
+    /// The value at this path, if every segment exists.
+    pub fn get<'a>(&self, root: &'a Value) -> Option<&'a Value> {
+        let mut v = root;
+        for seg in self.0.iter() {
+            v = match v {
+                Value::Object(m) => m.get(seg)?,
+                Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+
+    /// The value at this path as text: strings as-is, numbers and booleans
+    /// printed; null, objects and arrays are not identifiers.
+    pub fn get_text(&self, root: &Value) -> Option<String> {
+        match self.get(root)? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("."))
+    }
+}
+
+/// Where the type, customer, time and id of an event are found.
+#[derive(Debug, Clone)]
+pub struct EventSchema {
+    pub kind: FieldPath,
+    pub customer: FieldPath,
+    pub time: FieldPath,
+    pub id: Option<FieldPath>,
+}
+
+/// Event time in milliseconds since the Unix epoch (UTC).
+pub type Millis = i64;
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The event type, e.g. `checkout_started`.
+    pub kind: String,
+    pub customer: String,
+    /// Event time: drives every rule.
+    pub time: Millis,
+    /// Optional producer-assigned id; de-duplicates redelivered events.
+    pub id: Option<String>,
+    pub payload: Value,
+}
+
+/// Why a record is not a usable event. `reason()` is a bounded metric label.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidEvent {
+    #[error("the record is not valid JSON ({0})")]
+    NotJson(String),
+    #[error("the record is JSON but not an object")]
+    NotObject,
+    #[error("the record has no usable `{field}` field ({role})")]
+    MissingField { field: String, role: &'static str },
+    #[error("the `{field}` field is not an RFC 3339 timestamp or integer epoch milliseconds")]
+    BadTime { field: String },
+}
+
+impl InvalidEvent {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InvalidEvent::NotJson(_) => "not_json",
+            InvalidEvent::NotObject => "not_object",
+            InvalidEvent::MissingField { role: "type", .. } => "missing_type",
+            InvalidEvent::MissingField {
+                role: "customer", ..
+            } => "missing_customer",
+            InvalidEvent::MissingField { .. } => "missing_time",
+            InvalidEvent::BadTime { .. } => "bad_time",
+        }
+    }
+}
+
+impl EventSchema {
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, InvalidEvent> {
+        let payload: Value = serde_json::from_slice(bytes).map_err(|e| {
+            // serde_json's message carries line/column, never the payload itself.
+            InvalidEvent::NotJson(e.to_string())
+        })?;
+        self.from_value(payload)
+    }
+
+    pub fn from_value(&self, payload: Value) -> Result<Event, InvalidEvent> {
+        if !payload.is_object() {
+            return Err(InvalidEvent::NotObject);
+        }
+        let missing = |path: &FieldPath, role| InvalidEvent::MissingField {
+            field: path.to_string(),
+            role,
+        };
+        let kind = match self.kind.get(&payload) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(missing(&self.kind, "type")),
+        };
+        let customer = self
+            .customer
+            .get_text(&payload)
+            .ok_or_else(|| missing(&self.customer, "customer"))?;
+        let time = match self.time.get(&payload) {
+            None | Some(Value::Null) => return Err(missing(&self.time, "time")),
+            Some(v) => parse_time(v).ok_or_else(|| InvalidEvent::BadTime {
+                field: self.time.to_string(),
+            })?,
+        };
+        let id = self.id.as_ref().and_then(|p| p.get_text(&payload));
+        Ok(Event {
+            kind,
+            customer,
+            time,
+            id,
+            payload,
+        })
+    }
+}
+
+/// RFC 3339 text, or an integer number of epoch milliseconds.
+pub fn parse_time(v: &Value) -> Option<Millis> {
+    match v {
+        Value::String(s) => s
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_millisecond()),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+pub fn format_time(ms: Millis) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t.to_string(),
+        Err(_) => ms.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> EventSchema {
+        EventSchema {
+            kind: FieldPath::parse("type").unwrap(),
+            customer: FieldPath::parse("customer.id").unwrap(),
+            time: FieldPath::parse("ts").unwrap(),
+            id: Some(FieldPath::parse("event_id").unwrap()),
+        }
+    }
+
+    #[test]
+    fn decodes_nested_paths_and_both_time_forms() {
+        let e = schema()
+            .decode(br#"{"type":"order_placed","customer":{"id":42},"ts":"2026-11-24T10:00:00Z","event_id":"e1"}"#)
+            .unwrap();
+        assert_eq!(e.kind, "order_placed");
+        assert_eq!(e.customer, "42");
+        assert_eq!(e.time, 1_795_514_400_000);
+        assert_eq!(e.id.as_deref(), Some("e1"));
+        let e = schema()
+            .decode(br#"{"type":"x","customer":{"id":"c1"},"ts":1795514400000}"#)
+            .unwrap();
+        assert_eq!(e.time, 1_795_514_400_000);
+        assert_eq!(e.id, None);
+        let e = schema()
+            .decode(br#"{"type":"x","customer":{"id":"c1"},"ts":"2026-11-24T11:00:00+01:00"}"#)
+            .unwrap();
+        assert_eq!(e.time, 1_795_514_400_000);
+    }
+
+    #[test]
+    fn classifies_invalid_records() {
+        let s = schema();
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"not json", "not_json"),
+            (b"[1,2]", "not_object"),
+            (br#"{"customer":{"id":"c"},"ts":1}"#, "missing_type"),
+            (
+                br#"{"type":"","customer":{"id":"c"},"ts":1}"#,
+                "missing_type",
+            ),
+            (br#"{"type":"x","ts":1}"#, "missing_customer"),
+            (
+                br#"{"type":"x","customer":{"id":null},"ts":1}"#,
+                "missing_customer",
+            ),
+            (br#"{"type":"x","customer":{"id":"c"}}"#, "missing_time"),
+            (
+                br#"{"type":"x","customer":{"id":"c"},"ts":"yesterday"}"#,
+                "bad_time",
+            ),
+            (
+                br#"{"type":"x","customer":{"id":"c"},"ts":1.5}"#,
+                "bad_time",
+            ),
+        ];
+        for (bytes, reason) in cases {
+            let err = s.decode(bytes).unwrap_err();
+            assert_eq!(err.reason(), reason, "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[test]
+    fn invalid_event_messages_never_echo_the_payload() {
+        let err = schema()
+            .decode(br#"{"type":"x","customer":{"id":"c"},"ts":"secret@example.com"}"#)
+            .unwrap_err();
+        assert!(!err.to_string().contains("secret@example.com"));
+        let err = schema()
+            .decode(b"{\"email\": \"secret@example.com\"")
+            .unwrap_err();
+        assert!(!err.to_string().contains("secret@example.com"), "{err}");
+    }
+
+    #[test]
+    fn field_path_rules() {
+        assert!(FieldPath::parse("").is_err());
+        assert!(FieldPath::parse("a..b").is_err());
+        let p = FieldPath::parse("items.0.sku").unwrap();
+        assert_eq!(
+            p.get_text(&json!({"items":[{"sku":"A1"}]})).as_deref(),
+            Some("A1")
+        );
+        assert_eq!(p.to_string(), "items.0.sku");
+    }
+}

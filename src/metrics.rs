@@ -1,0 +1,162 @@
+//! Every metric forewarn exports, defined in one place. Names start with
+//! `forewarn_`; labels are bounded (rule ids, channel names, topics, fixed
+//! outcome words), never customer ids.
+//!
+//! A metric lives in a per-daemon registry rather than the global one, so
+//! tests can run several daemons in one process.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Events read, by topic and outcome (`accepted`, `invalid`).
+    pub events: IntCounterVec,
+    /// Invalid events by reason (`not_json`, `missing_customer`, …).
+    pub invalid_events: IntCounterVec,
+    /// Invalid events copied to the dead-letter topic, by result.
+    pub dead_letter_events: IntCounterVec,
+    /// Firings by rule.
+    pub rule_firings: IntCounterVec,
+    /// Conditions that could not be evaluated, by rule.
+    pub rule_errors: IntCounterVec,
+    /// Notifications by rule, channel and outcome (`sent`, `shadow`,
+    /// `no_address`, `render_failed`, `dead_letter`).
+    pub notifications: IntCounterVec,
+    /// Channel send attempts by channel and result (`ok`, `transient`, `permanent`).
+    pub delivery_attempts: IntCounterVec,
+    /// Time from the first attempt to acceptance by the channel.
+    pub delivery_duration: HistogramVec,
+    pub rules_loaded: IntGauge,
+    pub broker_up: IntGauge,
+    pub assigned_partitions: IntGauge,
+    pub ready: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("metric definitions are static and valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("each metric is registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric definitions are static and valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("each metric is registered once");
+            g
+        };
+        let events = counter(
+            "forewarn_events_total",
+            "Events read, by topic and outcome.",
+            &["topic", "outcome"],
+        );
+        let invalid_events = counter(
+            "forewarn_invalid_events_total",
+            "Invalid events, by reason.",
+            &["reason"],
+        );
+        let dead_letter_events = counter(
+            "forewarn_dead_letter_events_total",
+            "Invalid events copied to the dead-letter topic, by result.",
+            &["result"],
+        );
+        let rule_firings = counter(
+            "forewarn_rule_firings_total",
+            "Rule firings, by rule.",
+            &["rule"],
+        );
+        let rule_errors = counter(
+            "forewarn_rule_errors_total",
+            "Rule conditions that could not be evaluated, by rule.",
+            &["rule"],
+        );
+        let notifications = counter(
+            "forewarn_notifications_total",
+            "Notifications, by rule, channel and outcome.",
+            &["rule", "channel", "outcome"],
+        );
+        let delivery_attempts = counter(
+            "forewarn_delivery_attempts_total",
+            "Channel send attempts, by channel and result.",
+            &["channel", "result"],
+        );
+        let delivery_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "forewarn_delivery_duration_seconds",
+                "Time from the first send attempt to acceptance by the channel.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["channel"],
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(delivery_duration.clone()))
+            .expect("each metric is registered once");
+        let rules_loaded = gauge("forewarn_rules_loaded", "Rules in the active rule set.");
+        let broker_up = gauge(
+            "forewarn_broker_up",
+            "1 when the Kafka brokers answered the last probe.",
+        );
+        let assigned_partitions = gauge(
+            "forewarn_assigned_partitions",
+            "Partitions assigned to this instance.",
+        );
+        let ready = gauge("forewarn_ready", "1 when /readyz reports ready.");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "forewarn_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("each metric is registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            registry,
+            events,
+            invalid_events,
+            dead_letter_events,
+            rule_firings,
+            rule_errors,
+            notifications,
+            delivery_attempts,
+            delivery_duration,
+            rules_loaded,
+            broker_up,
+            assigned_partitions,
+            ready,
+            build_info,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error_code = "metrics_encode_failed", error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,71 @@
+//! The `smtp` channel, through lettre: plain, STARTTLS (required: never
+//! falls back to clear text) or implicit TLS, with optional AUTH.
+
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use super::ChannelError;
+use crate::config::{SmtpConfig, TlsMode};
+use crate::notify::{email, Notification};
+
+pub struct SmtpChannel {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl SmtpChannel {
+    pub fn new(cfg: &SmtpConfig) -> Result<SmtpChannel, String> {
+        let tls = match cfg.tls {
+            TlsMode::None => Tls::None,
+            mode => {
+                let mut params = TlsParameters::builder(cfg.host.clone());
+                if let Some(ca) = &cfg.ca_file {
+                    let pem = std::fs::read(ca)
+                        .map_err(|e| format!("cannot read ca_file {:?}: {e}", ca.display()))?;
+                    let cert = Certificate::from_pem(&pem).map_err(|e| {
+                        format!("ca_file {:?} is not a PEM certificate: {e}", ca.display())
+                    })?;
+                    params = params.add_root_certificate(cert);
+                }
+                let params = params
+                    .build()
+                    .map_err(|e| format!("cannot set up TLS for {}: {e}", cfg.host))?;
+                if mode == TlsMode::Implicit {
+                    Tls::Wrapper(params)
+                } else {
+                    Tls::Required(params)
+                }
+            }
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(cfg.host.clone())
+            .port(cfg.port)
+            .tls(tls)
+            .timeout(Some(cfg.timeout));
+        if let Some((user, password)) = &cfg.credentials {
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.expose().to_string(),
+            ));
+        }
+        Ok(SmtpChannel {
+            transport: builder.build(),
+            from: cfg.from.clone(),
+        })
+    }
+
+    pub async fn send(&self, n: &Notification) -> Result<(), ChannelError> {
+        let message = email::build(n, &self.from)?;
+        match self.transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_permanent() => Err(ChannelError::permanent(format!(
+                "SMTP server refused the message: {e}"
+            ))),
+            // 4xx, timeouts, refused connections, TLS hiccups: worth another try.
+            Err(e) => Err(ChannelError::transient(format!(
+                "SMTP delivery failed: {e}"
+            ))),
+        }
+    }
+}

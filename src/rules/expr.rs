@@ -1,0 +1,217 @@
+//! CEL conditions: compiled once when rules load, evaluated per event.
+//!
+//! Variables are `event` (the current event), `trigger` (the event that
+//! opened the episode; the event itself for `match` rules) and `entry` (a
+//! catalog entry). Besides CEL's standard library there is
+//! `semver_match(version, "req")`, and CEL's own `has(event.a.b)` macro.
+
+use std::fmt;
+use std::sync::Arc;
+
+use cel::{Context, ExecutionError, Program, Value};
+
+/// The variables a condition may name.
+pub const VARIABLES: &[&str] = &["event", "trigger", "entry"];
+
+/// Macros that bind their own loop variables (`list.all(x, x > 1)`).
+const BINDING_MACROS: &[&str] = &["all", "exists", "exists_one", "map", "filter"];
+
+#[derive(Clone)]
+pub struct Expr {
+    source: Arc<str>,
+    program: Arc<Program>,
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+/// A compile problem, positioned inside the expression text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExprError {
+    /// Byte offset into the expression source.
+    pub offset: usize,
+    pub message: String,
+    pub help: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    #[error("the condition returned {0}, not true or false")]
+    NotBool(String),
+    #[error("{0}")]
+    Execution(String),
+}
+
+impl Expr {
+    pub fn compile(source: &str) -> Result<Expr, ExprError> {
+        let program = Program::compile(source).map_err(|errs| {
+            let first = errs.errors.first();
+            let (line, col) = first.map_or((1, 0), |e| (e.pos.0.max(1), e.pos.1.max(0)));
+            ExprError {
+                offset: offset_of(source, line as usize, col as usize),
+                message: format!(
+                    "the condition {source:?} is not valid CEL: {}",
+                    first.map_or_else(|| errs.to_string(), |e| e.msg.clone())
+                ),
+                help: "conditions are CEL expressions, e.g. 'event.cart.total >= 20.0 && event.app.platform == \"ios\"'".into(),
+            }
+        })?;
+        let refs = program.references();
+        // Macros expand at parse time, so look for them in the text.
+        let binds_locals = BINDING_MACROS
+            .iter()
+            .any(|m| source.contains(&format!(".{m}(")));
+        if !binds_locals {
+            if let Some(unknown) = refs
+                .variables()
+                .into_iter()
+                .find(|v| !VARIABLES.contains(v))
+            {
+                return Err(ExprError {
+                    offset: source.find(unknown).unwrap_or(0),
+                    message: format!("the condition names `{unknown}`, which is not a variable here"),
+                    help: format!(
+                        "start field paths with `event.` (the current event), `trigger.` or `entry.`, e.g. `event.{unknown}`"
+                    ),
+                });
+            }
+        }
+        Ok(Expr {
+            source: source.into(),
+            program: Arc::new(program),
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates to a boolean. A field the event does not have makes the
+    /// condition false (CX leads write `event.cart.total >= 20.0` and mean
+    /// "a cart worth at least 20"); use `has()` to be explicit.
+    pub fn eval_bool(&self, ctx: &Context) -> Result<bool, EvalError> {
+        match self.program.execute(ctx) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(EvalError::NotBool(format!("{other:?}"))),
+            Err(ExecutionError::NoSuchKey(_)) => Ok(false),
+            Err(e) => Err(EvalError::Execution(e.to_string())),
+        }
+    }
+}
+
+/// The root context shared by all evaluations: the standard library plus
+/// forewarn's functions. Per-event variables go into an inner scope.
+pub fn base_context() -> Context<'static, 'static> {
+    let mut ctx = Context::default();
+    ctx.add_function("semver_match", semver_match)
+        .expect("semver_match is not a CEL built-in");
+    ctx
+}
+
+fn semver_match(version: Arc<String>, req: Arc<String>) -> Result<bool, ExecutionError> {
+    let req = semver::VersionReq::parse(&req).map_err(|e| {
+        ExecutionError::function_error(
+            "semver_match",
+            format!("{req:?} is not a version requirement ({e}); write e.g. \">=4.2.0, <4.2.3\""),
+        )
+    })?;
+    // An app that reports a malformed version matches no range.
+    Ok(
+        semver::Version::parse(version.trim().trim_start_matches('v'))
+            .map(|v| req.matches(&v))
+            .unwrap_or(false),
+    )
+}
+
+/// Converts an event payload into a CEL value.
+pub fn to_cel(payload: &serde_json::Value) -> Value {
+    cel::to_value(payload).unwrap_or(Value::Null)
+}
+
+/// Byte offset of a 1-based line and 0-based column in `source`.
+fn offset_of(source: &str, line: usize, col: usize) -> usize {
+    let mut offset = 0;
+    for (i, l) in source.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            return offset + l.char_indices().nth(col).map_or(l.len(), |(b, _)| b);
+        }
+        offset += l.len();
+    }
+    source.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn eval(src: &str, event: serde_json::Value) -> Result<bool, EvalError> {
+        let base = base_context();
+        let mut ctx = base.new_inner_scope();
+        ctx.add_variable_from_value("event", to_cel(&event));
+        Expr::compile(src).unwrap().eval_bool(&ctx)
+    }
+
+    #[test]
+    fn evaluates_conditions_over_event_fields() {
+        let ev = json!({"cart": {"total": 25.5}, "app": {"platform": "ios", "version": "4.2.1"}});
+        assert_eq!(eval("event.cart.total >= 20.0", ev.clone()), Ok(true));
+        assert_eq!(eval("event.cart.total >= 30.0", ev.clone()), Ok(false));
+        assert_eq!(
+            eval(
+                r#"event.app.platform == "ios" && semver_match(event.app.version, ">=4.2.0, <4.2.3")"#,
+                ev.clone()
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(r#"semver_match(event.app.version, ">=4.2.3")"#, ev.clone()),
+            Ok(false)
+        );
+        assert_eq!(eval("has(event.cart.coupon)", ev.clone()), Ok(false));
+        assert_eq!(
+            eval("event.cart.coupon == 'X'", ev.clone()),
+            Ok(false),
+            "missing field is false"
+        );
+    }
+
+    #[test]
+    fn integer_fields_compare_with_integer_literals() {
+        assert_eq!(eval("event.n >= 3", json!({"n": 5})), Ok(true));
+    }
+
+    #[test]
+    fn non_boolean_results_are_errors() {
+        assert!(matches!(
+            eval("event.cart", json!({"cart": 1})),
+            Err(EvalError::NotBool(_))
+        ));
+    }
+
+    #[test]
+    fn bad_requirement_is_an_error_not_a_match() {
+        assert!(matches!(
+            eval(r#"semver_match("1.0.0", "not a range")"#, json!({})),
+            Err(EvalError::Execution(_))
+        ));
+    }
+
+    #[test]
+    fn syntax_errors_point_into_the_expression() {
+        let err = Expr::compile("event.cart.total >= ").unwrap_err();
+        assert!(err.message.contains("not valid CEL"), "{err:?}");
+        assert!(err.offset <= "event.cart.total >= ".len());
+    }
+
+    #[test]
+    fn unknown_variables_are_rejected_with_a_fix() {
+        let err = Expr::compile("cart.total > 1.0").unwrap_err();
+        assert!(err.message.contains("`cart`"), "{err:?}");
+        assert!(err.help.contains("event.cart"), "{err:?}");
+        assert!(Expr::compile("event.items.all(i, i.qty > 0)").is_ok());
+    }
+}

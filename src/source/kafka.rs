@@ -1,0 +1,390 @@
+//! The Kafka source: a consumer in a consumer group over the configured
+//! topics, an optional dead-letter producer, broker health probing.
+//!
+//! Positions: the daemon calls [`KafkaSource::mark_done`] once an event's
+//! effects are done; only marked positions are ever committed (on a timer,
+//! on partition revoke, and synchronously at shutdown). A crash therefore
+//! re-reads, never skips.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Health;
+use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot create the Kafka client: {0}")]
+    Client(KafkaError),
+    #[error("topic {topic:?} does not exist on {brokers}: create it first (e.g. `tansu topic create {topic} --partitions 3`, or `kafka-topics.sh --create --topic {topic}`), or fix kafka.{key}")]
+    MissingTopic {
+        topic: String,
+        brokers: String,
+        key: &'static str,
+    },
+    #[error("cannot subscribe to {topics:?}: {error}")]
+    Subscribe {
+        topics: Vec<String>,
+        error: KafkaError,
+    },
+    #[error("stopped before the brokers answered")]
+    Cancelled,
+}
+
+/// Next offset to commit, per (topic, partition): the position after the
+/// last event whose effects are done.
+type Done = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
+pub struct SourceContext {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    done: Done,
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka reconnects by itself; this is for humans and /readyz.
+        tracing::warn!(error_code = "kafka_client_error", stage = "source", error = %error, reason, "Kafka client error");
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.health.set_broker(Err(reason.to_string()));
+            self.metrics.broker_up.set(0);
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Commit what is done on the partitions we lose, so the next
+            // owner starts right after it. The consumer loop is between
+            // events here (rebalances run inside recv), so `done` is exact.
+            let list = {
+                let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+                let mut list = TopicPartitionList::new();
+                for el in tpl.elements() {
+                    if let Some(next) = done.get(&(el.topic().to_string(), el.partition())) {
+                        let _ = list.add_partition_offset(
+                            el.topic(),
+                            el.partition(),
+                            Offset::Offset(*next),
+                        );
+                    }
+                }
+                list
+            };
+            if list.count() > 0 {
+                if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+                    tracing::warn!(error_code = "kafka_commit_failed", stage = "source", error = %e, "commit on revoke failed");
+                }
+            }
+            tracing::info!(partitions = %describe(tpl), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.health
+            .assigned_partitions
+            .store(assigned, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.assigned_partitions.set(assigned as i64);
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = %describe(tpl), assigned, "partitions assigned")
+            }
+            Rebalance::Revoke(_) => tracing::info!(assigned, "after revoke"),
+            Rebalance::Error(e) => {
+                tracing::warn!(error_code = "kafka_rebalance_error", error = %e, "rebalance error")
+            }
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub struct KafkaSource {
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    dead_letter: Option<(FutureProducer, String)>,
+    done: Done,
+    cfg: KafkaConfig,
+}
+
+/// librdkafka settings forewarn owns, then the user's `kafka.properties`.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+impl KafkaSource {
+    /// Creates the clients, waits for the brokers, checks that every
+    /// configured topic exists, and subscribes.
+    pub async fn connect(
+        cfg: &KafkaConfig,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        shutdown: &CancellationToken,
+    ) -> Result<KafkaSource, SourceError> {
+        let done: Done = Arc::default();
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("reconnect.backoff.max.ms", "2000");
+        for (k, v) in &cfg.properties {
+            cc.set(k, v);
+        }
+        let consumer: StreamConsumer<SourceContext> = cc
+            .create_with_context(SourceContext {
+                health: Arc::clone(&health),
+                metrics: Arc::clone(&metrics),
+                done: Arc::clone(&done),
+            })
+            .map_err(SourceError::Client)?;
+        let consumer = Arc::new(consumer);
+
+        let dead_letter = match &cfg.dead_letter_topic {
+            Some(topic) => {
+                let producer: FutureProducer = client_config(cfg)
+                    .set("enable.idempotence", "true")
+                    .set("message.timeout.ms", "10000")
+                    .create()
+                    .map_err(SourceError::Client)?;
+                Some((producer, topic.clone()))
+            }
+            None => None,
+        };
+
+        // Wait for the brokers: an orchestrator may start us first.
+        let mut wait = Duration::from_millis(200);
+        let metadata = loop {
+            match probe(&consumer).await {
+                Ok(m) => break m,
+                Err(e) => {
+                    health.set_broker(Err(e.clone()));
+                    tracing::warn!(error_code = "kafka_unreachable", stage = "source", brokers = %cfg.brokers, error = %e, retry_in_ms = wait.as_millis() as u64, "waiting for the Kafka brokers");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return Err(SourceError::Cancelled),
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        health.set_broker(Ok(()));
+        metrics.broker_up.set(1);
+        let exists = |t: &str| metadata.iter().any(|(name, ok)| name == t && *ok);
+        for t in &cfg.topics {
+            if !exists(t) {
+                return Err(SourceError::MissingTopic {
+                    topic: t.clone(),
+                    brokers: cfg.brokers.clone(),
+                    key: "topics",
+                });
+            }
+        }
+        if let Some(t) = &cfg.dead_letter_topic {
+            if !exists(t) {
+                return Err(SourceError::MissingTopic {
+                    topic: t.clone(),
+                    brokers: cfg.brokers.clone(),
+                    key: "dead_letter_topic",
+                });
+            }
+        }
+        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|error| SourceError::Subscribe {
+                topics: cfg.topics.clone(),
+                error,
+            })?;
+        tracing::info!(topics = ?cfg.topics, group = %cfg.group_id, "subscribed");
+        Ok(KafkaSource {
+            consumer,
+            dead_letter,
+            done,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The next record. Errors are for the caller to log and carry on.
+    pub async fn recv(&self) -> Result<OwnedMessage, KafkaError> {
+        self.consumer.recv().await.map(|m| m.detach())
+    }
+
+    /// The record's effects are done: its position may be committed.
+    pub fn mark_done(&self, topic: &str, partition: i32, offset: i64) {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        done.insert((topic.to_string(), partition), offset + 1);
+    }
+
+    /// Commits every marked position. `Sync` waits for the broker's answer.
+    pub fn commit(&self, mode: CommitMode) -> Result<usize, KafkaError> {
+        let list = {
+            let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+            let mut list = TopicPartitionList::new();
+            let assigned = self.consumer.assignment().unwrap_or_default();
+            for ((topic, partition), next) in done.iter() {
+                // Positions of partitions we no longer own belong to their new owner.
+                if assigned.find_partition(topic, *partition).is_some() {
+                    list.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+                }
+            }
+            list
+        };
+        let n = list.count();
+        if n > 0 {
+            self.consumer.commit(&list, mode)?;
+        }
+        Ok(n)
+    }
+
+    /// Copies an invalid record to the dead-letter topic, with the reason
+    /// and its origin in headers. Retries until it is written or shutdown.
+    pub async fn dead_letter(
+        &self,
+        msg: &OwnedMessage,
+        reason: &str,
+        metrics: &Metrics,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Some((producer, topic)) = &self.dead_letter else {
+            return true;
+        };
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "forewarn.error",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "forewarn.source.topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "forewarn.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "forewarn.source.offset",
+                value: Some(offset.as_str()),
+            });
+        let payload = msg.payload().unwrap_or_default();
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .payload(payload)
+                .headers(headers.clone());
+            if let Some(k) = msg.key() {
+                record = record.key(k);
+            }
+            match producer.send(record, Duration::from_secs(5)).await {
+                Ok(_) => {
+                    metrics
+                        .dead_letter_events
+                        .with_label_values(&["written"])
+                        .inc();
+                    return true;
+                }
+                Err((e, _)) => {
+                    metrics
+                        .dead_letter_events
+                        .with_label_values(&["failed"])
+                        .inc();
+                    tracing::warn!(error_code = "dead_letter_failed", stage = "source", topic = %topic, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write to the dead-letter topic, will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return false,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Probes the brokers every `every` until shutdown, for /readyz.
+    pub fn spawn_health_probe(
+        &self,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let consumer = Arc::clone(&self.consumer);
+        let brokers = self.cfg.brokers.clone();
+        tokio::spawn(async move {
+            let mut was_up = true;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let result = probe(&consumer).await.map(|_| ());
+                let up = result.is_ok();
+                if up != was_up {
+                    if up {
+                        tracing::info!(brokers = %brokers, "Kafka brokers reachable again");
+                    } else {
+                        tracing::error!(error_code = "kafka_unreachable", stage = "source", brokers = %brokers, error = %result.as_ref().err().cloned().unwrap_or_default(), "Kafka brokers unreachable; consumption pauses until they return");
+                    }
+                    was_up = up;
+                }
+                metrics.broker_up.set(i64::from(up));
+                health.set_broker(result);
+            }
+        })
+    }
+}
+
+/// Asks the brokers for metadata: (topic, has partitions and no error).
+async fn probe(
+    consumer: &Arc<StreamConsumer<SourceContext>>,
+) -> Result<Vec<(String, bool)>, String> {
+    let c = Arc::clone(consumer);
+    tokio::task::spawn_blocking(move || {
+        c.fetch_metadata(None, Duration::from_secs(2))
+            .map(|m| {
+                m.topics()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.name().to_string(),
+                            t.error().is_none() && !t.partitions().is_empty(),
+                        )
+                    })
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("probe task failed: {e}"))?
+}
