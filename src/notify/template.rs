@@ -121,6 +121,8 @@ impl Templates {
                     continue;
                 }
             };
+            // Present, even if broken: a syntax error must not also read as "missing".
+            parts_seen.insert((name.to_string(), part.to_string()));
             let source = if part == "subject" {
                 let s = source.trim_end_matches(['\r', '\n']).to_string();
                 if s.contains('\n') {
@@ -156,7 +158,6 @@ impl Templates {
                     );
                 }
             }
-            parts_seen.insert((name.to_string(), part.to_string()));
             if part == "html" {
                 with_html.insert(name.to_string());
             }
@@ -184,7 +185,11 @@ impl Templates {
                     )),
                 );
             }
-            if has("subject") && has("txt") {
+            if has("subject")
+                && has("txt")
+                && env.get_template(&format!("{name}.subject")).is_ok()
+                && env.get_template(&format!("{name}.txt")).is_ok()
+            {
                 names.insert(name.clone());
             }
         }

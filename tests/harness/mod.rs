@@ -1,0 +1,614 @@
+//! Test harness: real servers on loopback, started by the tests themselves.
+//!
+//! - [`Broker`]: Tansu, a Kafka-compatible broker (`deploy/test.sh` installs
+//!   it), on a free port; or any real Kafka when `FOREWARN_TEST_BROKERS` is set.
+//! - [`SmtpSink`]: aiosmtpd (`smtp_sink.py` beside this file), storing each
+//!   received message as a file.
+//! - Helpers to produce and consume records, fetch admin endpoints, and run
+//!   the `forewarn` binary as a child process.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return p.into();
+    }
+    let home_bin = std::env::var("HOME")
+        .map(|h| PathBuf::from(h).join(".cargo/bin/tansu"))
+        .unwrap_or_default();
+    if home_bin.exists() {
+        return home_bin;
+    }
+    if Command::new("tansu").arg("--version").output().is_ok() {
+        return "tansu".into();
+    }
+    panic!("the Tansu broker is not installed: run `deploy/test.sh` (it installs Tansu with cargo), or set FOREWARN_TEST_BROKERS to a real Kafka")
+}
+
+/// A Kafka-compatible broker for one test.
+pub struct Broker {
+    pub brokers: String,
+    port: u16,
+    storage: Option<String>,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// An in-memory Tansu, or the cluster in `FOREWARN_TEST_BROKERS`.
+    pub async fn start() -> Broker {
+        if let Ok(external) = std::env::var("FOREWARN_TEST_BROKERS") {
+            let dir = tempfile::tempdir().expect("temp dir");
+            return Broker {
+                brokers: external,
+                port: 0,
+                storage: None,
+                child: None,
+                log: dir.path().join("none.log"),
+                _dir: dir,
+            };
+        }
+        Self::start_tansu("memory://tansu/".into()).await
+    }
+
+    /// A Tansu that keeps its data (SQLite) across [`Broker::kill`] and [`Broker::restart`].
+    pub async fn start_persistent() -> Broker {
+        // The sqlite:// path is relative to the broker's working directory,
+        // which is the broker's own temp dir (see spawn).
+        Self::start_tansu("sqlite://tansu.db".into()).await
+    }
+
+    async fn start_tansu(storage: String) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut b = Broker {
+            brokers: format!("127.0.0.1:{port}"),
+            port,
+            storage: Some(storage),
+            child: None,
+            log: dir.path().join("tansu.log"),
+            _dir: dir,
+        };
+        b.spawn().await;
+        b
+    }
+
+    pub fn is_external(&self) -> bool {
+        self.storage.is_none()
+    }
+
+    async fn spawn(&mut self) {
+        let storage = self.storage.clone().expect("only a local Tansu is spawned");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("broker log file");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(tansu_binary())
+            .current_dir(self._dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", &storage])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(log.try_clone().expect("log handle")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let brokers = self.brokers.clone();
+        let log = self.log.clone();
+        let start = Instant::now();
+        loop {
+            let b = brokers.clone();
+            let ok = tokio::task::spawn_blocking(move || metadata_ok(&b))
+                .await
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                panic!(
+                    "Tansu did not answer on {brokers} within 30 s; its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL, as a crash or a pulled cable would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and storage.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .expect("admin client");
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let res = admin
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create_topics request");
+        for r in res {
+            match r {
+                Ok(_) => {}
+                Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))
+                    if self.is_external() =>
+                {
+                    let _ = t;
+                }
+                Err((t, e)) => panic!("cannot create topic {t}: {e}"),
+            }
+        }
+        // Wait until the topic is visible in metadata with its partitions.
+        let brokers = self.brokers.clone();
+        let name = name.to_string();
+        wait_for("the new topic in metadata", Duration::from_secs(10), || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .ok()?;
+            let md = c.fetch_metadata(Some(&name), Duration::from_secs(2)).ok()?;
+            md.topics()
+                .iter()
+                .any(|t| t.name() == name && t.partitions().len() == partitions as usize)
+                .then_some(())
+        })
+        .await;
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("message.timeout.ms", "10000")
+            .create()
+            .expect("producer")
+    }
+
+    pub async fn produce(&self, topic: &str, key: Option<&str>, payload: &str) {
+        let producer = self.producer();
+        let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+
+    /// Reads every record currently in `topic` (from the beginning):
+    /// (payload, headers as (key, value) pairs).
+    pub async fn read_all(
+        &self,
+        topic: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Vec<(String, Vec<(String, String)>)> {
+        let brokers = self.brokers.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", format!("reader-{}", free_port()))
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("reader");
+            c.subscribe(&[&topic]).expect("subscribe");
+            let mut out = Vec::new();
+            let start = Instant::now();
+            while out.len() < expected && start.elapsed() < timeout {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_string(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push((
+                        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                        headers,
+                    ));
+                }
+            }
+            out
+        })
+        .await
+        .expect("reader task")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn metadata_ok(brokers: &str) -> bool {
+    let Ok(c) = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create::<BaseConsumer>()
+    else {
+        return false;
+    };
+    c.fetch_metadata(None, Duration::from_millis(500)).is_ok()
+}
+
+/// One email as the SMTP server received it.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub raw: String,
+    pub rcpt_to: Vec<String>,
+    pub to: String,
+    pub from: String,
+    pub subject: String,
+    pub message_id: String,
+    /// The decoded text/plain part.
+    pub text: String,
+    /// The decoded text/html part, if any.
+    pub html: Option<String>,
+}
+
+/// aiosmtpd on a free loopback port; every message lands as a file in `dir`.
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Child,
+    _tmp: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> SmtpSink {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("mail");
+        std::fs::create_dir_all(&dir).expect("mail dir");
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/smtp_sink.py");
+        let python = std::env::var("FOREWARN_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(&dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {python} {}: {e}", script.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            line
+        });
+        let line = tokio::time::timeout(Duration::from_secs(20), ready)
+            .await
+            .expect("the SMTP sink did not start within 20 s (is aiosmtpd installed? run deploy/test.sh)")
+            .expect("reader");
+        assert!(
+            line.starts_with("READY"),
+            "unexpected SMTP sink output: {line:?}"
+        );
+        SmtpSink {
+            port,
+            dir,
+            child,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Mail> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        files.sort();
+        files.iter().map(|p| parse_mail(p)).collect()
+    }
+
+    pub async fn wait_for_count(&self, n: usize, timeout: Duration) -> Vec<Mail> {
+        wait_for(&format!("{n} emails at the SMTP server"), timeout, || {
+            let m = self.messages();
+            (m.len() >= n).then_some(m)
+        })
+        .await
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn parse_mail(path: &Path) -> Mail {
+    let raw = std::fs::read(path).expect("mail file");
+    let envelope: serde_json::Value = std::fs::read_to_string(path.with_extension("json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let parsed = mailparse::parse_mail(&raw).expect("a parseable email");
+    let header = |name: &str| {
+        use mailparse::MailHeaderMap;
+        parsed.headers.get_first_value(name).unwrap_or_default()
+    };
+    let mut text = String::new();
+    let mut html = None;
+    let mut parts = vec![&parsed];
+    while let Some(p) = parts.pop() {
+        if p.subparts.is_empty() {
+            let body = p.get_body().unwrap_or_default();
+            match p.ctype.mimetype.as_str() {
+                "text/html" => html = Some(body),
+                _ => text = body,
+            }
+        } else {
+            parts.extend(p.subparts.iter());
+        }
+    }
+    Mail {
+        raw: String::from_utf8_lossy(&raw).into_owned(),
+        rcpt_to: envelope["rcpt_tos"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        to: header("To"),
+        from: header("From"),
+        subject: header("Subject"),
+        message_id: header("Message-ID"),
+        text,
+        html,
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of one sample in a Prometheus text exposition, matched by the
+/// metric name and a set of `label="value"` pairs.
+pub fn metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (head, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let (n, rest) = head.split_once('{').unwrap_or((head, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// Writes a daemon config for tests. `channels` is TOML for the [channels] tables.
+pub fn write_config(
+    dir: &Path,
+    brokers: &str,
+    topics: &[&str],
+    dead_letter: Option<&str>,
+    admin_port: u16,
+    channels: &str,
+) -> PathBuf {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let topics = topics
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dlq = dead_letter
+        .map(|d| format!("dead_letter_topic = {d:?}\n"))
+        .unwrap_or_default();
+    let body = format!(
+        r#"[kafka]
+brokers = {brokers:?}
+group_id = "forewarn-test-{admin_port}"
+topics = [{topics}]
+{dlq}
+[events]
+type = "type"
+customer = "customer_id"
+time = "ts"
+id = "event_id"
+
+[customers]
+email = "customer.email"
+
+[state]
+dir = {state:?}
+
+[rules]
+dir = {rules:?}
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+{channels}
+"#,
+        state = dir.join("state").display().to_string(),
+        rules = rules.display().to_string(),
+    );
+    let path = dir.join("forewarn.toml");
+    std::fs::write(&path, body).expect("write config");
+    path
+}
+
+pub fn smtp_channel(port: u16) -> String {
+    format!(
+        "[channels.email]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"Acme Care <care@acme.example>\"\ntimeout = \"5s\"\nretry_initial = \"100ms\"\nretry_max = \"1s\"\n"
+    )
+}
+
+/// The `forewarn` binary running as a child process, stderr captured to a file.
+pub struct DaemonProcess {
+    pub child: Child,
+    pub log: PathBuf,
+    pub admin: String,
+}
+
+impl DaemonProcess {
+    pub fn spawn(config: &Path, admin_port: u16, log: &Path) -> DaemonProcess {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("FOREWARN_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("start forewarn");
+        DaemonProcess {
+            child,
+            log: log.to_path_buf(),
+            admin: format!("127.0.0.1:{admin_port}"),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill command");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; `None` on timeout.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let admin = self.admin.clone();
+        let log = self.log.clone();
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = http_get(&admin, "/readyz") {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "forewarn not ready within {timeout:?}; /readyz: {:?}\nlog:\n{}",
+                    http_get(&admin, "/readyz"),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

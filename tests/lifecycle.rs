@@ -1,0 +1,208 @@
+//! The daemon as ops see it: the real binary, real signals, a broker that
+//! goes away and comes back, a topic that does not exist.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::*;
+
+fn delay_event(n: usize) -> String {
+    format!(
+        r#"{{"type":"carrier_delay_reported","event_id":"ev-{n}","customer_id":"c-{n}","ts":"2026-11-24T09:05:00Z","customer":{{"email":"c{n}@example.com"}},"order_id":"A-{n}","carrier":"DHL","delay_hours":48,"new_eta":"2026-11-28T18:00:00Z"}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_commits_so_a_restart_sends_nothing_twice() {
+    let broker = Broker::start().await;
+    let smtp = SmtpSink::start().await;
+    let topic = format!("events-{}", free_port());
+    broker.create_topic(&topic, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let config = write_config(
+        dir.path(),
+        &broker.brokers,
+        &[&topic],
+        None,
+        admin_port,
+        &smtp_channel(smtp.port),
+    );
+
+    let mut daemon = DaemonProcess::spawn(&config, admin_port, &dir.path().join("run1.log"));
+    daemon.wait_ready(Duration::from_secs(60)).await;
+    for n in 0..20 {
+        broker
+            .produce(&topic, Some(&format!("c-{n}")), &delay_event(n))
+            .await;
+    }
+    smtp.wait_for_count(20, Duration::from_secs(60)).await;
+
+    daemon.signal("TERM");
+    let status = daemon
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exits after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        daemon.logs()
+    );
+    let logs = daemon.logs();
+    assert!(logs.contains("SIGTERM: draining"), "{logs}");
+    assert!(logs.contains("positions committed"), "{logs}");
+
+    // Five more while it is down; the restart must send exactly those.
+    for n in 20..25 {
+        broker
+            .produce(&topic, Some(&format!("c-{n}")), &delay_event(n))
+            .await;
+    }
+    let mut daemon = DaemonProcess::spawn(&config, admin_port, &dir.path().join("run2.log"));
+    smtp.wait_for_count(25, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 25, "no email sent twice after a clean restart");
+    let mut ids: Vec<&str> = mails.iter().map(|m| m.message_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 25);
+    daemon.signal("INT");
+    let status = daemon
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exits after SIGINT");
+    assert!(status.success(), "{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_makes_it_unready_not_dead_and_it_carries_on() {
+    let mut broker = Broker::start_persistent().await;
+    if broker.is_external() {
+        return; // cannot kill someone else's cluster
+    }
+    let smtp = SmtpSink::start().await;
+    let topic = "events";
+    broker.create_topic(topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let config = write_config(
+        dir.path(),
+        &broker.brokers,
+        &[topic],
+        None,
+        admin_port,
+        &smtp_channel(smtp.port),
+    );
+    let mut daemon = DaemonProcess::spawn(&config, admin_port, &dir.path().join("run.log"));
+    daemon.wait_ready(Duration::from_secs(60)).await;
+    broker.produce(topic, Some("c-1"), &delay_event(1)).await;
+    smtp.wait_for_count(1, Duration::from_secs(60)).await;
+
+    broker.kill();
+    let body = wait_for(
+        "/readyz to report the broker outage",
+        Duration::from_secs(30),
+        || match http_get(&daemon.admin, "/readyz") {
+            Ok((503, body)) if body.contains("not reachable") => Some(body),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(body.contains("Kafka brokers are not reachable"), "{body}");
+    assert_eq!(
+        http_get(&daemon.admin, "/healthz").unwrap().0,
+        200,
+        "alive while the broker is away"
+    );
+    let metrics = http_get(&daemon.admin, "/metrics").unwrap().1;
+    assert_eq!(metric(&metrics, "forewarn_broker_up", &[]), Some(0.0));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "no crash:\n{}",
+        daemon.logs()
+    );
+
+    broker.restart().await;
+    daemon.wait_ready(Duration::from_secs(90)).await;
+    broker.produce(topic, Some("c-2"), &delay_event(2)).await;
+    let mails = smtp.wait_for_count(2, Duration::from_secs(90)).await;
+    assert_eq!(
+        mails.len(),
+        2,
+        "the first event is not sent again, the new one is"
+    );
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("Kafka brokers unreachable"),
+        "a clear log line:\n{logs}"
+    );
+    assert!(logs.contains("Kafka brokers reachable again"), "{logs}");
+
+    daemon.signal("TERM");
+    let status = daemon
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_named_at_startup() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let config = write_config(
+        dir.path(),
+        &broker.brokers,
+        &["no-such-topic"],
+        None,
+        admin_port,
+        "[channels.email]\ntype = \"file\"\ndir = \"./outbox\"\n",
+    );
+    let mut daemon = DaemonProcess::spawn(&config, admin_port, &dir.path().join("run.log"));
+    let status = daemon
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .expect("exits");
+    assert!(!status.success());
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("topic \"no-such-topic\" does not exist"),
+        "{logs}"
+    );
+    assert!(logs.contains("create it first"), "{logs}");
+}
+
+#[tokio::test]
+async fn invalid_config_and_rules_stop_startup_with_instructions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[kafka]\nbrokers = \"\"\ntopics = []\n[channels.email]\ntype = \"smtp\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 problems"), "{err}");
+    assert!(err.contains("kafka.brokers is empty"), "{err}");
+    assert!(err.contains("channels.email.host is missing"), "{err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(["check", concat!(env!("CARGO_MANIFEST_DIR"), "/rules")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
