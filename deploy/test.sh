@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine (Tansu, aiosmtpd), then
+# runs the linters and every test: unit, integration and end-to-end against
+# a real Kafka-compatible broker and a real SMTP server on 127.0.0.1.
+#
+# Set FOREWARN_TEST_BROKERS=host:port to run the broker tests against your
+# own Kafka cluster instead of a local Tansu.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source deploy/local/common.sh
+
+ensure_tansu
+ensure_aiosmtpd
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+log "forewarn check (the shipped rules and the local config)"
+cargo run --quiet -- check --config deploy/local/forewarn.toml rules
+log "cargo test (unit, integration, end-to-end)"
+cargo test --all-targets
