@@ -167,13 +167,21 @@ impl Default for RawCustomers {
 struct RawState {
     #[serde(default = "d_state_dir")]
     dir: PathBuf,
+    #[serde(default = "d_retention")]
+    ledger_retention: String,
+}
+fn d_retention() -> String {
+    "90d".into()
 }
 fn d_state_dir() -> PathBuf {
     "./data".into()
 }
 impl Default for RawState {
     fn default() -> Self {
-        RawState { dir: d_state_dir() }
+        RawState {
+            dir: d_state_dir(),
+            ledger_retention: d_retention(),
+        }
     }
 }
 
@@ -247,6 +255,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub customers: CustomersConfig,
     pub state_dir: PathBuf,
+    /// How long once_per remembers a notification.
+    pub ledger_retention: Duration,
     pub rules_dir: PathBuf,
     pub admin_listen: SocketAddr,
     pub log_customer_ids: bool,
@@ -442,6 +452,11 @@ impl Config {
             &raw.events.allowed_lateness,
         );
         let idle_timeout = duration(&mut p, "events.idle_timeout", &raw.events.idle_timeout);
+        let ledger_retention = duration(
+            &mut p,
+            "state.ledger_retention",
+            &raw.state.ledger_retention,
+        );
 
         let admin_listen = match raw.admin.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -494,6 +509,7 @@ impl Config {
                 profiles_topic: raw.customers.profiles_topic,
             },
             state_dir: raw.state.dir,
+            ledger_retention: ledger_retention.unwrap_or_default(),
             rules_dir: raw.rules.dir,
             admin_listen,
             log_customer_ids: raw.logging.log_customer_ids,

@@ -7,7 +7,7 @@
 //! again after a restart; then every done position is committed
 //! synchronously and `run` returns.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Health};
 use crate::config::Config;
-use crate::engine::Engine;
-use crate::event::{Event, EventSchema, FieldPath};
+use crate::engine::{Clock, Engine, EngineConfig, Output, PartitionId};
+use crate::event::{EventSchema, FieldPath, Millis};
 use crate::metrics::Metrics;
-use crate::notify::compose;
 use crate::notify::deliver::{Delivered, Dispatcher};
 use crate::notify::template::Templates;
-use crate::rules::{load_rules, Diagnostics, LoadOptions, Mode};
+use crate::pipeline::{prepare, Prepared};
+use crate::rules::{load_rules, Diagnostics, LoadOptions};
 use crate::source::kafka::{KafkaSource, SourceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,14 @@ impl Daemon {
         tracing::info!(%admin_addr, "admin HTTP listening (/metrics, /healthz, /readyz)");
 
         let pipeline = Pipeline {
-            engine: Engine::new(Arc::new(loaded.rules)),
+            engine: Engine::new(
+                Arc::new(loaded.rules),
+                EngineConfig {
+                    allowed_lateness: config.allowed_lateness.as_millis() as Millis,
+                    ledger_retention: config.ledger_retention.as_millis() as Millis,
+                },
+                std::slice::from_ref(&config.customers.email),
+            ),
             templates: loaded.templates,
             dispatcher,
             schema: config.events.clone(),
@@ -165,20 +172,50 @@ async fn consume(
         Duration::from_secs(1),
         shutdown.clone(),
     );
-    let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
-    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pipeline = pipeline;
+    let idle_timeout = config.idle_timeout;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Wall-clock time of the last record per partition, for idleness.
+    let mut last_seen: HashMap<PartitionId, Instant> = HashMap::new();
     let mut last_recv_error: Option<Instant> = None;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = commit_tick.tick() => {
+            _ = tick.tick() => {
                 if let Err(e) = source.commit(CommitMode::Async) {
                     tracing::debug!(error = %e, "periodic commit failed; retried on the next tick");
                 }
+                // Rebalances are picked up here, on the async side, rather
+                // than doing engine work inside librdkafka's callback.
+                let assigned = source.assigned_partitions();
+                let known: Vec<PartitionId> = pipeline.engine.partitions().collect();
+                for p in known.iter().filter(|p| !assigned.contains(p)) {
+                    pipeline.engine.revoke(*p);
+                    last_seen.remove(p);
+                }
+                for p in assigned.iter().filter(|p| !known.contains(p)) {
+                    pipeline.engine.assign(*p);
+                    last_seen.insert(*p, Instant::now());
+                }
+                // A partition with nothing to read for idle_timeout follows
+                // the wall clock, so deadlines fire without further events.
+                let now = wall_millis();
+                let mut out = Output::default();
+                for (p, seen) in &last_seen {
+                    if seen.elapsed() >= idle_timeout {
+                        pipeline.engine.on_idle(*p, now, Clock::Wall(now), &mut out);
+                    }
+                }
+                if !pipeline.apply(out, &shutdown).await {
+                    break;
+                }
+                pipeline.update_gauges();
             }
             received = source.recv() => match received {
                 Ok(msg) => {
+                    last_seen.insert(msg.partition(), Instant::now());
                     if !pipeline.handle(&source, &msg, &shutdown).await {
                         break;
                     }
@@ -209,7 +246,11 @@ async fn consume(
     Ok(())
 }
 
-/// Decode → engine → compose → deliver, for one record.
+fn wall_millis() -> Millis {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Decode → engine → prepare → deliver.
 struct Pipeline {
     engine: Engine,
     templates: Templates,
@@ -224,7 +265,7 @@ impl Pipeline {
     /// Handles one record. `false` means shutdown interrupted it and its
     /// position must not be committed.
     async fn handle(
-        &self,
+        &mut self,
         source: &KafkaSource,
         msg: &OwnedMessage,
         shutdown: &CancellationToken,
@@ -261,42 +302,55 @@ impl Pipeline {
             .events
             .with_label_values(&[topic, "accepted"])
             .inc();
-        self.on_event(&event, shutdown).await
+        let mut out = Output::default();
+        let now = wall_millis();
+        self.engine
+            .on_event(msg.partition(), &event, Clock::Wall(now), &mut out);
+        self.apply(out, shutdown).await
     }
 
-    async fn on_event(&self, event: &Arc<Event>, shutdown: &CancellationToken) -> bool {
-        let evaluation = self.engine.on_event(event);
-        for err in &evaluation.errors {
-            self.metrics
-                .rule_errors
-                .with_label_values(&[&err.rule_id])
-                .inc();
+    /// Counts what the engine reported and delivers its firings.
+    async fn apply(&self, out: Output, shutdown: &CancellationToken) -> bool {
+        let m = &self.metrics;
+        if out.late_events > 0 {
+            m.late_events.inc_by(out.late_events);
+        }
+        for rule in &out.missing_key {
+            m.rule_missing_key.with_label_values(&[rule]).inc();
+        }
+        for err in &out.errors {
+            m.rule_errors.with_label_values(&[&err.rule_id]).inc();
             tracing::warn!(error_code = "rule_eval_error", stage = "engine", rule = %err.rule_id, error = %err.message, "condition could not be evaluated; treated as not matching");
         }
-        for firing in evaluation.firings {
+        for decision in &out.decisions {
+            let firing = &decision.firing;
             let rule = &firing.rule;
-            self.metrics
-                .rule_firings
-                .with_label_values(&[&rule.id])
-                .inc();
+            m.rule_firings.with_label_values(&[&rule.id]).inc();
             let channel = rule.notify.channel.as_str();
             let customer = self
                 .log_customer_ids
                 .then_some(firing.event.customer.as_str());
-            let outcome = match compose(&firing, &self.templates, &self.email) {
-                Err(e) => {
-                    tracing::warn!(error_code = e.outcome(), stage = "compose", rule = %rule.id, notification_id = %firing.notification_id, customer, error = %e, "notification not sent");
-                    e.outcome()
+            let prepared = prepare(decision, &self.templates, &self.email);
+            let outcome = match prepared {
+                Prepared::Skip { outcome, detail } => {
+                    tracing::info!(stage = "decide", rule = %rule.id, notification_id = %firing.notification_id, customer, outcome, detail, "notification not sent");
+                    outcome
                 }
-                Ok(_) if rule.mode == Mode::Shadow => {
+                Prepared::Shadow(_) => {
                     tracing::info!(stage = "decide", rule = %rule.id, notification_id = %firing.notification_id, customer, "shadow mode: decided, not sent");
                     "shadow"
                 }
-                Ok(n) => {
+                Prepared::Send(n) => {
                     let delivered = self.dispatcher.deliver(&n, shutdown).await;
                     match &delivered {
                         Delivered::Interrupted => return false,
                         Delivered::Sent { attempts } => {
+                            if let Some(deadline) = firing.deadline {
+                                let delay = (wall_millis() - deadline).max(0) as f64 / 1000.0;
+                                m.detection_delay
+                                    .with_label_values(&[&rule.id])
+                                    .observe(delay);
+                            }
                             tracing::info!(stage = "deliver", rule = %rule.id, channel, notification_id = %n.id, customer, attempts, "notification sent");
                         }
                         Delivered::DeadLettered { .. } => {}
@@ -304,11 +358,21 @@ impl Pipeline {
                     delivered.outcome()
                 }
             };
-            self.metrics
-                .notifications
+            m.notifications
                 .with_label_values(&[&rule.id, channel, outcome])
                 .inc();
         }
         true
+    }
+
+    fn update_gauges(&self) {
+        let stats = self.engine.stats();
+        self.metrics.open_episodes.set(stats.open_episodes as i64);
+        self.metrics
+            .threshold_windows
+            .set(stats.threshold_windows as i64);
+        if let Some(w) = self.engine.watermark() {
+            self.metrics.watermark.set(w as f64 / 1000.0);
+        }
     }
 }

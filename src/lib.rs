@@ -13,5 +13,6 @@ pub mod engine;
 pub mod event;
 pub mod metrics;
 pub mod notify;
+pub mod pipeline;
 pub mod rules;
 pub mod source;

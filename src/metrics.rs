@@ -29,6 +29,16 @@ pub struct Metrics {
     pub delivery_attempts: IntCounterVec,
     /// Time from the first attempt to acceptance by the channel.
     pub delivery_duration: HistogramVec,
+    /// Send time − deadline for absence rules: how late "before they complain" was.
+    pub detection_delay: HistogramVec,
+    /// Events older than their partition's watermark (still processed).
+    pub late_events: prometheus::IntCounter,
+    /// Triggers that lacked a key or deadline field and opened nothing, by rule.
+    pub rule_missing_key: IntCounterVec,
+    pub open_episodes: IntGauge,
+    pub threshold_windows: IntGauge,
+    /// The engine watermark, in Unix seconds.
+    pub watermark: prometheus::Gauge,
     pub rules_loaded: IntGauge,
     pub broker_up: IntGauge,
     pub assigned_partitions: IntGauge,
@@ -103,6 +113,46 @@ impl Metrics {
         registry
             .register(Box::new(delivery_duration.clone()))
             .expect("each metric is registered once");
+        let detection_delay = HistogramVec::new(
+            HistogramOpts::new(
+                "forewarn_detection_delay_seconds",
+                "Absence rules: time from the deadline to the send.",
+            )
+            .buckets(vec![
+                0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+            ]),
+            &["rule"],
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(detection_delay.clone()))
+            .expect("each metric is registered once");
+        let late_events = prometheus::IntCounter::new(
+            "forewarn_late_events_total",
+            "Events older than their partition's watermark (still processed).",
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(late_events.clone()))
+            .expect("each metric is registered once");
+        let rule_missing_key = counter(
+            "forewarn_rule_missing_key_total",
+            "Triggers without a key or deadline field; they open nothing.",
+            &["rule"],
+        );
+        let open_episodes = gauge(
+            "forewarn_open_episodes",
+            "Open absence episodes waiting for their deadline.",
+        );
+        let threshold_windows = gauge("forewarn_threshold_windows", "Open threshold windows.");
+        let watermark = prometheus::Gauge::new(
+            "forewarn_watermark_seconds",
+            "The engine watermark (event time), in Unix seconds.",
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(watermark.clone()))
+            .expect("each metric is registered once");
         let rules_loaded = gauge("forewarn_rules_loaded", "Rules in the active rule set.");
         let broker_up = gauge(
             "forewarn_broker_up",
@@ -137,6 +187,12 @@ impl Metrics {
             notifications,
             delivery_attempts,
             delivery_duration,
+            detection_delay,
+            late_events,
+            rule_missing_key,
+            open_episodes,
+            threshold_windows,
+            watermark,
             rules_loaded,
             broker_up,
             assigned_partitions,

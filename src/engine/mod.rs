@@ -1,55 +1,199 @@
-//! The engine is pure: events (and, with the rule engine release, watermarks)
-//! in, firings out. No async, no clock, no I/O, so live mode, replay and
-//! tests all drive the same code.
+//! The engine is pure: events, idle ticks and a clock reading go in;
+//! decisions come out. No async, no I/O, no clock of its own, so live mode,
+//! `replay`, rule tests and property tests all drive the same code.
 //!
-//! One module per rule kind: `matcher` for `match`. A new kind adds a module
-//! here, a variant in `rules::model::RuleKind`, and an arm in `on_event`.
+//! State is kept per Kafka partition ([`Partition`]): a watermark, open
+//! absence episodes with a sorted deadline index (one timer structure per
+//! partition, never a task per timer), threshold windows and the
+//! cooldown / once_per ledgers. The engine watermark is the minimum over
+//! partitions; an absence deadline fires only once it has passed.
+//!
+//! One module per rule kind: `matcher` (match), `absence`, `threshold`.
+//! A new kind adds a module here, a variant in `rules::model::RuleKind`,
+//! and arms in `on_event` / `fire_due`.
 
+mod absence;
+mod ledger;
 mod matcher;
+pub mod project;
+mod threshold;
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 use crate::event::{Event, Millis};
+use crate::rules::catalog::CatalogEntry;
 use crate::rules::expr::{base_context, to_cel};
 use crate::rules::{Rule, RuleKind, RuleSet};
+
+pub type PartitionId = i32;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Watermark = highest event time seen − this.
+    pub allowed_lateness: Millis,
+    /// How long once_per entries are remembered.
+    pub ledger_retention: Millis,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            allowed_lateness: 5_000,
+            ledger_retention: 90 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// What "now" means when the engine judges staleness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// Live: the wall clock, in epoch milliseconds.
+    Wall(Millis),
+    /// Replay and tests: virtual time, in which every firing is on time.
+    Virtual,
+}
+
+/// What the engine decided about a firing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Go on to policy and delivery.
+    Fire,
+    /// The rule notified this customer within its cooldown.
+    Cooldown,
+    /// once_per: this value tuple was notified before.
+    Duplicate,
+    /// The deadline is older than stale_after by the clock.
+    Stale,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Fire => "fired",
+            Outcome::Cooldown => "cooldown",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale => "stale",
+        }
+    }
+}
 
 /// A rule decided that a customer should hear from us.
 #[derive(Debug, Clone)]
 pub struct Firing {
     pub rule: Arc<Rule>,
-    /// The event that fired the rule (for `match`, the trigger itself).
+    /// The event templates see as `event` and `trigger`: the trigger for
+    /// absence rules, the firing event otherwise.
     pub event: Arc<Event>,
-    /// The values that identify the episode (for `match`: customer and event).
+    pub entry: Option<Arc<CatalogEntry>>,
+    /// The values that identify the episode.
     pub key: Vec<String>,
     pub episode_start: Millis,
+    /// Absence rules: when the customer should have acted.
+    pub deadline: Option<Millis>,
+    /// Event time of the firing: the deadline, or the firing event's time.
+    pub fired_at: Millis,
+    pub partition: PartitionId,
     pub notification_id: String,
 }
 
-/// A condition that could not be evaluated (counted, logged by the caller).
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub firing: Firing,
+    pub outcome: Outcome,
+}
+
+/// A condition that could not be evaluated (counted and logged by the caller).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleError {
     pub rule_id: String,
     pub message: String,
 }
 
+/// Everything the engine reports; the caller drains it after each call.
 #[derive(Debug, Default)]
-pub struct Evaluation {
-    pub firings: Vec<Firing>,
+pub struct Output {
+    pub decisions: Vec<Decision>,
     pub errors: Vec<RuleError>,
+    /// Rule ids whose trigger lacked a key (or deadline) field: opened nothing.
+    pub missing_key: Vec<String>,
+    /// Events older than their partition's watermark (still processed).
+    pub late_events: u64,
+}
+
+/// Sizes of the engine's state, for metrics and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub open_episodes: usize,
+    pub threshold_windows: usize,
+    pub ledger_entries: usize,
+}
+
+/// An open absence episode. Kept small: millions are normal.
+#[derive(Debug, Clone)]
+struct Episode {
+    start: Millis,
+    deadline: Millis,
+    rule: u32,
+    /// The trigger, reduced to the fields the rule can use (see `project`).
+    trigger: Box<[u8]>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Partition {
+    max_event: Option<Millis>,
+    idle_floor: Option<Millis>,
+    episodes: HashMap<u128, SmallVec<[Episode; 1]>>,
+    timers: BTreeSet<(Millis, u128)>,
+    windows: HashMap<u128, threshold::Window>,
+    window_expiry: BTreeSet<(Millis, u128)>,
+    ledger: ledger::Ledger,
+}
+
+impl Partition {
+    fn watermark(&self, lateness: Millis) -> Option<Millis> {
+        let from_events = self.max_event.map(|m| m.saturating_sub(lateness));
+        match (from_events, self.idle_floor) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 pub struct Engine {
     rules: Arc<RuleSet>,
+    /// Per rule: the trigger fields to keep in an episode (None: all).
+    retain: Vec<Option<Vec<crate::event::FieldPath>>>,
     cel: cel::Context<'static, 'static>,
+    cfg: EngineConfig,
+    partitions: BTreeMap<PartitionId, Partition>,
+    /// The engine watermark up to which timers have fired.
+    fired_through: Option<Millis>,
 }
 
 impl Engine {
-    pub fn new(rules: Arc<RuleSet>) -> Engine {
+    /// `always_retain`: event fields every stored trigger keeps besides
+    /// what its rule uses (the recipient address path, typically).
+    pub fn new(
+        rules: Arc<RuleSet>,
+        cfg: EngineConfig,
+        always_retain: &[crate::event::FieldPath],
+    ) -> Engine {
+        let retain = rules
+            .rules
+            .iter()
+            .map(|r| project::retained_paths(r, always_retain))
+            .collect();
         Engine {
             rules,
+            retain,
             cel: base_context(),
+            cfg,
+            partitions: BTreeMap::new(),
+            fired_through: None,
         }
     }
 
@@ -57,24 +201,154 @@ impl Engine {
         &self.rules
     }
 
-    pub fn on_event(&self, event: &Arc<Event>) -> Evaluation {
-        let mut out = Evaluation::default();
-        let candidates = self.rules.triggered_by(&event.kind);
-        if candidates.is_empty() {
-            return out;
+    /// Starts tracking a partition. Until it sees an event or goes idle, its
+    /// watermark is unknown and holds the engine watermark back.
+    pub fn assign(&mut self, p: PartitionId) {
+        self.partitions.entry(p).or_default();
+    }
+
+    /// Stops tracking a partition and drops its state (the durable store
+    /// keeps it for the next owner).
+    pub fn revoke(&mut self, p: PartitionId) {
+        self.partitions.remove(&p);
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
+        self.partitions.keys().copied()
+    }
+
+    /// The engine watermark: the minimum over partitions, `None` while any
+    /// partition has neither an event nor an idle tick.
+    pub fn watermark(&self) -> Option<Millis> {
+        let mut min: Option<Millis> = None;
+        for p in self.partitions.values() {
+            let w = p.watermark(self.cfg.allowed_lateness)?;
+            min = Some(min.map_or(w, |m| m.min(w)));
         }
-        // Converted once per event, shared by every rule that looks at it.
-        let mut scope = self.cel.new_inner_scope();
-        let value = to_cel(&event.payload);
-        scope.add_variable_from_value("event", value.clone());
-        scope.add_variable_from_value("trigger", value);
-        for rule in candidates {
-            match rule.kind {
-                RuleKind::Match => matcher::on_event(rule, event, &scope, &mut out),
+        min
+    }
+
+    /// A partition's own watermark.
+    pub fn partition_watermark(&self, p: PartitionId) -> Option<Millis> {
+        self.partitions
+            .get(&p)?
+            .watermark(self.cfg.allowed_lateness)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for p in self.partitions.values() {
+            s.open_episodes += p.timers.len();
+            s.threshold_windows += p.windows.len();
+            s.ledger_entries += p.ledger.len();
+        }
+        s
+    }
+
+    /// Processes one event read from partition `p`.
+    pub fn on_event(&mut self, p: PartitionId, event: &Arc<Event>, clock: Clock, out: &mut Output) {
+        let lateness = self.cfg.allowed_lateness;
+        let part = self.partitions.entry(p).or_default();
+        if part.watermark(lateness).is_some_and(|w| event.time < w) {
+            out.late_events += 1;
+        }
+        part.max_event = Some(part.max_event.map_or(event.time, |m| m.max(event.time)));
+
+        let closers = self.rules.closed_by(&event.kind);
+        let triggers = self.rules.triggered_by(&event.kind);
+        if !closers.is_empty() || !triggers.is_empty() {
+            // Converted once per event, shared by every rule that looks at it.
+            let value = to_cel(&event.payload);
+            let mut scope = self.cel.new_inner_scope();
+            scope.add_variable_from_value("event", value);
+            let cx = Cx {
+                rules: &self.rules,
+                retain: &self.retain,
+                cfg: &self.cfg,
+                scope: &scope,
+                partition: p,
+                clock,
+            };
+            let part = self.partitions.get_mut(&p).expect("inserted above");
+            // Closers first: an event that both closes and re-triggers
+            // (say, a second checkout after an order) ends the old episode
+            // before it opens the next.
+            for &idx in closers {
+                absence::on_closer(&cx, part, idx, event, out);
+            }
+            for &idx in triggers {
+                let rule = self.rules.rule(idx);
+                if !matcher::trigger_holds(rule, &scope, &rule.trigger, out) {
+                    continue;
+                }
+                match &rule.kind {
+                    RuleKind::Match { .. } => matcher::on_trigger(&cx, part, idx, event, out),
+                    RuleKind::Absence(_) => absence::on_trigger(&cx, part, idx, event, out),
+                    RuleKind::Threshold(_) => threshold::on_trigger(&cx, part, idx, event, out),
+                }
             }
         }
-        out
+        self.fire_due(clock, out);
     }
+
+    /// Partition `p` has been caught up for `idle_timeout`: its watermark
+    /// follows the clock (`now` − allowed_lateness), so deadlines fire even
+    /// when no further events arrive.
+    pub fn on_idle(&mut self, p: PartitionId, now: Millis, clock: Clock, out: &mut Output) {
+        let floor = now.saturating_sub(self.cfg.allowed_lateness);
+        let part = self.partitions.entry(p).or_default();
+        part.idle_floor = Some(part.idle_floor.map_or(floor, |f| f.max(floor)));
+        self.fire_due(clock, out);
+    }
+
+    /// End of a replay: time runs on, every open deadline fires.
+    pub fn flush(&mut self, clock: Clock, out: &mut Output) {
+        for part in self.partitions.values_mut() {
+            part.idle_floor = Some(Millis::MAX);
+        }
+        self.fire_due(clock, out);
+    }
+
+    /// Fires every timer the engine watermark has passed, in deadline order
+    /// per partition, and expires windows and ledger entries behind it.
+    fn fire_due(&mut self, clock: Clock, out: &mut Output) {
+        let Some(wm) = self.watermark() else {
+            return;
+        };
+        if self.fired_through.is_some_and(|f| f >= wm) {
+            return;
+        }
+        self.fired_through = Some(wm);
+        let rules = Arc::clone(&self.rules);
+        for (&pid, part) in self.partitions.iter_mut() {
+            absence::fire_due(&rules, &self.cfg, part, pid, wm, clock, out);
+            threshold::expire(part, wm);
+            part.ledger.expire(wm);
+        }
+    }
+}
+
+/// What the per-kind modules need from the engine for one event.
+struct Cx<'a> {
+    rules: &'a RuleSet,
+    retain: &'a [Option<Vec<crate::event::FieldPath>>],
+    cfg: &'a EngineConfig,
+    scope: &'a cel::Context<'a, 'static>,
+    partition: PartitionId,
+    clock: Clock,
+}
+
+/// Stable 128-bit identity of (rule, values): episodes, windows, ledgers.
+fn key_hash(tag: &str, rule_id: &str, values: &[String]) -> u128 {
+    let mut buf = Vec::with_capacity(64);
+    for part in [tag, rule_id]
+        .into_iter()
+        .chain(values.iter().map(String::as_str))
+    {
+        buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        buf.extend_from_slice(part.as_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_128(&buf)
 }
 
 /// The deterministic notification id: hash(rule, key values, episode start),
@@ -90,20 +364,4 @@ pub fn notification_id(rule_id: &str, key: &[String], episode_start: Millis) -> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn notification_ids_are_deterministic_and_distinct() {
-        let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let a = notification_id("r", &k(&["c1", "e1"]), 5);
-        assert_eq!(a, notification_id("r", &k(&["c1", "e1"]), 5));
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, notification_id("r", &k(&["c1", "e1"]), 6));
-        assert_ne!(a, notification_id("r2", &k(&["c1", "e1"]), 5));
-        assert_ne!(
-            notification_id("r", &k(&["a", "bc"]), 5),
-            notification_id("r", &k(&["ab", "c"]), 5)
-        );
-    }
-}
+mod tests;

@@ -74,8 +74,10 @@ pub fn template_context(firing: &Firing, email: Option<&str>) -> Value {
             "description": firing.rule.description,
             "class": firing.rule.class.as_str(),
         },
+        "entry": firing.entry.as_ref().map(|e| e.fields.clone()),
         "episode": {
             "start": format_time(firing.episode_start),
+            "deadline": firing.deadline.map(format_time),
             "key": firing.key,
         },
         "notification": { "id": firing.notification_id },

@@ -200,6 +200,19 @@ impl Templates {
         }
     }
 
+    /// Every variable path the template's parts read, e.g. `event.cart.total`.
+    pub fn referenced(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for part in PARTS {
+            if let Ok(t) = self.env.get_template(&format!("{name}.{part}")) {
+                out.extend(t.undeclared_variables(true));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.names.contains(name)
     }

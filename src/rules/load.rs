@@ -3,15 +3,18 @@
 //! Every problem in every file is collected, not just the first, so a CX
 //! lead fixes a whole batch per `forewarn check`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use toml::Spanned;
 
+use super::catalog::{load_catalogs, Catalog};
 use super::diagnostics::{Diagnostic, Diagnostics};
 use super::expr::Expr;
 use super::model::*;
+use crate::event::{FieldPath, Millis};
 use crate::notify::template::Templates;
 
 /// What the rules are checked against besides themselves.
@@ -27,6 +30,7 @@ pub struct LoadOptions {
 pub struct Loaded {
     pub rules: RuleSet,
     pub templates: Templates,
+    pub catalogs: BTreeMap<String, Arc<Catalog>>,
 }
 
 pub fn load_rules(dir: &Path, opts: &LoadOptions) -> Result<Loaded, Diagnostics> {
@@ -39,6 +43,7 @@ pub fn load_rules(dir: &Path, opts: &LoadOptions) -> Result<Loaded, Diagnostics>
         return Err(Diagnostics(diags));
     }
     let templates = Templates::load(&dir.join("templates"), &mut diags);
+    let catalogs = load_catalogs(&dir.join("catalogs"), &mut diags);
 
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
@@ -86,7 +91,8 @@ pub fn load_rules(dir: &Path, opts: &LoadOptions) -> Result<Loaded, Diagnostics>
                 diags: &mut diags,
             };
             let span = raw_rule.span();
-            let Some(rule) = cx.rule(raw_rule.into_inner(), span, &templates, opts) else {
+            let Some(rule) = cx.rule(raw_rule.into_inner(), span, &templates, &catalogs, opts)
+            else {
                 continue;
             };
             match seen.get(&rule.id) {
@@ -114,6 +120,7 @@ pub fn load_rules(dir: &Path, opts: &LoadOptions) -> Result<Loaded, Diagnostics>
         Ok(Loaded {
             rules: RuleSet::new(rules),
             templates,
+            catalogs,
         })
     } else {
         Err(Diagnostics(diags))
@@ -161,6 +168,7 @@ impl FileCx<'_> {
         raw: RawRule,
         span: Range<usize>,
         templates: &Templates,
+        catalogs: &BTreeMap<String, Arc<Catalog>>,
         opts: &LoadOptions,
     ) -> Option<Rule> {
         let before = self.diags.len();
@@ -177,16 +185,8 @@ impl FileCx<'_> {
             );
         }
 
-        let kind = match raw.kind.get_ref().as_str() {
-            "match" => Some(RuleKind::Match),
-            k @ ("absence" | "threshold") => {
-                self.err(
-                    raw.kind.span(),
-                    format!("kind = {k:?} is not supported by this forewarn version yet"),
-                    "only kind = \"match\" runs today; keep this rule in a file outside the rules folder until the rule engine release",
-                );
-                None
-            }
+        let kind: Option<&str> = match raw.kind.get_ref().as_str() {
+            k @ ("match" | "absence" | "threshold") => Some(k),
             other => {
                 self.err(
                     raw.kind.span(),
@@ -226,22 +226,20 @@ impl FileCx<'_> {
         };
 
         let trigger_span = raw.trigger.span();
-        let trigger = self.condition(raw.trigger.into_inner(), trigger_span);
+        let trigger = self.condition(clone_condition(raw.trigger.get_ref()), trigger_span);
 
-        // Fields of SPEC section 2 that this version cannot act on yet. They
-        // are rejected rather than ignored: a cooldown that silently does
-        // nothing would mail customers more often than the rule says.
-        let unsupported: [(&str, Option<Range<usize>>); 13] = [
+        // Which fields each kind takes. A field that does not apply is an
+        // error, not ignored: a `within` on a match rule would otherwise
+        // read as a promise the engine does not keep.
+        let kind_name = raw.kind.get_ref().clone();
+        let present: [(&str, Option<Range<usize>>); 10] = [
             ("until", raw.until.as_ref().map(Spanned::span)),
             ("cancel_on", raw.cancel_on.as_ref().map(Spanned::span)),
-            ("key", raw.key.as_ref().map(Spanned::span)),
             ("within", raw.within.as_ref().map(Spanned::span)),
             ("deadline", raw.deadline.as_ref().map(Spanned::span)),
             ("grace", raw.grace.as_ref().map(Spanned::span)),
             ("on_repeat", raw.on_repeat.as_ref().map(Spanned::span)),
             ("stale_after", raw.stale_after.as_ref().map(Spanned::span)),
-            ("cooldown", raw.cooldown.as_ref().map(Spanned::span)),
-            ("once_per", raw.once_per.as_ref().map(Spanned::span)),
             ("count", raw.count.as_ref().map(Spanned::span)),
             ("catalog", raw.catalog.as_ref().map(Spanned::span)),
             (
@@ -249,13 +247,141 @@ impl FileCx<'_> {
                 raw.holdout_percent.as_ref().map(Spanned::span),
             ),
         ];
-        for (field, span) in unsupported {
-            if let Some(span) = span {
+        let allowed: &[&str] = match kind_name.as_str() {
+            "match" => &["catalog"],
+            "absence" => &[
+                "until",
+                "cancel_on",
+                "within",
+                "deadline",
+                "grace",
+                "on_repeat",
+                "stale_after",
+            ],
+            "threshold" => &["count", "within"],
+            _ => &[],
+        };
+        for (field, span) in &present {
+            let Some(span) = span else { continue };
+            if *field == "holdout_percent" {
                 self.err(
-                    span,
-                    format!("`{field}` is not supported by this forewarn version yet"),
-                    format!("remove `{field}` from rule {id:?}; it would otherwise be ignored and the rule would behave differently than written"),
+                    span.clone(),
+                    "`holdout_percent` is not supported by this forewarn version yet",
+                    format!("remove it from rule {id:?}; holdouts arrive with the contact-policy release"),
                 );
+            } else if kind.is_some() && !allowed.contains(field) {
+                self.err(
+                    span.clone(),
+                    format!("`{field}` does not apply to a {kind_name} rule"),
+                    format!(
+                        "remove `{field}`; a {kind_name} rule takes {}",
+                        describe_fields(&kind_name)
+                    ),
+                );
+            }
+        }
+
+        let key = match &raw.key {
+            None => vec![KeyField::Customer],
+            Some(k) => {
+                let mut fields = Vec::new();
+                if k.get_ref().is_empty() {
+                    self.err(
+                        k.span(),
+                        "`key` is empty",
+                        "list the fields that tie events together, e.g. key = [\"customer_id\"]",
+                    );
+                }
+                for f in k.get_ref() {
+                    match FieldPath::parse(f) {
+                        Ok(p) => fields.push(KeyField::Path(p)),
+                        Err(e) => self.err(
+                            k.span(),
+                            format!("key field {f:?}: {e}"),
+                            "write event field paths such as \"customer_id\" or \"order.id\"",
+                        ),
+                    }
+                }
+                fields
+            }
+        };
+        let cooldown = raw
+            .cooldown
+            .as_ref()
+            .and_then(|d| self.duration("cooldown", d));
+
+        let kind = match kind {
+            None => None,
+            Some("match") => {
+                let catalog = match &raw.catalog {
+                    None => Some(None),
+                    Some(name) => {
+                        match catalogs.get(name.get_ref()) {
+                            Some(c) => Some(Some(Arc::clone(c))),
+                            None => {
+                                let known: Vec<&String> = catalogs.keys().collect();
+                                self.err(
+                                name.span(),
+                                format!("catalog {:?} does not exist in rules/catalogs/", name.get_ref()),
+                                if known.is_empty() {
+                                    format!("create rules/catalogs/{}.toml with [[entry]] tables", name.get_ref())
+                                } else {
+                                    format!("use one of {known:?}, or create rules/catalogs/{}.toml", name.get_ref())
+                                },
+                            );
+                                None
+                            }
+                        }
+                    }
+                };
+                catalog.map(|catalog| RuleKind::Match { catalog })
+            }
+            Some("absence") => self.absence(&raw, rule_span(&span)),
+            Some(_) => self.threshold(&raw, rule_span(&span)),
+        };
+
+        let catalog = match &kind {
+            Some(RuleKind::Match { catalog: Some(c) }) => Some(Arc::clone(c)),
+            _ => None,
+        };
+        let mut once_per = Vec::new();
+        if let Some(op) = &raw.once_per {
+            if op.get_ref().is_empty() {
+                self.err(
+                    op.span(),
+                    "`once_per` is empty",
+                    "list fields, e.g. once_per = [\"customer_id\", \"entry.id\"], or remove it",
+                );
+            }
+            for f in op.get_ref() {
+                if let Some(field) = f.strip_prefix("entry.") {
+                    match &catalog {
+                        None => self.err(
+                            op.span(),
+                            format!("once_per names {f:?}, but this rule joins no catalog, so `entry` never exists"),
+                            "add catalog = \"…\" to the rule, or use event fields such as \"customer_id\"",
+                        ),
+                        Some(c) if !c.common_fields.contains(field) => self.err(
+                            op.span(),
+                            format!("once_per names {f:?}, but not every entry of catalog {:?} has a `{field}` field", c.name),
+                            format!("use one of the fields every entry has: {:?}", c.common_fields.iter().map(|f| format!("entry.{f}")).collect::<Vec<_>>()),
+                        ),
+                        Some(_) => once_per.push(OncePerField::Entry(field.to_string())),
+                    }
+                } else {
+                    let path = f
+                        .strip_prefix("event.")
+                        .or_else(|| f.strip_prefix("trigger."))
+                        .unwrap_or(f);
+                    match FieldPath::parse(path) {
+                        Ok(p) => once_per.push(OncePerField::Event(KeyField::Path(p))),
+                        Err(e) => self.err(
+                            op.span(),
+                            format!("once_per field {f:?}: {e}"),
+                            "write event field paths such as \"customer_id\", or entry.<field>",
+                        ),
+                    }
+                }
             }
         }
 
@@ -287,6 +413,13 @@ impl FileCx<'_> {
             );
         }
 
+        let trigger_fields = match &kind {
+            Some(RuleKind::Absence(a)) => {
+                let conditions: Vec<&Condition> = a.until.iter().chain(&a.cancel_on).collect();
+                trigger_fields(templates, &template, &conditions)
+            }
+            _ => Some(Vec::new()),
+        };
         if self.diags.len() > before {
             return None;
         }
@@ -296,6 +429,10 @@ impl FileCx<'_> {
             kind: kind?,
             class,
             trigger: trigger?,
+            key,
+            cooldown,
+            once_per,
+            trigger_fields,
             enabled: raw.enabled.unwrap_or(true),
             mode,
             notify: Notify { channel, template },
@@ -304,6 +441,152 @@ impl FileCx<'_> {
                 line: super::diagnostics::line_col(self.source, span.start).0,
             },
         })
+    }
+
+    fn duration(&mut self, field: &str, v: &Spanned<String>) -> Option<Millis> {
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if !d.is_zero() => Some(d.as_millis() as Millis),
+            Ok(_) => {
+                self.err(
+                    v.span(),
+                    format!("`{field}` = {:?} is zero", v.get_ref()),
+                    "use a positive duration such as \"30m\"",
+                );
+                None
+            }
+            Err(e) => {
+                self.err(
+                    v.span(),
+                    format!("`{field}` = {:?} is not a duration ({e})", v.get_ref()),
+                    "write a number with a unit: \"90s\", \"30m\", \"2h\", \"7d\" (units combine: \"1h 30m\")",
+                );
+                None
+            }
+        }
+    }
+
+    fn absence(&mut self, raw: &RawRule, span: Range<usize>) -> Option<RuleKind> {
+        let before = self.diags.len();
+        let until = match &raw.until {
+            Some(u) => self.condition(clone_condition(u.get_ref()), u.span()),
+            None => None,
+        };
+        let mut cancel_on = Vec::new();
+        if let Some(c) = &raw.cancel_on {
+            for cond in c.get_ref() {
+                if let Some(cond) = self.condition(clone_condition(cond), c.span()) {
+                    cancel_on.push(cond);
+                }
+            }
+        }
+        if raw.until.is_none() && raw.cancel_on.is_none() {
+            self.err(
+                span.clone(),
+                "an absence rule needs `until` (the event that should follow) or `cancel_on`",
+                "add until = { event = \"order_placed\" } (the event whose absence the rule is about)",
+            );
+        }
+        let deadline = match (&raw.within, &raw.deadline) {
+            (Some(w), None) => {
+                if let Some(g) = &raw.grace {
+                    self.err(
+                        g.span(),
+                        "`grace` only applies with `deadline`",
+                        "remove `grace`, or use deadline = \"<field>\" with grace",
+                    );
+                }
+                self.duration("within", w).map(DeadlineSpec::Within)
+            }
+            (None, Some(d)) => {
+                let grace = match &raw.grace {
+                    Some(g) => self.duration("grace", g),
+                    None => Some(0),
+                };
+                match FieldPath::parse(d.get_ref()) {
+                    Ok(path) => grace.map(|grace| DeadlineSpec::Field { path, grace }),
+                    Err(e) => {
+                        self.err(d.span(), format!("`deadline` = {:?}: {e}", d.get_ref()), "name the trigger field that holds the promised time, e.g. deadline = \"promised_delivery_at\"");
+                        None
+                    }
+                }
+            }
+            (Some(w), Some(_)) => {
+                self.err(w.span(), "an absence rule takes `within` or `deadline`, not both", "keep within = \"30m\" (relative to the trigger) or deadline = \"<field>\" (a time on the trigger), not both");
+                None
+            }
+            (None, None) => {
+                self.err(
+                    span,
+                    "an absence rule needs `within` or `deadline`",
+                    "add within = \"30m\" (deadline = trigger time + 30 minutes), or deadline = \"promised_delivery_at\" with grace = \"2h\"",
+                );
+                None
+            }
+        };
+        let on_repeat = match raw.on_repeat.as_ref().map(|r| r.get_ref().as_str()) {
+            None | Some("restart") => OnRepeat::Restart,
+            Some("ignore") => OnRepeat::Ignore,
+            Some(other) => {
+                let sp = raw.on_repeat.as_ref().map_or(0..0, Spanned::span);
+                self.err(
+                    sp,
+                    format!("on_repeat = {other:?} is not an option"),
+                    "use \"restart\" (a new trigger starts the wait again) or \"ignore\"",
+                );
+                OnRepeat::Restart
+            }
+        };
+        let stale_after = raw
+            .stale_after
+            .as_ref()
+            .and_then(|d| self.duration("stale_after", d));
+        if self.diags.len() > before {
+            return None;
+        }
+        Some(RuleKind::Absence(Absence {
+            until,
+            cancel_on,
+            deadline: deadline?,
+            on_repeat,
+            stale_after,
+        }))
+    }
+
+    fn threshold(&mut self, raw: &RawRule, span: Range<usize>) -> Option<RuleKind> {
+        let count = match &raw.count {
+            Some(c) if *c.get_ref() >= 1 => Some(*c.get_ref() as usize),
+            Some(c) => {
+                self.err(
+                    c.span(),
+                    format!("count = {} must be at least 1", c.get_ref()),
+                    "set how many events within `within` fire the rule, e.g. count = 3",
+                );
+                None
+            }
+            None => {
+                self.err(
+                    span.clone(),
+                    "a threshold rule needs `count`",
+                    "add count = 3 (how many events within `within` fire the rule)",
+                );
+                None
+            }
+        };
+        let within = match &raw.within {
+            Some(w) => self.duration("within", w),
+            None => {
+                self.err(
+                    span,
+                    "a threshold rule needs `within`",
+                    "add within = \"10m\" (the sliding window)",
+                );
+                None
+            }
+        };
+        Some(RuleKind::Threshold(Threshold {
+            count: count?,
+            within: within?,
+        }))
     }
 
     fn condition(&mut self, raw: RawCondition, span: Range<usize>) -> Option<Condition> {
@@ -333,6 +616,75 @@ impl FileCx<'_> {
             },
         };
         Some(Condition { event, when })
+    }
+}
+
+/// The trigger fields a rule reads after the trigger: from its template
+/// (`trigger.*`, `event.*`, and `customer.*`, which comes from the event's
+/// `customer` object) and its until/cancel conditions (`trigger.*`).
+/// `None` when one of them uses the trigger whole.
+fn trigger_fields(
+    templates: &Templates,
+    template: &str,
+    conditions: &[&Condition],
+) -> Option<Vec<FieldPath>> {
+    let mut out = Vec::new();
+    for r in templates.referenced(template) {
+        let (root, rest) = r.split_once('.').unwrap_or((r.as_str(), ""));
+        match (root, rest) {
+            ("event" | "trigger", "") => return None,
+            ("event" | "trigger", rest) => out.push(FieldPath::parse(rest).ok()?),
+            ("customer", "") => out.push(FieldPath::parse("customer").ok()?),
+            ("customer", rest) => out.push(FieldPath::parse(&format!("customer.{rest}")).ok()?),
+            _ => {}
+        }
+    }
+    for c in conditions {
+        let Some(src) = c.when.as_ref().map(|w| w.source()) else {
+            continue;
+        };
+        let mut rest = src;
+        while let Some(i) = rest.find("trigger") {
+            let before_ok = rest[..i]
+                .chars()
+                .last()
+                .is_none_or(|ch| !(ch.is_alphanumeric() || ch == '_'));
+            let after = &rest[i + "trigger".len()..];
+            rest = after;
+            if !before_ok {
+                continue;
+            }
+            let path: String = match after.strip_prefix('.') {
+                Some(p) => p
+                    .chars()
+                    .take_while(|ch| ch.is_alphanumeric() || *ch == '_' || *ch == '.')
+                    .collect(),
+                None if after.starts_with(|ch: char| ch.is_alphanumeric() || ch == '_') => continue,
+                None => return None,
+            };
+            out.push(FieldPath::parse(path.trim_end_matches('.')).ok()?);
+        }
+    }
+    Some(out)
+}
+
+fn clone_condition(c: &RawCondition) -> RawCondition {
+    RawCondition {
+        event: c.event.clone(),
+        when: c.when.clone(),
+    }
+}
+
+/// The start of the `[[rule]]` table, for rule-level problems.
+fn rule_span(span: &Range<usize>) -> Range<usize> {
+    span.start..span.start
+}
+
+fn describe_fields(kind: &str) -> &'static str {
+    match kind {
+        "match" => "trigger, catalog, key, once_per, cooldown",
+        "absence" => "trigger, until, cancel_on, key, within or deadline + grace, on_repeat, stale_after, once_per, cooldown",
+        _ => "trigger, key, count, within, once_per, cooldown",
     }
 }
 
@@ -385,7 +737,10 @@ notify = { channel = "email", template = "delay" }
         let loaded = load(&[("a.toml", GOOD)]).unwrap();
         assert_eq!(loaded.rules.len(), 1);
         assert_eq!(
-            loaded.rules.triggered_by("shipment_delayed")[0].id,
+            loaded
+                .rules
+                .rule(loaded.rules.triggered_by("shipment_delayed")[0])
+                .id,
             "carrier-delay"
         );
         assert!(loaded.rules.triggered_by("order_placed").is_empty());
@@ -449,12 +804,65 @@ notify = { channel = "email", template = "delay" }
     }
 
     #[test]
-    fn fields_not_yet_supported_are_refused_not_ignored() {
+    fn fields_that_do_not_apply_are_refused_not_ignored() {
         let text = errors(&[(
             "a.toml",
-            &GOOD.replace("notify", "cooldown = \"7d\"\nnotify"),
+            &GOOD.replace("notify", "within = \"7d\"\nholdout_percent = 10.0\nnotify"),
         )]);
-        assert!(text.contains("`cooldown` is not supported"), "{text}");
+        assert!(
+            text.contains("`within` does not apply to a match rule"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`holdout_percent` is not supported"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn absence_rules_need_until_and_a_deadline() {
+        let rule = r#"
+[[rule]]
+id = "dropoff"
+kind = "absence"
+trigger = { event = "checkout_started" }
+notify = { channel = "email", template = "delay" }
+"#;
+        let text = errors(&[("a.toml", rule)]);
+        assert!(
+            text.contains("a.toml:2:1: error: an absence rule needs `until`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("an absence rule needs `within` or `deadline`"),
+            "{text}"
+        );
+        let text = errors(&[(
+            "a.toml",
+            &rule.replace(
+                "notify",
+                "until = { event = \"order_placed\" }\nwithin = \"30 parsecs\"\nnotify",
+            ),
+        )]);
+        assert!(
+            text.contains("a.toml:7:10: error: `within` = \"30 parsecs\" is not a duration"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn once_per_fields_that_can_never_exist_are_errors() {
+        let text = errors(&[(
+            "a.toml",
+            &GOOD.replace(
+                "notify",
+                "once_per = [\"customer_id\", \"entry.id\"]\nnotify",
+            ),
+        )]);
+        assert!(
+            text.contains("this rule joins no catalog, so `entry` never exists"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`RuleSet`] or a list of [`Diagnostic`]s that name file:line:column and
 //! say how to fix each problem. Nothing here evaluates events; the engine does.
 
+pub mod catalog;
 pub mod diagnostics;
 pub mod expr;
 pub mod load;
@@ -12,4 +13,7 @@ pub mod model;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use load::{load_rules, LoadOptions};
-pub use model::{Class, Condition, Mode, Notify, Rule, RuleKind, RuleSet};
+pub use model::{
+    Absence, Class, Condition, DeadlineSpec, KeyField, Mode, Notify, OnRepeat, OncePerField, Rule,
+    RuleKind, RuleSet, Threshold,
+};

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::catalog::Catalog;
 use super::expr::Expr;
+use crate::event::{Event, FieldPath, Millis};
 
 // ------------------------------------------------------------------ raw
 
@@ -65,16 +67,82 @@ pub(crate) struct RawNotify {
 
 // ------------------------------------------------------------------ typed
 
+/// How a rule finds the values that tie trigger, until and cancel events together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyField {
+    /// The configured customer field of the event (`[events] customer`).
+    Customer,
+    /// A dotted path into the event payload.
+    Path(FieldPath),
+}
+
+impl KeyField {
+    pub fn value(&self, event: &Event) -> Option<String> {
+        match self {
+            KeyField::Customer => Some(event.customer.clone()),
+            KeyField::Path(p) => p.get_text(&event.payload),
+        }
+    }
+}
+
+/// One element of `once_per`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OncePerField {
+    /// `entry.<field>` of the catalog entry.
+    Entry(String),
+    /// A field of the firing event (the trigger, for absence rules).
+    Event(KeyField),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRepeat {
+    /// A new trigger restarts the open episode with a new deadline.
+    Restart,
+    /// A new trigger while an episode is open is ignored.
+    Ignore,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeadlineSpec {
+    /// Trigger time + this.
+    Within(Millis),
+    /// The time in this field of the trigger + grace.
+    Field { path: FieldPath, grace: Millis },
+}
+
+#[derive(Debug, Clone)]
+pub struct Absence {
+    pub until: Option<Condition>,
+    pub cancel_on: Vec<Condition>,
+    pub deadline: DeadlineSpec,
+    pub on_repeat: OnRepeat,
+    /// A firing whose deadline is older than this by the wall clock is not sent.
+    pub stale_after: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Threshold {
+    pub count: usize,
+    pub within: Millis,
+}
+
+#[derive(Debug, Clone)]
 pub enum RuleKind {
-    /// "X happened": every matching trigger event fires.
-    Match,
+    /// "X happened": every matching trigger event fires (once per matching
+    /// catalog entry when a catalog is joined).
+    Match { catalog: Option<Arc<Catalog>> },
+    /// "X happened and Y did not follow in time".
+    Absence(Absence),
+    /// "X happened N times within W".
+    Threshold(Threshold),
 }
 
 impl RuleKind {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            RuleKind::Match => "match",
+            RuleKind::Match { .. } => "match",
+            RuleKind::Absence(_) => "absence",
+            RuleKind::Threshold(_) => "threshold",
         }
     }
 }
@@ -128,36 +196,82 @@ pub struct Rule {
     pub kind: RuleKind,
     pub class: Class,
     pub trigger: Condition,
+    /// Values that identify an episode; default: the customer.
+    pub key: Vec<KeyField>,
+    pub cooldown: Option<Millis>,
+    pub once_per: Vec<OncePerField>,
+    /// Trigger fields the rule uses after the trigger (template,
+    /// until/cancel conditions); `None`: the whole trigger. Absence
+    /// episodes store only these (plus key, deadline and address fields).
+    pub trigger_fields: Option<Vec<FieldPath>>,
     pub enabled: bool,
     pub mode: Mode,
     pub notify: Notify,
     pub origin: Origin,
 }
 
-/// A validated set of rules, ready for the engine.
+impl Rule {
+    /// The key values of an event, or `None` when a key field is missing.
+    pub fn key_values(&self, event: &Event) -> Option<Vec<String>> {
+        self.key.iter().map(|k| k.value(event)).collect()
+    }
+}
+
+/// A validated set of rules, ready for the engine. Rules are addressed by
+/// their index in `rules`.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     pub rules: Vec<Arc<Rule>>,
     /// Enabled rules by trigger event type: an event only meets the rules that name it.
-    by_trigger: HashMap<String, Vec<Arc<Rule>>>,
+    by_trigger: HashMap<String, Vec<u32>>,
+    /// Enabled absence rules by until / cancel_on event type.
+    by_closer: HashMap<String, Vec<u32>>,
 }
 
 impl RuleSet {
     pub fn new(rules: Vec<Rule>) -> RuleSet {
         let rules: Vec<Arc<Rule>> = rules.into_iter().map(Arc::new).collect();
-        let mut by_trigger: HashMap<String, Vec<Arc<Rule>>> = HashMap::new();
-        for r in rules.iter().filter(|r| r.enabled) {
+        let mut by_trigger: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut by_closer: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, r) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
+            let i = i as u32;
             by_trigger
                 .entry(r.trigger.event.clone())
                 .or_default()
-                .push(Arc::clone(r));
+                .push(i);
+            if let RuleKind::Absence(a) = &r.kind {
+                let mut types: Vec<&str> = a
+                    .until
+                    .iter()
+                    .chain(&a.cancel_on)
+                    .map(|c| c.event.as_str())
+                    .collect();
+                types.sort_unstable();
+                types.dedup();
+                for t in types {
+                    by_closer.entry(t.to_string()).or_default().push(i);
+                }
+            }
         }
-        RuleSet { rules, by_trigger }
+        RuleSet {
+            rules,
+            by_trigger,
+            by_closer,
+        }
     }
 
-    /// Enabled rules whose trigger names this event type.
-    pub fn triggered_by(&self, event_type: &str) -> &[Arc<Rule>] {
+    /// Indexes of enabled rules whose trigger names this event type.
+    pub fn triggered_by(&self, event_type: &str) -> &[u32] {
         self.by_trigger.get(event_type).map_or(&[], Vec::as_slice)
+    }
+
+    /// Indexes of enabled absence rules that this event type may close.
+    pub fn closed_by(&self, event_type: &str) -> &[u32] {
+        self.by_closer.get(event_type).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn rule(&self, idx: u32) -> &Arc<Rule> {
+        &self.rules[idx as usize]
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Rule>> {

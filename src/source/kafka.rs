@@ -240,6 +240,20 @@ impl KafkaSource {
         self.consumer.recv().await.map(|m| m.detach())
     }
 
+    /// Partition numbers assigned to this instance, over all topics. The
+    /// topics are co-partitioned (keyed by customer with equal partition
+    /// counts), so partition N of every topic is one engine partition.
+    pub fn assigned_partitions(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self
+            .consumer
+            .assignment()
+            .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// The record's effects are done: its position may be committed.
     pub fn mark_done(&self, topic: &str, partition: i32, offset: i64) {
         let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());

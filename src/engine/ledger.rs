@@ -1,0 +1,110 @@
+//! The cooldown and once_per ledgers, and the decision they make.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::{key_hash, Clock, EngineConfig, Firing, Outcome};
+use crate::event::Millis;
+use crate::rules::{OncePerField, Rule, RuleKind};
+
+/// Remembered firings: key hash → the event time until which it counts.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    entries: HashMap<u128, Millis>,
+    expiry: BTreeSet<(Millis, u128)>,
+}
+
+impl Ledger {
+    fn active(&self, key: u128, at: Millis) -> bool {
+        self.entries.get(&key).is_some_and(|&until| until > at)
+    }
+
+    fn record(&mut self, key: u128, until: Millis) {
+        if let Some(old) = self.entries.insert(key, until) {
+            self.expiry.remove(&(old, key));
+        }
+        self.expiry.insert((until, key));
+    }
+
+    /// Forgets entries that ended before the watermark.
+    pub(crate) fn expire(&mut self, watermark: Millis) {
+        while let Some(&(until, key)) = self.expiry.first() {
+            if until >= watermark {
+                break;
+            }
+            self.expiry.pop_first();
+            self.entries.remove(&key);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Stale, then once_per, then cooldown. Only a firing that passes all
+/// three is recorded in the ledgers.
+pub(crate) fn decide(
+    rule: &Rule,
+    firing: &Firing,
+    clock: Clock,
+    cfg: &EngineConfig,
+    ledger: &mut Ledger,
+) -> Outcome {
+    if let (RuleKind::Absence(a), Some(deadline), Clock::Wall(now)) =
+        (&rule.kind, firing.deadline, clock)
+    {
+        if a.stale_after
+            .is_some_and(|s| now.saturating_sub(deadline) > s)
+        {
+            return Outcome::Stale;
+        }
+    }
+    let once = (!rule.once_per.is_empty()).then(|| {
+        let values: Vec<String> = rule
+            .once_per
+            .iter()
+            .map(|f| once_per_value(f, firing))
+            .collect();
+        key_hash("once_per", &rule.id, &values)
+    });
+    if once.is_some_and(|k| ledger.active(k, firing.fired_at)) {
+        return Outcome::Duplicate;
+    }
+    let cool = rule.cooldown.map(|c| {
+        (
+            key_hash(
+                "cooldown",
+                &rule.id,
+                std::slice::from_ref(&firing.event.customer),
+            ),
+            c,
+        )
+    });
+    if cool.is_some_and(|(k, _)| ledger.active(k, firing.fired_at)) {
+        return Outcome::Cooldown;
+    }
+    if let Some(k) = once {
+        ledger.record(k, firing.fired_at.saturating_add(cfg.ledger_retention));
+    }
+    if let Some((k, c)) = cool {
+        ledger.record(k, firing.fired_at.saturating_add(c));
+    }
+    Outcome::Fire
+}
+
+fn once_per_value(field: &OncePerField, firing: &Firing) -> String {
+    let text = match field {
+        OncePerField::Entry(name) => {
+            firing
+                .entry
+                .as_ref()
+                .and_then(|e| match e.fields.get(name)? {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    other => Some(other.to_string()),
+                })
+        }
+        OncePerField::Event(k) => k.value(&firing.event),
+    };
+    // A missing field is its own value: such firings share one slot.
+    text.unwrap_or_else(|| "\u{0}missing".into())
+}

@@ -1,0 +1,127 @@
+//! Stored triggers, kept small. An open absence episode keeps only the
+//! trigger fields its rule can still use (templates, until/cancel
+//! conditions, key, deadline, once_per, the recipient address): millions of
+//! episodes must fit in memory.
+
+use serde_json::{Map, Value};
+
+use crate::event::{Event, FieldPath, Millis};
+use crate::rules::{DeadlineSpec, KeyField, OncePerField, Rule, RuleKind};
+
+/// The trigger fields an absence rule needs after the trigger; `None`
+/// keeps the whole payload (a template or condition uses it whole).
+pub fn retained_paths(rule: &Rule, always: &[FieldPath]) -> Option<Vec<FieldPath>> {
+    let RuleKind::Absence(a) = &rule.kind else {
+        return Some(Vec::new());
+    };
+    let mut paths = rule.trigger_fields.clone()?;
+    paths.extend(always.iter().cloned());
+    for k in &rule.key {
+        if let KeyField::Path(p) = k {
+            paths.push(p.clone());
+        }
+    }
+    for f in &rule.once_per {
+        if let OncePerField::Event(KeyField::Path(p)) = f {
+            paths.push(p.clone());
+        }
+    }
+    if let DeadlineSpec::Field { path, .. } = &a.deadline {
+        paths.push(path.clone());
+    }
+    paths.sort_by_key(|p| p.to_string());
+    paths.dedup();
+    Some(paths)
+}
+
+/// A copy of `payload` with only `paths` (whole subtrees below them).
+pub fn project(payload: &Value, paths: &[FieldPath]) -> Value {
+    let mut out = Value::Object(Map::new());
+    for path in paths {
+        if let Some(v) = path.get(payload) {
+            insert(&mut out, path.segments(), v.clone());
+        }
+    }
+    out
+}
+
+fn insert(into: &mut Value, segments: &[String], v: Value) {
+    let Value::Object(map) = into else { return };
+    match segments {
+        [] => {}
+        [last] => {
+            map.insert(last.clone(), v);
+        }
+        [first, rest @ ..] => {
+            let child = map
+                .entry(first.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            insert(child, rest, v);
+        }
+    }
+}
+
+/// Envelope: customer, id and the (projected) payload, as compact JSON.
+pub fn encode_trigger(event: &Event, fields: Option<&[FieldPath]>) -> Box<[u8]> {
+    let payload = match fields {
+        Some(f) => project(&event.payload, f),
+        None => event.payload.clone(),
+    };
+    let env = serde_json::json!([event.customer, event.id, payload]);
+    serde_json::to_vec(&env)
+        .unwrap_or_default()
+        .into_boxed_slice()
+}
+
+pub fn decode_trigger(bytes: &[u8], kind: &str, time: Millis) -> Option<Event> {
+    let (customer, id, payload): (String, Option<String>, Value) =
+        serde_json::from_slice(bytes).ok()?;
+    Some(Event {
+        kind: kind.to_string(),
+        customer,
+        time,
+        id,
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keeps_only_named_subtrees() {
+        let payload = json!({"cart": {"total": 42.5, "items": [1, 2], "coupon": "X"}, "customer": {"email": "a@b", "name": "A"}, "noise": "x".repeat(100)});
+        let paths: Vec<FieldPath> = [
+            "cart.total",
+            "cart.items",
+            "customer.email",
+            "missing.field",
+        ]
+        .iter()
+        .map(|p| FieldPath::parse(p).unwrap())
+        .collect();
+        assert_eq!(
+            project(&payload, &paths),
+            json!({"cart": {"total": 42.5, "items": [1, 2]}, "customer": {"email": "a@b"}})
+        );
+    }
+
+    #[test]
+    fn trigger_envelope_round_trips() {
+        let e = Event {
+            kind: "checkout_started".into(),
+            customer: "c1".into(),
+            time: 5,
+            id: Some("e1".into()),
+            payload: json!({"a": 1, "b": 2}),
+        };
+        let only_a = [FieldPath::parse("a").unwrap()];
+        let bytes = encode_trigger(&e, Some(&only_a));
+        let back = decode_trigger(&bytes, "checkout_started", 5).unwrap();
+        assert_eq!(back.customer, "c1");
+        assert_eq!(back.id.as_deref(), Some("e1"));
+        assert_eq!(back.payload, json!({"a": 1}));
+    }
+}

@@ -1,0 +1,620 @@
+//! One test per semantic point of SPEC sections 2 and 3, through the public
+//! engine API with rules written as CX leads write them.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+use crate::event::{EventSchema, FieldPath};
+use crate::rules::{load_rules, LoadOptions};
+
+const MIN: Millis = 60_000;
+
+fn engine_for(rules_toml: &str, catalog: Option<&str>) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    std::fs::write(dir.path().join("templates/t.subject"), "Hi").unwrap();
+    std::fs::write(
+        dir.path().join("templates/t.txt"),
+        "Body {{ trigger.cart.total | default(0) }}",
+    )
+    .unwrap();
+    if let Some(c) = catalog {
+        std::fs::create_dir_all(dir.path().join("catalogs")).unwrap();
+        std::fs::write(dir.path().join("catalogs/known_bugs.toml"), c).unwrap();
+    }
+    std::fs::write(dir.path().join("r.toml"), rules_toml).unwrap();
+    let loaded = load_rules(dir.path(), &LoadOptions::default()).unwrap_or_else(|d| panic!("{d}"));
+    Engine::new(
+        Arc::new(loaded.rules),
+        EngineConfig {
+            allowed_lateness: 0,
+            ledger_retention: 1_000 * MIN,
+        },
+        &[FieldPath::parse("customer.email").unwrap()],
+    )
+}
+
+fn ev(kind: &str, customer: &str, t: Millis, extra: serde_json::Value) -> Arc<Event> {
+    let mut payload = json!({"type": kind, "customer_id": customer, "ts": t});
+    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    let schema = EventSchema {
+        kind: FieldPath::parse("type").unwrap(),
+        customer: FieldPath::parse("customer_id").unwrap(),
+        time: FieldPath::parse("ts").unwrap(),
+        id: Some(FieldPath::parse("event_id").unwrap()),
+    };
+    Arc::new(schema.from_value(payload).unwrap())
+}
+
+/// Feeds events to partition 0 in order; returns (rule, customer, outcome, fired_at).
+fn run(
+    engine: &mut Engine,
+    events: &[Arc<Event>],
+    clock: Clock,
+) -> Vec<(String, String, Outcome, Millis)> {
+    let mut out = Output::default();
+    for e in events {
+        engine.on_event(0, e, clock, &mut out);
+    }
+    summarize(out)
+}
+
+fn summarize(out: Output) -> Vec<(String, String, Outcome, Millis)> {
+    out.decisions
+        .into_iter()
+        .map(|d| {
+            (
+                d.firing.rule.id.clone(),
+                d.firing.event.customer.clone(),
+                d.outcome,
+                d.firing.fired_at,
+            )
+        })
+        .collect()
+}
+
+const DROPOFF: &str = r#"
+[[rule]]
+id = "checkout-dropoff"
+kind = "absence"
+trigger = { event = "checkout_started", if = "event.cart.total >= 20.0" }
+until = { event = "order_placed" }
+cancel_on = [{ event = "support_ticket_opened" }]
+within = "30m"
+notify = { channel = "email", template = "t" }
+"#;
+
+fn checkout(c: &str, t: Millis) -> Arc<Event> {
+    ev("checkout_started", c, t, json!({"cart": {"total": 42.0}}))
+}
+
+#[test]
+fn absence_fires_once_when_the_watermark_passes_the_deadline() {
+    let mut e = engine_for(DROPOFF, None);
+    let fired = run(
+        &mut e,
+        &[
+            checkout("c1", 0),
+            ev("page_view", "c2", 30 * MIN, json!({})),
+        ],
+        Clock::Virtual,
+    );
+    assert!(
+        fired.is_empty(),
+        "the watermark is at the deadline, not past it: {fired:?}"
+    );
+    let fired = run(
+        &mut e,
+        &[ev("page_view", "c2", 30 * MIN + 1, json!({}))],
+        Clock::Virtual,
+    );
+    assert_eq!(
+        fired,
+        vec![(
+            "checkout-dropoff".into(),
+            "c1".into(),
+            Outcome::Fire,
+            30 * MIN
+        )]
+    );
+    let again = run(
+        &mut e,
+        &[ev("page_view", "c2", 90 * MIN, json!({}))],
+        Clock::Virtual,
+    );
+    assert!(again.is_empty(), "fires once");
+    assert_eq!(e.stats().open_episodes, 0);
+}
+
+#[test]
+fn until_before_the_deadline_closes_silently_even_in_a_backlog() {
+    // Replaying a backlog: the order came 10 minutes after checkout.
+    let mut e = engine_for(DROPOFF, None);
+    let fired = run(
+        &mut e,
+        &[
+            checkout("c1", 0),
+            ev("order_placed", "c1", 10 * MIN, json!({})),
+            ev("page_view", "c9", 500 * MIN, json!({})),
+        ],
+        Clock::Virtual,
+    );
+    assert!(fired.is_empty(), "{fired:?}");
+}
+
+#[test]
+fn until_after_the_deadline_does_not_close() {
+    let mut e = engine_for(DROPOFF, None);
+    let mut out = Output::default();
+    e.on_event(0, &checkout("c1", 0), Clock::Virtual, &mut out);
+    // A second partition lags, so the deadline has not fired yet.
+    e.assign(1);
+    e.on_event(
+        0,
+        &ev("order_placed", "c1", 31 * MIN, json!({})),
+        Clock::Virtual,
+        &mut out,
+    );
+    assert!(out.decisions.is_empty());
+    e.on_idle(1, 100 * MIN, Clock::Virtual, &mut out);
+    assert_eq!(
+        summarize(out).len(),
+        1,
+        "an order after the deadline does not close the episode"
+    );
+}
+
+#[test]
+fn cancel_on_closes_and_a_missing_condition_field_does_not_trigger() {
+    let mut e = engine_for(DROPOFF, None);
+    let fired = run(
+        &mut e,
+        &[
+            checkout("c1", 0),
+            ev("support_ticket_opened", "c1", 5 * MIN, json!({})),
+            ev("checkout_started", "c2", 0, json!({"cart": {"total": 5.0}})),
+            ev("checkout_started", "c3", 0, json!({})),
+            ev("page_view", "c9", 500 * MIN, json!({})),
+        ],
+        Clock::Virtual,
+    );
+    assert!(fired.is_empty(), "{fired:?}");
+}
+
+#[test]
+fn restart_moves_the_deadline_and_ignore_keeps_it() {
+    let mut e = engine_for(DROPOFF, None);
+    let fired = run(
+        &mut e,
+        &[
+            checkout("c1", 0),
+            checkout("c1", 20 * MIN),
+            ev("page_view", "c9", 49 * MIN, json!({})),
+        ],
+        Clock::Virtual,
+    );
+    assert!(fired.is_empty(), "restarted: deadline is now 50m");
+    let fired = run(
+        &mut e,
+        &[ev("page_view", "c9", 51 * MIN, json!({}))],
+        Clock::Virtual,
+    );
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].3, 50 * MIN);
+
+    let mut e = engine_for(
+        &DROPOFF.replace("within", "on_repeat = \"ignore\"\nwithin"),
+        None,
+    );
+    let fired = run(
+        &mut e,
+        &[
+            checkout("c1", 0),
+            checkout("c1", 20 * MIN),
+            ev("page_view", "c9", 31 * MIN, json!({})),
+        ],
+        Clock::Virtual,
+    );
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].3, 30 * MIN, "ignored: the first deadline holds");
+}
+
+#[test]
+fn a_trigger_after_the_deadline_opens_a_second_episode() {
+    let mut e = engine_for(DROPOFF, None);
+    let mut out = Output::default();
+    e.assign(1); // holds the watermark back
+    e.on_event(0, &checkout("c1", 0), Clock::Virtual, &mut out);
+    e.on_event(0, &checkout("c1", 40 * MIN), Clock::Virtual, &mut out);
+    assert_eq!(e.stats().open_episodes, 2);
+    e.on_event(
+        0,
+        &ev("order_placed", "c1", 45 * MIN, json!({})),
+        Clock::Virtual,
+        &mut out,
+    );
+    e.on_idle(1, 1_000 * MIN, Clock::Virtual, &mut out);
+    let fired = summarize(out);
+    assert_eq!(
+        fired.len(),
+        1,
+        "the first episode fires, the second was closed: {fired:?}"
+    );
+    assert_eq!(fired[0].3, 30 * MIN);
+}
+
+#[test]
+fn deadlines_fire_without_further_events_once_the_partition_is_idle() {
+    let mut e = engine_for(DROPOFF, None);
+    let mut out = Output::default();
+    e.on_event(0, &checkout("c1", 0), Clock::Wall(0), &mut out);
+    e.on_idle(0, 29 * MIN, Clock::Wall(29 * MIN), &mut out);
+    assert!(out.decisions.is_empty());
+    e.on_idle(0, 31 * MIN, Clock::Wall(31 * MIN), &mut out);
+    assert_eq!(out.decisions.len(), 1);
+}
+
+#[test]
+fn the_engine_watermark_is_the_minimum_over_partitions() {
+    let mut e = engine_for(DROPOFF, None);
+    let mut out = Output::default();
+    e.assign(0);
+    e.assign(1);
+    e.on_event(0, &checkout("c1", 0), Clock::Virtual, &mut out);
+    e.on_event(
+        0,
+        &ev("page_view", "c2", 100 * MIN, json!({})),
+        Clock::Virtual,
+        &mut out,
+    );
+    assert_eq!(e.watermark(), None, "partition 1 has not spoken");
+    e.on_event(
+        1,
+        &ev("page_view", "c3", 10 * MIN, json!({})),
+        Clock::Virtual,
+        &mut out,
+    );
+    assert_eq!(e.watermark(), Some(10 * MIN));
+    assert!(out.decisions.is_empty());
+    e.on_event(
+        1,
+        &ev("page_view", "c3", 31 * MIN, json!({})),
+        Clock::Virtual,
+        &mut out,
+    );
+    assert_eq!(out.decisions.len(), 1);
+}
+
+#[test]
+fn late_events_are_counted_and_still_processed() {
+    let mut e = engine_for(DROPOFF, None);
+    let mut out = Output::default();
+    e.on_event(
+        0,
+        &ev("page_view", "c2", 100 * MIN, json!({})),
+        Clock::Virtual,
+        &mut out,
+    );
+    e.on_event(0, &checkout("c1", 90 * MIN), Clock::Virtual, &mut out);
+    assert_eq!(out.late_events, 1);
+    assert_eq!(e.stats().open_episodes, 1, "a late trigger still opens");
+}
+
+#[test]
+fn stale_firings_are_not_sent() {
+    let mut e = engine_for(
+        &DROPOFF.replace("within", "stale_after = \"2h\"\nwithin"),
+        None,
+    );
+    let mut out = Output::default();
+    e.on_event(0, &checkout("c1", 0), Clock::Wall(0), &mut out);
+    e.on_event(0, &checkout("c2", 10 * MIN), Clock::Wall(0), &mut out);
+    // Three days later by the wall clock, a backlog moves the watermark on.
+    let now = 3 * 24 * 60 * MIN;
+    e.on_event(
+        0,
+        &ev("page_view", "c9", 100 * MIN, json!({})),
+        Clock::Wall(now),
+        &mut out,
+    );
+    let fired = summarize(out);
+    assert_eq!(fired.len(), 2);
+    assert!(fired.iter().all(|f| f.2 == Outcome::Stale), "{fired:?}");
+    // Within stale_after it is sent.
+    let mut e = engine_for(
+        &DROPOFF.replace("within", "stale_after = \"2h\"\nwithin"),
+        None,
+    );
+    let mut out = Output::default();
+    e.on_event(0, &checkout("c1", 0), Clock::Wall(0), &mut out);
+    e.on_idle(0, 60 * MIN, Clock::Wall(60 * MIN), &mut out);
+    assert_eq!(summarize(out)[0].2, Outcome::Fire);
+}
+
+#[test]
+fn deadline_field_plus_grace() {
+    let rules = r#"
+[[rule]]
+id = "delayed-shipment"
+kind = "absence"
+trigger = { event = "shipment_created" }
+until = { event = "shipment_delivered", if = "event.shipment_id == trigger.shipment_id" }
+key = ["customer_id", "shipment_id"]
+deadline = "promised_delivery_at"
+grace = "2h"
+notify = { channel = "email", template = "t" }
+"#;
+    let mut e = engine_for(rules, None);
+    let ship = |c: &str, id: &str, t: Millis| {
+        ev(
+            "shipment_created",
+            c,
+            t,
+            json!({"shipment_id": id, "promised_delivery_at": "1970-01-02T00:00:00Z"}),
+        )
+    };
+    let delivered =
+        |c: &str, id: &str, t: Millis| ev("shipment_delivered", c, t, json!({"shipment_id": id}));
+    let day = 24 * 60 * MIN;
+    let fired = run(
+        &mut e,
+        &[
+            ship("c1", "s1", 0),
+            ship("c1", "s2", 0),
+            delivered("c1", "s1", day + 60 * MIN), // within grace
+            ev("page_view", "c9", day + 121 * MIN, json!({})),
+        ],
+        Clock::Virtual,
+    );
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].3, day + 120 * MIN);
+    let missing = {
+        let mut out = Output::default();
+        e.on_event(
+            0,
+            &ev("shipment_created", "c2", 0, json!({"shipment_id": "s3"})),
+            Clock::Virtual,
+            &mut out,
+        );
+        out.missing_key
+    };
+    assert_eq!(
+        missing,
+        vec!["delayed-shipment".to_string()],
+        "no deadline field: opens nothing, counted"
+    );
+}
+
+#[test]
+fn missing_key_opens_nothing_and_is_counted() {
+    let rules = DROPOFF.replace("within", "key = [\"session.id\"]\nwithin");
+    let mut e = engine_for(&rules, None);
+    let mut out = Output::default();
+    e.on_event(0, &checkout("c1", 0), Clock::Virtual, &mut out);
+    assert_eq!(out.missing_key, vec!["checkout-dropoff".to_string()]);
+    assert_eq!(e.stats().open_episodes, 0);
+}
+
+const PAYMENT: &str = r#"
+[[rule]]
+id = "payment-failures"
+kind = "threshold"
+trigger = { event = "payment_failed" }
+count = 3
+within = "10m"
+notify = { channel = "email", template = "t" }
+"#;
+
+#[test]
+fn threshold_fires_at_count_within_the_window_then_resets() {
+    let mut e = engine_for(PAYMENT, None);
+    let pf = |t| ev("payment_failed", "c1", t, json!({}));
+    let fired = run(&mut e, &[pf(0), pf(5 * MIN), pf(11 * MIN)], Clock::Virtual);
+    assert!(
+        fired.is_empty(),
+        "0 fell out of the 10m window before the third"
+    );
+    let fired = run(&mut e, &[pf(12 * MIN)], Clock::Virtual);
+    assert_eq!(fired.len(), 1, "5, 11, 12 are within 10m");
+    let fired = run(&mut e, &[pf(13 * MIN), pf(14 * MIN)], Clock::Virtual);
+    assert!(fired.is_empty(), "the count starts again from zero");
+    let fired = run(&mut e, &[pf(15 * MIN)], Clock::Virtual);
+    assert_eq!(fired.len(), 1);
+    // Other customers count separately.
+    let fired = run(
+        &mut e,
+        &[ev("payment_failed", "c2", 16 * MIN, json!({}))],
+        Clock::Virtual,
+    );
+    assert!(fired.is_empty());
+}
+
+#[test]
+fn threshold_windows_are_dropped_once_they_cannot_fire() {
+    let mut e = engine_for(PAYMENT, None);
+    run(
+        &mut e,
+        &[ev("payment_failed", "c1", 0, json!({}))],
+        Clock::Virtual,
+    );
+    assert_eq!(e.stats().threshold_windows, 1);
+    run(
+        &mut e,
+        &[ev("page_view", "c9", 11 * MIN, json!({}))],
+        Clock::Virtual,
+    );
+    assert_eq!(e.stats().threshold_windows, 0);
+}
+
+const BUGS: &str = r#"
+[[entry]]
+id = "BUG-1"
+title = "Payment sheet freezes"
+matches = 'event.app.platform == "ios" && semver_match(event.app.version, ">=4.2.0, <4.2.3")'
+
+[[entry]]
+id = "BUG-2"
+title = "Crash on launch"
+matches = 'event.app.platform == "ios"'
+
+[[entry]]
+id = "BUG-3"
+title = "Android only"
+matches = 'event.app.platform == "android"'
+"#;
+
+const KNOWN_BUG: &str = r#"
+[[rule]]
+id = "known-bug-exposure"
+kind = "match"
+trigger = { event = "app_error" }
+catalog = "known_bugs"
+once_per = ["customer_id", "entry.id"]
+notify = { channel = "email", template = "t" }
+"#;
+
+#[test]
+fn catalog_fans_out_per_matching_entry_and_once_per_suppresses_repeats() {
+    let mut e = engine_for(KNOWN_BUG, Some(BUGS));
+    let err = |c: &str, t: Millis, v: &str| {
+        ev(
+            "app_error",
+            c,
+            t,
+            json!({"event_id": format!("{c}-{t}"), "app": {"platform": "ios", "version": v}}),
+        )
+    };
+    let mut out = Output::default();
+    e.on_event(0, &err("c1", 0, "4.2.1"), Clock::Virtual, &mut out);
+    let entries: Vec<String> = out
+        .decisions
+        .iter()
+        .map(|d| d.firing.entry.as_ref().unwrap().id.clone())
+        .collect();
+    assert_eq!(entries, ["BUG-1", "BUG-2"]);
+    assert!(out.decisions.iter().all(|d| d.outcome == Outcome::Fire));
+    assert_ne!(
+        out.decisions[0].firing.notification_id,
+        out.decisions[1].firing.notification_id
+    );
+
+    let mut out = Output::default();
+    e.on_event(0, &err("c1", MIN, "4.2.2"), Clock::Virtual, &mut out);
+    assert!(
+        out.decisions
+            .iter()
+            .all(|d| d.outcome == Outcome::Duplicate),
+        "never twice per bug"
+    );
+    let mut out = Output::default();
+    e.on_event(0, &err("c2", MIN, "4.2.5"), Clock::Virtual, &mut out);
+    let fired: Vec<_> = out
+        .decisions
+        .iter()
+        .map(|d| (d.firing.entry.as_ref().unwrap().id.as_str(), d.outcome))
+        .collect();
+    assert_eq!(
+        fired,
+        [("BUG-2", Outcome::Fire)],
+        "another customer is told; BUG-1 does not match 4.2.5"
+    );
+}
+
+#[test]
+fn cooldown_suppresses_within_the_window_per_customer() {
+    let rules = PAYMENT.replace("count = 3", "count = 1\ncooldown = \"1h\"");
+    let mut e = engine_for(&rules, None);
+    let pf = |c: &str, t| ev("payment_failed", c, t, json!({}));
+    let fired = run(
+        &mut e,
+        &[
+            pf("c1", 0),
+            pf("c1", 30 * MIN),
+            pf("c2", 30 * MIN),
+            pf("c1", 61 * MIN),
+        ],
+        Clock::Virtual,
+    );
+    let outcomes: Vec<_> = fired.iter().map(|f| (f.1.as_str(), f.2)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("c1", Outcome::Fire),
+            ("c1", Outcome::Cooldown),
+            ("c2", Outcome::Fire),
+            ("c1", Outcome::Fire)
+        ]
+    );
+}
+
+#[test]
+fn stored_triggers_keep_only_what_the_rule_uses() {
+    let mut e = engine_for(DROPOFF, None);
+    let big = ev(
+        "checkout_started",
+        "c1",
+        0,
+        json!({"cart": {"total": 42.0, "items": vec!["x"; 20]}, "customer": {"email": "a@example.com"}, "noise": "n".repeat(500)}),
+    );
+    let mut out = Output::default();
+    e.on_event(0, &big, Clock::Virtual, &mut out);
+    e.flush(Clock::Virtual, &mut out);
+    let trigger = &out.decisions[0].firing.event;
+    assert_eq!(
+        trigger.payload,
+        json!({"cart": {"total": 42.0}, "customer": {"email": "a@example.com"}}),
+        "the template reads trigger.cart.total; the address path is always kept"
+    );
+    assert_eq!(trigger.customer, "c1");
+    assert_eq!(trigger.time, 0);
+}
+
+#[test]
+fn notification_ids_are_deterministic_and_distinct() {
+    let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let a = notification_id("r", &k(&["c1", "e1"]), 5);
+    assert_eq!(a, notification_id("r", &k(&["c1", "e1"]), 5));
+    assert_eq!(a.len(), 32);
+    assert_ne!(a, notification_id("r", &k(&["c1", "e1"]), 6));
+    assert_ne!(a, notification_id("r2", &k(&["c1", "e1"]), 5));
+    assert_ne!(
+        notification_id("r", &k(&["a", "bc"]), 5),
+        notification_id("r", &k(&["ab", "c"]), 5)
+    );
+}
+
+#[test]
+fn match_rules_fire_per_event_and_redelivery_keeps_the_id() {
+    let rules = r#"
+[[rule]]
+id = "late"
+kind = "match"
+trigger = { event = "shipment_delayed", if = "event.hours >= 4" }
+notify = { channel = "email", template = "t" }
+"#;
+    let mut e = engine_for(rules, None);
+    let d = |id: &str, h: i64| {
+        ev(
+            "shipment_delayed",
+            "c1",
+            0,
+            json!({"event_id": id, "hours": h}),
+        )
+    };
+    let mut out = Output::default();
+    for x in [d("e1", 5), d("e1", 5), d("e2", 5), d("e3", 2)] {
+        e.on_event(0, &x, Clock::Virtual, &mut out);
+    }
+    let ids: Vec<&str> = out
+        .decisions
+        .iter()
+        .map(|d| d.firing.notification_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[0], ids[1], "redelivered event, same id");
+    assert_ne!(ids[0], ids[2]);
+}
