@@ -14,5 +14,6 @@ pub mod event;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;
+pub mod replay;
 pub mod rules;
 pub mod source;

@@ -46,6 +46,27 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run the engine in virtual time over recorded events and report what would have been sent.
+    Replay {
+        /// Recorded events, one JSON object per line.
+        #[arg(long)]
+        events: PathBuf,
+        /// The rules folder. Default: rules.dir from --config, else ./rules.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// A daemon config, for the event field paths, address path and allowed_lateness.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where to write the would-be messages (.eml).
+        #[arg(long, default_value = "replay-out")]
+        out: PathBuf,
+        /// Do not write messages, only report.
+        #[arg(long)]
+        no_write: bool,
+        /// Also list every decision.
+        #[arg(long)]
+        list: bool,
+    },
     /// Produce JSON events (one per line) from a file to a Kafka topic: for demos and tests.
     Produce {
         #[arg(long, default_value = "127.0.0.1:9092")]
@@ -57,6 +78,13 @@ enum Command {
         /// Field whose value becomes the record key (dotted path).
         #[arg(long, default_value = "customer_id")]
         key: String,
+        /// Shift every time field so the latest event time becomes now, keeping the gaps
+        /// (recorded events then look like they just happened).
+        #[arg(long)]
+        rebase_time: bool,
+        /// Time fields shifted by --rebase-time; the first is the event time.
+        #[arg(long = "time-field", default_values_t = vec!["ts".to_string()])]
+        time_fields: Vec<String>,
     },
 }
 
@@ -74,14 +102,71 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::Check { dir, config } => check(dir, config),
+            Command::Replay {
+                events,
+                rules,
+                config,
+                out,
+                no_write,
+                list,
+            } => replay(events, rules, config, (!no_write).then_some(out), list).await,
             Command::Produce {
                 brokers,
                 topic,
                 file,
                 key,
-            } => produce(brokers, topic, file, key).await,
+                rebase_time,
+                time_fields,
+            } => {
+                produce(
+                    brokers,
+                    topic,
+                    file,
+                    key,
+                    rebase_time.then_some(time_fields),
+                )
+                .await
+            }
         }
     })
+}
+
+/// Shifts `fields` of every JSON line so the latest first-field time is now.
+/// Lines that are not JSON objects are left as they are. Returns the shift (ms).
+fn rebase_times(lines: &mut [String], fields: &[String]) -> Result<i64, String> {
+    use forewarn::event::{format_time, parse_time, FieldPath};
+    let paths: Vec<FieldPath> = fields
+        .iter()
+        .map(|f| FieldPath::parse(f))
+        .collect::<Result<_, _>>()?;
+    let Some(event_time) = paths.first() else {
+        return Err("name at least one --time-field".into());
+    };
+    let mut parsed: Vec<Option<serde_json::Value>> =
+        lines.iter().map(|l| serde_json::from_str(l).ok()).collect();
+    let latest = parsed
+        .iter()
+        .flatten()
+        .filter_map(|v| event_time.get(v).and_then(parse_time))
+        .max()
+        .ok_or_else(|| format!("no line has a `{event_time}` time"))?;
+    let shift = jiff::Timestamp::now().as_millisecond() - latest;
+    for (line, value) in lines.iter_mut().zip(parsed.iter_mut()) {
+        let Some(v) = value else { continue };
+        for p in &paths {
+            let Some(t) = p.get(v).and_then(parse_time) else {
+                continue;
+            };
+            let (last, parents) = p.segments().split_last().expect("paths have a segment");
+            let mut cur = &mut *v;
+            for seg in parents {
+                cur = &mut cur[seg.as_str()];
+            }
+            cur[last.as_str()] = serde_json::Value::String(format_time(t + shift));
+        }
+        *line = v.to_string();
+    }
+    Ok(shift)
 }
 
 fn init_logging(format: LogFormat) {
@@ -192,7 +277,126 @@ fn check(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn produce(brokers: String, topic: String, file: PathBuf, key: String) -> ExitCode {
+async fn replay(
+    events: PathBuf,
+    rules: Option<PathBuf>,
+    config: Option<PathBuf>,
+    out: Option<PathBuf>,
+    list: bool,
+) -> ExitCode {
+    use forewarn::engine::EngineConfig;
+    use forewarn::event::{format_time, EventSchema, FieldPath};
+    use forewarn::replay::{replay, ReplayOptions};
+    let (schema, email, engine, rules_dir) = match config {
+        Some(path) => match Config::load(&path) {
+            Ok(c) => (
+                c.events.clone(),
+                c.customers.email.clone(),
+                EngineConfig {
+                    allowed_lateness: c.allowed_lateness.as_millis() as i64,
+                    ledger_retention: c.ledger_retention.as_millis() as i64,
+                },
+                c.rules_dir.clone(),
+            ),
+            Err(e) => {
+                eprint!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
+            (
+                EventSchema {
+                    kind: p("type"),
+                    customer: p("customer_id"),
+                    time: p("ts"),
+                    id: Some(p("event_id")),
+                },
+                p("customer.email"),
+                EngineConfig::default(),
+                PathBuf::from("rules"),
+            )
+        }
+    };
+    let opts = ReplayOptions {
+        events,
+        rules_dir: rules.unwrap_or(rules_dir),
+        schema,
+        email,
+        engine,
+        out_dir: out.clone(),
+        from: forewarn::config::DEFAULT_FROM
+            .parse()
+            .expect("valid default sender"),
+    };
+    let report = match replay(&opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if list {
+        for d in &report.decisions {
+            println!(
+                "{}  {:<24} {:<16} {:<13} {}",
+                format_time(d.fired_at),
+                d.rule,
+                d.customer,
+                d.outcome,
+                d.notification_id
+            );
+        }
+        println!();
+    }
+    print!("{}", report.table());
+    println!();
+    let period = match (report.first_event, report.last_event) {
+        (Some(a), Some(b)) => format!(" from {} to {}", format_time(a), format_time(b)),
+        _ => String::new(),
+    };
+    println!(
+        "events: {} replayed{period}; {} invalid; {} late",
+        report.events,
+        report.invalid.len(),
+        report.late_events
+    );
+    for (line, reason) in report.invalid.iter().take(10) {
+        println!("  line {line}: {reason}");
+    }
+    if report.invalid.len() > 10 {
+        println!("  … and {} more invalid lines", report.invalid.len() - 10);
+    }
+    for (rule, n) in &report.missing_key {
+        println!(
+            "rule {rule}: {n} trigger{} without a key or deadline field opened nothing",
+            if *n == 1 { "" } else { "s" }
+        );
+    }
+    for (rule, n) in &report.rule_errors {
+        println!(
+            "rule {rule}: {n} condition error{}",
+            if *n == 1 { "" } else { "s" }
+        );
+    }
+    match out {
+        Some(dir) => println!(
+            "would-be messages: {} written to {}/",
+            report.written,
+            dir.display()
+        ),
+        None => println!("would-be messages: not written (--no-write)"),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn produce(
+    brokers: String,
+    topic: String,
+    file: PathBuf,
+    key: String,
+    rebase: Option<Vec<String>>,
+) -> ExitCode {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use std::io::BufRead;
     let key_path = match forewarn::event::FieldPath::parse(&key) {
@@ -224,15 +428,32 @@ async fn produce(brokers: String, topic: String, file: PathBuf, key: String) -> 
             return ExitCode::FAILURE;
         }
     };
-    let mut sent = 0usize;
+    let mut lines = Vec::new();
     for (n, line) in reader.lines().enumerate() {
-        let line = match line {
-            Ok(l) => l,
+        match line {
+            Ok(l) => lines.push(l),
             Err(e) => {
                 eprintln!("error: reading line {}: {e}", n + 1);
                 return ExitCode::FAILURE;
             }
-        };
+        }
+    }
+    if let Some(fields) = rebase {
+        match rebase_times(&mut lines, &fields) {
+            Ok(shift) => println!(
+                "shifted time fields {fields:?} by {}",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    (shift / 1000).unsigned_abs()
+                ))
+            ),
+            Err(e) => {
+                eprintln!("error: --rebase-time: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut sent = 0usize;
+    for (n, line) in lines.into_iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }

@@ -5,7 +5,8 @@
 #   3. feeds it the sample events (deploy/local/sample-events.jsonl),
 #   4. shows the messages it sent (the "email" channel writes .eml files),
 #   5. drains the daemon with SIGTERM and stops the broker.
-# Everything it writes stays under target/quickstart/.
+# Everything it writes stays under target/quickstart/. To see the same
+# decisions without a broker: forewarn replay --events deploy/local/sample-events.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source deploy/local/common.sh
@@ -46,6 +47,7 @@ FOREWARN__KAFKA__BROKERS="$BROKERS" \
 FOREWARN__ADMIN__LISTEN="127.0.0.1:$ADMIN_PORT" \
 FOREWARN__STATE__DIR="$WORK/data" \
 FOREWARN__CHANNELS__EMAIL__DIR="$WORK/outbox" \
+FOREWARN__EVENTS__IDLE_TIMEOUT="2s" \
   "$FOREWARN" run --config deploy/local/forewarn.toml 2>"$WORK/forewarn.log" &
 FOREWARN_PID=$!
 pids+=("$FOREWARN_PID")
@@ -55,16 +57,21 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 
+# The sample tells seven stories (see the file); their times are moved so
+# that the last event happens now, and the absence deadlines (a checkout
+# 40 minutes ago, a parcel promised hours ago) are already due.
 log "producing $(wc -l <deploy/local/sample-events.jsonl) sample events to behavior-events"
-"$FOREWARN" produce --brokers "$BROKERS" --topic behavior-events deploy/local/sample-events.jsonl
+"$FOREWARN" produce --brokers "$BROKERS" --topic behavior-events --rebase-time \
+  --time-field ts --time-field shipment.promised_delivery_at --time-field new_eta \
+  deploy/local/sample-events.jsonl
 
-EXPECTED=3
+EXPECTED=7
 for _ in $(seq 1 150); do
   n=$(find "$WORK/outbox" -name '*.eml' 2>/dev/null | wc -l)
   [ "$n" -ge "$EXPECTED" ] && break
   sleep 0.2
 done
-sleep 1 # let the non-matching and invalid events be counted too
+sleep 1 # let the non-matching, duplicate and invalid events be counted too
 
 log "messages forewarn sent (files in $WORK/outbox/)"
 python3 - "$WORK/outbox" <<'PY'
@@ -80,7 +87,7 @@ PY
 
 log "what the daemon counted (http://127.0.0.1:$ADMIN_PORT/metrics)"
 curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" \
-  | grep -E '^forewarn_(events_total|invalid_events_total|dead_letter_events_total|rule_firings_total|notifications_total)' || true
+  | grep -E '^forewarn_(events_total|invalid_events_total|dead_letter_events_total|notifications_total|open_episodes)' || true
 
 log "stopping forewarn with SIGTERM (drain, commit, exit 0)"
 kill -TERM "$FOREWARN_PID"

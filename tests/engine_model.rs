@@ -1,0 +1,499 @@
+//! Model-based property tests of the pure rule engine.
+//!
+//! A deliberately naive reference model (full histories in `Vec`s,
+//! recomputed from scratch, no code shared with `forewarn::engine`) says
+//! which notifications a stream of events must produce. The engine is then
+//! driven with the same stream cut into Kafka-like partitions (every event
+//! of a customer in the same partition, in order), fed in a random
+//! interleaving of the partitions and with a random allowed lateness, and
+//! must decide exactly the same firings: replay and live decide the same,
+//! whatever the partitioning.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use forewarn::engine::{Clock, Decision, Engine, EngineConfig, Outcome, Output, PartitionId};
+use forewarn::event::{Event, EventSchema, FieldPath, Millis};
+use forewarn::rules::{load_rules, LoadOptions};
+use proptest::prelude::*;
+use proptest::test_runner::Config as ProptestConfig;
+use serde_json::json;
+
+/// Customers are "c0" .. "c4".
+const CUSTOMERS: u8 = 5;
+/// Longest generated stream.
+const MAX_EVENTS: usize = 60;
+/// Most partitions a stream is split into.
+const MAX_PARTITIONS: u8 = 4;
+
+// ---------------------------------------------------------------------------
+// Generated input
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Trigger,
+    Until,
+    Cancel,
+    Noise,
+}
+
+impl Kind {
+    fn type_name(self) -> &'static str {
+        match self {
+            Kind::Trigger => "trigger",
+            Kind::Until => "until",
+            Kind::Cancel => "cancel",
+            Kind::Noise => "noise",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Ev {
+    kind: Kind,
+    customer: u8,
+    time: Millis,
+}
+
+/// How one run cuts and orders the stream.
+#[derive(Debug, Clone)]
+struct Split {
+    partitions: u8,
+    /// customer → partition (Kafka keying: a customer always lands in one).
+    of_customer: Vec<u8>,
+    /// Which non-empty partition feeds the next event, modulo their number.
+    picks: Vec<u32>,
+    allowed_lateness: Millis,
+}
+
+#[derive(Debug, Clone)]
+struct Stream {
+    /// `within` of every rule, in milliseconds.
+    w: Millis,
+    /// `count` of the threshold rule.
+    n: usize,
+    events: Vec<Ev>,
+}
+
+fn arb_kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        4 => Just(Kind::Trigger),
+        2 => Just(Kind::Until),
+        1 => Just(Kind::Cancel),
+        2 => Just(Kind::Noise),
+    ]
+}
+
+fn arb_stream() -> impl Strategy<Value = Stream> {
+    (1 as Millis..=12, 1usize..=4).prop_flat_map(|(w, n)| {
+        let step = prop_oneof![1 => Just(0 as Millis), 3 => 0..=2 * w];
+        let events = prop::collection::vec((arb_kind(), 0..CUSTOMERS, step), 0..=MAX_EVENTS);
+        (Just(w), Just(n), events).prop_map(|(w, n, raw)| {
+            let mut time: Millis = 1_000;
+            let events = raw
+                .into_iter()
+                .map(|(kind, customer, dt)| {
+                    time += dt;
+                    Ev {
+                        kind,
+                        customer,
+                        time,
+                    }
+                })
+                .collect();
+            Stream { w, n, events }
+        })
+    })
+}
+
+fn arb_split(w: Millis) -> impl Strategy<Value = Split> {
+    (1..=MAX_PARTITIONS).prop_flat_map(move |partitions| {
+        (
+            prop::collection::vec(0..partitions, CUSTOMERS as usize),
+            prop::collection::vec(any::<u32>(), MAX_EVENTS),
+            0..w,
+        )
+            .prop_map(move |(of_customer, picks, allowed_lateness)| Split {
+                partitions,
+                of_customer,
+                picks,
+                allowed_lateness,
+            })
+    })
+}
+
+fn arb_case() -> impl Strategy<Value = (Stream, Split)> {
+    arb_stream().prop_flat_map(|s| {
+        let w = s.w;
+        (Just(s), arb_split(w))
+    })
+}
+
+fn arb_two_splits() -> impl Strategy<Value = (Stream, Split, Split)> {
+    arb_stream().prop_flat_map(|s| {
+        let w = s.w;
+        (Just(s), arb_split(w), arb_split(w))
+    })
+}
+
+fn customer_name(c: u8) -> String {
+    format!("c{c}")
+}
+
+// ---------------------------------------------------------------------------
+// The rules under test
+// ---------------------------------------------------------------------------
+
+/// (rule id, on_repeat = restart?, closing event kinds) of the absence rules.
+const ABSENCE_RULES: &[(&str, bool, &[Kind])] = &[
+    ("abs-restart", true, &[Kind::Until, Kind::Cancel]),
+    ("abs-ignore", false, &[Kind::Until, Kind::Cancel]),
+    ("abs-restart-until-only", true, &[Kind::Until]),
+    ("abs-ignore-until-only", false, &[Kind::Until]),
+];
+const THRESHOLD_RULE: &str = "thr";
+const MATCH_RULE: &str = "match";
+
+fn rules_toml(w: Millis, n: usize) -> String {
+    let mut s = String::new();
+    for (id, restart, closers) in ABSENCE_RULES {
+        let on_repeat = if *restart { "restart" } else { "ignore" };
+        s.push_str(&format!(
+            "[[rule]]\nid = \"{id}\"\nkind = \"absence\"\ntrigger = {{ event = \"trigger\" }}\n\
+             until = {{ event = \"until\" }}\nwithin = \"{w}ms\"\non_repeat = \"{on_repeat}\"\n\
+             notify = {{ channel = \"email\", template = \"t\" }}\n"
+        ));
+        if closers.contains(&Kind::Cancel) {
+            s.push_str("cancel_on = [{ event = \"cancel\" }]\n");
+        }
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "[[rule]]\nid = \"{THRESHOLD_RULE}\"\nkind = \"threshold\"\ntrigger = {{ event = \"trigger\" }}\n\
+         count = {n}\nwithin = \"{w}ms\"\nnotify = {{ channel = \"email\", template = \"t\" }}\n\n"
+    ));
+    s.push_str(&format!(
+        "[[rule]]\nid = \"{MATCH_RULE}\"\nkind = \"match\"\ntrigger = {{ event = \"trigger\" }}\n\
+         notify = {{ channel = \"email\", template = \"t\" }}\n"
+    ));
+    s
+}
+
+fn engine_for(w: Millis, n: usize, allowed_lateness: Millis) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    std::fs::write(dir.path().join("templates/t.subject"), "Hi").unwrap();
+    std::fs::write(dir.path().join("templates/t.txt"), "Body").unwrap();
+    std::fs::write(dir.path().join("r.toml"), rules_toml(w, n)).unwrap();
+    let loaded = load_rules(dir.path(), &LoadOptions::default()).unwrap_or_else(|d| panic!("{d}"));
+    Engine::new(
+        Arc::new(loaded.rules),
+        EngineConfig {
+            allowed_lateness,
+            ledger_retention: 1_000_000_000,
+        },
+        &[FieldPath::parse("customer.email").unwrap()],
+    )
+}
+
+fn to_event(index: usize, e: &Ev) -> Arc<Event> {
+    let schema = EventSchema {
+        kind: FieldPath::parse("type").unwrap(),
+        customer: FieldPath::parse("customer_id").unwrap(),
+        time: FieldPath::parse("ts").unwrap(),
+        id: Some(FieldPath::parse("event_id").unwrap()),
+    };
+    let payload = json!({
+        "type": e.kind.type_name(),
+        "customer_id": customer_name(e.customer),
+        "ts": e.time,
+        "event_id": format!("e{index}"),
+        "customer": {"email": format!("{}@example.com", customer_name(e.customer))},
+    });
+    Arc::new(schema.from_value(payload).unwrap())
+}
+
+// ---------------------------------------------------------------------------
+// The naive reference model
+// ---------------------------------------------------------------------------
+
+/// (rule id, customer, episode_start, fired_at)
+type Fired = (String, String, Millis, Millis);
+
+#[derive(Debug, Clone)]
+struct ModelEpisode {
+    start: Millis,
+    deadline: Millis,
+    closed: bool,
+    replaced: bool,
+}
+
+impl ModelEpisode {
+    fn open(&self) -> bool {
+        !self.closed && !self.replaced
+    }
+}
+
+fn model_absence(
+    events: &[Ev],
+    w: Millis,
+    restart: bool,
+    closers: &[Kind],
+) -> Vec<(String, Millis, Millis)> {
+    let mut fired = Vec::new();
+    for c in 0..CUSTOMERS {
+        let mut episodes: Vec<ModelEpisode> = Vec::new();
+        for e in events.iter().filter(|e| e.customer == c) {
+            let t = e.time;
+            if e.kind == Kind::Trigger {
+                let running = episodes.iter().position(|ep| ep.open() && ep.deadline >= t);
+                match running {
+                    Some(i) => {
+                        if restart && episodes[i].start <= t {
+                            episodes[i].replaced = true;
+                            episodes.push(ModelEpisode {
+                                start: t,
+                                deadline: t + w,
+                                closed: false,
+                                replaced: false,
+                            });
+                        }
+                    }
+                    None => episodes.push(ModelEpisode {
+                        start: t,
+                        deadline: t + w,
+                        closed: false,
+                        replaced: false,
+                    }),
+                }
+            } else if closers.contains(&e.kind) {
+                for ep in episodes.iter_mut() {
+                    if ep.open() && ep.start <= t && t <= ep.deadline {
+                        ep.closed = true;
+                    }
+                }
+            }
+        }
+        for ep in episodes.iter().filter(|ep| ep.open()) {
+            fired.push((customer_name(c), ep.start, ep.deadline));
+        }
+    }
+    fired
+}
+
+fn model_threshold(events: &[Ev], w: Millis, n: usize) -> Vec<(String, Millis, Millis)> {
+    let mut fired = Vec::new();
+    for c in 0..CUSTOMERS {
+        let mut s: Vec<Millis> = Vec::new();
+        for e in events
+            .iter()
+            .filter(|e| e.customer == c && e.kind == Kind::Trigger)
+        {
+            s.push(e.time);
+            let newest = *s.iter().max().unwrap();
+            s.retain(|&x| x >= newest - w);
+            if s.len() >= n {
+                let start = *s.iter().min().unwrap();
+                fired.push((customer_name(c), start, e.time));
+                s.clear();
+            }
+        }
+    }
+    fired
+}
+
+fn model(stream: &Stream) -> Vec<Fired> {
+    let mut all = Vec::new();
+    for (id, restart, closers) in ABSENCE_RULES {
+        for (c, start, deadline) in model_absence(&stream.events, stream.w, *restart, closers) {
+            all.push((id.to_string(), c, start, deadline));
+        }
+    }
+    for (c, start, at) in model_threshold(&stream.events, stream.w, stream.n) {
+        all.push((THRESHOLD_RULE.to_string(), c, start, at));
+    }
+    for e in stream.events.iter().filter(|e| e.kind == Kind::Trigger) {
+        all.push((
+            MATCH_RULE.to_string(),
+            customer_name(e.customer),
+            e.time,
+            e.time,
+        ));
+    }
+    all.sort();
+    all
+}
+
+// ---------------------------------------------------------------------------
+// Driving the engine
+// ---------------------------------------------------------------------------
+
+struct Run {
+    decisions: Vec<Decision>,
+    engine: Engine,
+}
+
+/// Feeds the stream through `split`, checking on the way that nothing
+/// fires before its time, then flushes.
+fn run_engine(stream: &Stream, split: &Split) -> Result<Run, TestCaseError> {
+    let mut engine = engine_for(stream.w, stream.n, split.allowed_lateness);
+    let parts = split.partitions as usize;
+    for p in 0..parts {
+        engine.assign(p as PartitionId);
+    }
+    // Each partition's sub-stream, in the global order.
+    let mut queues: Vec<Vec<(usize, &Ev)>> = vec![Vec::new(); parts];
+    for (i, e) in stream.events.iter().enumerate() {
+        queues[split.of_customer[e.customer as usize] as usize].push((i, e));
+    }
+    let mut next = vec![0usize; parts];
+    let mut decisions = Vec::new();
+    for step in 0..stream.events.len() {
+        let ready: Vec<usize> = (0..parts).filter(|&p| next[p] < queues[p].len()).collect();
+        let p = ready[split.picks[step] as usize % ready.len()];
+        let (index, e) = queues[p][next[p]];
+        next[p] += 1;
+        let mut out = Output::default();
+        engine.on_event(
+            p as PartitionId,
+            &to_event(index, e),
+            Clock::Virtual,
+            &mut out,
+        );
+        prop_assert!(out.errors.is_empty(), "rule errors: {:?}", out.errors);
+        prop_assert!(out.missing_key.is_empty());
+        prop_assert_eq!(out.late_events, 0, "every partition is fed in order");
+        let wm = engine.watermark();
+        for d in &out.decisions {
+            let f = &d.firing;
+            match f.deadline {
+                // An absence deadline fires only once the engine
+                // watermark has passed it.
+                Some(deadline) => prop_assert!(
+                    wm.is_some_and(|wm| wm > deadline),
+                    "{} fired for {} at deadline {} with the watermark at {:?}",
+                    f.rule.id,
+                    f.event.customer,
+                    deadline,
+                    wm
+                ),
+                // Match and threshold rules fire on the event itself.
+                None => {
+                    prop_assert_eq!(f.fired_at, e.time);
+                    prop_assert_eq!(&f.event.customer, &customer_name(e.customer));
+                    prop_assert_eq!(f.partition, p as PartitionId);
+                }
+            }
+        }
+        decisions.extend(out.decisions);
+    }
+    let mut out = Output::default();
+    engine.flush(Clock::Virtual, &mut out);
+    prop_assert!(out.errors.is_empty(), "rule errors: {:?}", out.errors);
+    decisions.extend(out.decisions);
+
+    for d in &decisions {
+        let f = &d.firing;
+        prop_assert_eq!(
+            d.outcome,
+            Outcome::Fire,
+            "{} for {}",
+            f.rule.id,
+            f.event.customer
+        );
+        // Every firing comes from the customer's own partition.
+        let c: u8 = f.event.customer[1..].parse().unwrap();
+        prop_assert_eq!(f.partition, split.of_customer[c as usize] as PartitionId);
+        if let Some(deadline) = f.deadline {
+            prop_assert_eq!(deadline, f.fired_at);
+            prop_assert_eq!(f.episode_start + stream.w, deadline);
+        }
+    }
+    Ok(Run { decisions, engine })
+}
+
+fn fired_of(decisions: &[Decision]) -> Vec<Fired> {
+    let mut v: Vec<Fired> = decisions
+        .iter()
+        .map(|d| {
+            (
+                d.firing.rule.id.clone(),
+                d.firing.event.customer.clone(),
+                d.firing.episode_start,
+                d.firing.fired_at,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Model and engine side by side, per rule, for a readable failure.
+fn diff(model: &[Fired], engine: &[Fired]) -> String {
+    let mut by_rule: BTreeMap<&str, (Vec<&Fired>, Vec<&Fired>)> = BTreeMap::new();
+    for f in model {
+        by_rule.entry(&f.0).or_default().0.push(f);
+    }
+    for f in engine {
+        by_rule.entry(&f.0).or_default().1.push(f);
+    }
+    let mut s = String::new();
+    for (rule, (m, e)) in by_rule.iter().filter(|(_, (m, e))| m != e) {
+        s.push_str(&format!("rule {rule}:\n  model:  {m:?}\n  engine: {e:?}\n"));
+    }
+    s
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 256,
+        // One file only: no proptest-regressions/ next to it.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The engine fires exactly what the naive model says, whatever the
+    /// partitioning, the interleaving of partitions and the lateness.
+    #[test]
+    fn engine_fires_what_the_model_says((stream, split) in arb_case()) {
+        let run = run_engine(&stream, &split)?;
+        let got = fired_of(&run.decisions);
+        let want = model(&stream);
+        prop_assert!(got == want, "firings differ\n{}", diff(&want, &got));
+    }
+
+    /// Two different splits and interleavings of one stream send the same
+    /// notification ids (as a multiset, hence also as a set).
+    #[test]
+    fn notification_ids_do_not_depend_on_the_split((stream, a, b) in arb_two_splits()) {
+        let ids = |run: &Run| {
+            let mut v: Vec<String> = run
+                .decisions
+                .iter()
+                .map(|d| d.firing.notification_id.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        let ra = run_engine(&stream, &a)?;
+        let rb = run_engine(&stream, &b)?;
+        let (ia, ib) = (ids(&ra), ids(&rb));
+        let (sa, sb): (BTreeSet<&String>, BTreeSet<&String>) = (ia.iter().collect(), ib.iter().collect());
+        prop_assert_eq!(sa, sb, "different sets of notification ids");
+        prop_assert_eq!(ia, ib, "different multisets of notification ids");
+    }
+
+    /// After a flush nothing is left waiting: no open episode, no window.
+    #[test]
+    fn flush_leaves_no_open_episodes((stream, split) in arb_case()) {
+        let run = run_engine(&stream, &split)?;
+        let stats = run.engine.stats();
+        prop_assert_eq!(stats.open_episodes, 0, "{:?}", stats);
+        prop_assert_eq!(stats.threshold_windows, 0, "{:?}", stats);
+    }
+}
