@@ -19,4 +19,4 @@ cargo clippy --all-targets -- -D warnings
 log "forewarn check (the shipped rules and the local config)"
 cargo run --quiet -- check --config deploy/local/forewarn.toml rules
 log "cargo test (unit, integration, end-to-end)"
-cargo test --all-targets
+cargo test

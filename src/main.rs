@@ -66,6 +66,9 @@ enum Command {
         /// Also list every decision.
         #[arg(long)]
         list: bool,
+        /// Let time run on to this RFC 3339 time (or `now`) after the last event, so later deadlines fire too.
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Produce JSON events (one per line) from a file to a Kafka topic: for demos and tests.
     Produce {
@@ -109,7 +112,18 @@ fn main() -> ExitCode {
                 out,
                 no_write,
                 list,
-            } => replay(events, rules, config, (!no_write).then_some(out), list).await,
+                until,
+            } => {
+                replay(
+                    events,
+                    rules,
+                    config,
+                    (!no_write).then_some(out),
+                    list,
+                    until,
+                )
+                .await
+            }
             Command::Produce {
                 brokers,
                 topic,
@@ -283,8 +297,20 @@ async fn replay(
     config: Option<PathBuf>,
     out: Option<PathBuf>,
     list: bool,
+    until: Option<String>,
 ) -> ExitCode {
     use forewarn::engine::EngineConfig;
+    let until = match until.as_deref() {
+        None => None,
+        Some("now") => Some(jiff::Timestamp::now().as_millisecond()),
+        Some(t) => match t.parse::<jiff::Timestamp>() {
+            Ok(ts) => Some(ts.as_millisecond()),
+            Err(e) => {
+                eprintln!("error: --until {t:?} is not an RFC 3339 time or `now` ({e})");
+                return ExitCode::from(2);
+            }
+        },
+    };
     use forewarn::event::{format_time, EventSchema, FieldPath};
     use forewarn::replay::{replay, ReplayOptions};
     let (schema, email, engine, rules_dir) = match config {
@@ -328,6 +354,7 @@ async fn replay(
         from: forewarn::config::DEFAULT_FROM
             .parse()
             .expect("valid default sender"),
+        until,
     };
     let report = match replay(&opts).await {
         Ok(r) => r,
@@ -366,6 +393,13 @@ async fn replay(
     }
     if report.invalid.len() > 10 {
         println!("  … and {} more invalid lines", report.invalid.len() - 10);
+    }
+    if report.still_open > 0 {
+        println!(
+            "{} absence episode{} still open: their deadlines fall after the end of the events (see --until)",
+            report.still_open,
+            if report.still_open == 1 { " is" } else { "s are" }
+        );
     }
     for (rule, n) in &report.missing_key {
         println!(

@@ -4,10 +4,10 @@
 //! messages as `.eml` files through the `file` channel.
 //!
 //! Events go to one engine partition in file order. At the end of the
-//! input, time runs on: every open deadline fires (as it would in a live
-//! daemon once the partition went idle). Staleness is judged in virtual
-//! time, so a replay never calls a firing stale; a live daemon working
-//! through an old backlog would.
+//! input, time stops at the last event (or at `until`): deadlines up to
+//! then fire, later ones are reported as still open. Staleness is judged
+//! in virtual time, so a replay never calls a firing stale; a live daemon
+//! working through an old backlog would.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -31,6 +31,8 @@ pub struct ReplayOptions {
     /// Where would-be messages are written; `None` writes nothing.
     pub out_dir: Option<PathBuf>,
     pub from: lettre::message::Mailbox,
+    /// Let time run on to here after the last event (default: the last event).
+    pub until: Option<Millis>,
 }
 
 /// One decision of the replay, in the order they were made.
@@ -55,6 +57,8 @@ pub struct ReplayReport {
     pub outcomes: BTreeMap<String, BTreeMap<&'static str, u64>>,
     pub decisions: Vec<ReplayDecision>,
     pub written: usize,
+    /// Absence episodes whose deadline lies after the end of the replay.
+    pub still_open: usize,
     pub first_event: Option<Millis>,
     pub last_event: Option<Millis>,
 }
@@ -123,16 +127,23 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         )
         .await?;
     }
-    let mut out = Output::default();
-    engine.flush(Clock::Virtual, &mut out);
-    record(
-        &mut report,
-        out,
-        &loaded.templates,
-        &opts.email,
-        channel.as_ref(),
-    )
-    .await?;
+    let end = match (opts.until, report.last_event) {
+        (Some(u), Some(l)) => Some(u.max(l)),
+        (u, l) => u.or(l),
+    };
+    if let Some(end) = end {
+        let mut out = Output::default();
+        engine.advance_to(end, Clock::Virtual, &mut out);
+        record(
+            &mut report,
+            out,
+            &loaded.templates,
+            &opts.email,
+            channel.as_ref(),
+        )
+        .await?;
+    }
+    report.still_open = engine.stats().open_episodes;
     Ok(report)
 }
 

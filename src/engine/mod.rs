@@ -301,7 +301,16 @@ impl Engine {
         self.fire_due(clock, out);
     }
 
-    /// End of a replay: time runs on, every open deadline fires.
+    /// Moves every partition's watermark to at least `until`, as if all
+    /// were idle then: the end of a replay stops time at the last event.
+    pub fn advance_to(&mut self, until: Millis, clock: Clock, out: &mut Output) {
+        for part in self.partitions.values_mut() {
+            part.idle_floor = Some(part.idle_floor.map_or(until, |f| f.max(until)));
+        }
+        self.fire_due(clock, out);
+    }
+
+    /// Time runs on forever: every open deadline fires (tests, shutdown reports).
     pub fn flush(&mut self, clock: Clock, out: &mut Output) {
         for part in self.partitions.values_mut() {
             part.idle_floor = Some(Millis::MAX);

@@ -502,6 +502,7 @@ type = "type"
 customer = "customer_id"
 time = "ts"
 id = "event_id"
+idle_timeout = "1s"
 
 [customers]
 email = "customer.email"
