@@ -266,17 +266,14 @@ fn check(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     }
     match load_rules(&rules_dir, &LoadOptions { channels }) {
         Ok(loaded) => {
+            let plural =
+                |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
             println!(
-                "{}: {} rule{} and {} template{} ok",
+                "{}: {}, {} and {} ok",
                 rules_dir.display(),
-                loaded.rules.len(),
-                if loaded.rules.len() == 1 { "" } else { "s" },
-                loaded.templates.names().len(),
-                if loaded.templates.names().len() == 1 {
-                    ""
-                } else {
-                    "s"
-                },
+                plural(loaded.rules.len(), "rule"),
+                plural(loaded.templates.names().len(), "template"),
+                plural(loaded.catalogs.len(), "catalog"),
             );
         }
         Err(diags) => {

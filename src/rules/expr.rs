@@ -79,6 +79,17 @@ impl Expr {
                 });
             }
         }
+        if let Some(unknown) = refs.functions().into_iter().find(|f| !is_known_function(f)) {
+            let suggestion = closest(unknown, SUGGESTIONS);
+            return Err(ExprError {
+                offset: source.find(unknown).unwrap_or(0),
+                message: format!("the condition calls `{unknown}`, which is not a function"),
+                help: match suggestion {
+                    Some(s) => format!("did you mean `{s}`? Functions include size, contains, startsWith, endsWith, matches, int, double, string, timestamp, duration and semver_match"),
+                    None => "functions include size, contains, startsWith, endsWith, matches, int, double, string, timestamp, duration and semver_match".to_string(),
+                },
+            });
+        }
         Ok(Expr {
             source: source.into(),
             program: Arc::new(program),
@@ -124,6 +135,75 @@ fn semver_match(version: Arc<String>, req: Arc<String>) -> Result<bool, Executio
             .map(|v| req.matches(&v))
             .unwrap_or(false),
     )
+}
+
+/// Function names offered as "did you mean" suggestions.
+const SUGGESTIONS: &[&str] = &[
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "timestamp",
+    "duration",
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "max",
+    "min",
+    "semver_match",
+];
+
+/// Whether CEL (the standard library, a macro or an operator) or forewarn
+/// defines `name`. Asked of the library itself: `add_function` refuses a
+/// name the standard library already declares.
+fn is_known_function(name: &str) -> bool {
+    // Operators (`_>_`, `!_`, `@in`, `_[_]`) are not identifiers.
+    let identifier = name
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
+    if !identifier || name.starts_with('_') || name == "semver_match" {
+        return true;
+    }
+    if ["has", "all", "exists", "exists_one", "map", "filter"].contains(&name) {
+        return true;
+    }
+    let mut probe = Context::default();
+    probe.add_function(name, || true).is_err()
+}
+
+/// The candidate within edit distance 2 of `name`, if any.
+fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                cur.push(
+                    (prev[j] + usize::from(ca != *cb))
+                        .min(prev[j + 1] + 1)
+                        .min(cur[j] + 1),
+                );
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    candidates
+        .iter()
+        .map(|c| (distance(&name.to_lowercase(), &c.to_lowercase()), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, c)| c)
 }
 
 /// Converts an event payload into a CEL value.
@@ -205,6 +285,27 @@ mod tests {
         let err = Expr::compile("event.cart.total >= ").unwrap_err();
         assert!(err.message.contains("not valid CEL"), "{err:?}");
         assert!(err.offset <= "event.cart.total >= ".len());
+    }
+
+    #[test]
+    fn unknown_functions_are_rejected_with_a_suggestion() {
+        let err = Expr::compile(r#"semver_matches(event.v, ">=1.0.0")"#).unwrap_err();
+        assert!(err.message.contains("`semver_matches`"), "{err:?}");
+        assert!(err.help.contains("did you mean `semver_match`"), "{err:?}");
+        let err = Expr::compile(r#"event.name.startswith("A")"#).unwrap_err();
+        assert!(err.help.contains("`startsWith`"), "{err:?}");
+        for ok in [
+            r#"size(event.items) > 0 && event.name.startsWith("A") && event.email.endsWith(".com")"#,
+            r#"event.a in [1, 2] && !has(event.b) && int(event.c) == 1 && string(event.d) != """#,
+            r#"event.items.exists(i, i.sku.matches("^GIFT")) && timestamp(event.ts) > timestamp("2020-01-01T00:00:00Z")"#,
+            r#"event.n % 2 == 0 || double(event.x) / 2.0 > 1.0 || event.s.contains("x")"#,
+        ] {
+            assert!(
+                Expr::compile(ok).is_ok(),
+                "{ok}: {:?}",
+                Expr::compile(ok).err()
+            );
+        }
     }
 
     #[test]
