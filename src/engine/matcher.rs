@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
-use super::{ledger, notification_id, Cx, Decision, Firing, Output, Partition, RuleError};
+use super::{
+    event_identity, ledger, notification_id, Cx, Decision, Firing, Output, Partition, RuleError,
+};
 use crate::event::Event;
 use crate::rules::{Condition, Rule, RuleKind};
 
@@ -50,7 +50,7 @@ pub(super) fn on_trigger(
         out.missing_key.push(rule.id.clone());
         return;
     };
-    key.push(event.id.clone().unwrap_or_else(|| payload_hash(event)));
+    key.push(event_identity(event));
     let entries: Vec<Option<Arc<crate::rules::catalog::CatalogEntry>>> = match catalog {
         None => vec![None],
         Some(c) => c
@@ -88,10 +88,4 @@ pub(super) fn on_trigger(
         let outcome = ledger::decide(rule, &firing, cx.clock, cx.cfg, &mut part.ledger);
         out.decisions.push(Decision { firing, outcome });
     }
-}
-
-fn payload_hash(event: &Event) -> String {
-    // serde_json's map is ordered (BTreeMap), so equal payloads hash equally.
-    let bytes = serde_json::to_vec(&event.payload).unwrap_or_default();
-    hex::encode(&Sha256::digest(&bytes)[..8])
 }

@@ -360,6 +360,19 @@ fn key_hash(tag: &str, rule_id: &str, values: &[String]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(&buf)
 }
 
+/// What identifies an event for notification ids: its id when the pipeline
+/// provides one, else a hash of its payload (so a redelivery maps to the
+/// same id). serde_json's map is ordered, so equal payloads hash equally.
+fn event_identity(event: &Event) -> String {
+    match &event.id {
+        Some(id) => id.clone(),
+        None => {
+            let bytes = serde_json::to_vec(&event.payload).unwrap_or_default();
+            hex::encode(&Sha256::digest(&bytes)[..8])
+        }
+    }
+}
+
 /// The deterministic notification id: hash(rule, key values, episode start),
 /// as 32 hex characters. Length-prefixed parts keep ("a","bc") ≠ ("ab","c").
 pub fn notification_id(rule_id: &str, key: &[String], episode_start: Millis) -> String {

@@ -434,6 +434,31 @@ fn threshold_fires_at_count_within_the_window_then_resets() {
 }
 
 #[test]
+fn threshold_firings_in_the_same_millisecond_get_distinct_ids() {
+    let rules = PAYMENT.replace("count = 3", "count = 2");
+    let mut e = engine_for(&rules, None);
+    let mut out = Output::default();
+    for n in 0..4 {
+        e.on_event(
+            0,
+            &ev(
+                "payment_failed",
+                "c1",
+                1000,
+                json!({"event_id": format!("e{n}")}),
+            ),
+            Clock::Virtual,
+            &mut out,
+        );
+    }
+    assert_eq!(out.decisions.len(), 2);
+    assert_ne!(
+        out.decisions[0].firing.notification_id,
+        out.decisions[1].firing.notification_id
+    );
+}
+
+#[test]
 fn threshold_windows_are_dropped_once_they_cannot_fire() {
     let mut e = engine_for(PAYMENT, None);
     run(

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use super::{key_hash, ledger, notification_id, Cx, Decision, Firing, Output, Partition};
+use super::{
+    event_identity, key_hash, ledger, notification_id, Cx, Decision, Firing, Output, Partition,
+};
 use crate::event::{Event, Millis};
 use crate::rules::RuleKind;
 
@@ -50,8 +52,12 @@ pub(super) fn on_trigger(
     if window.times.len() >= t.count {
         let start = window.times[0];
         part.windows.remove(&k);
+        // The firing event's identity keeps two windows that start in the
+        // same millisecond apart (the id is still stable on redelivery).
+        let mut id_key = key.clone();
+        id_key.push(event_identity(event));
         let firing = Firing {
-            notification_id: notification_id(&rule.id, &key, start),
+            notification_id: notification_id(&rule.id, &id_key, start),
             rule: Arc::clone(rule),
             event: Arc::clone(event),
             entry: None,
