@@ -271,7 +271,12 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> bool {
         let topic = msg.topic();
-        let event = match self.schema.decode(msg.payload().unwrap_or_default()) {
+        let rules = self.engine.rules();
+        let event = match self
+            .schema
+            .decode_lazy(msg.payload().unwrap_or_default(), |kind| {
+                rules.mentions(kind)
+            }) {
             Ok(e) => Arc::new(e),
             Err(invalid) => {
                 self.metrics

@@ -114,7 +114,75 @@ impl InvalidEvent {
     }
 }
 
+/// A JSON object's members, borrowed from the raw bytes.
+type RawMembers<'a> = std::collections::HashMap<&'a str, &'a serde_json::value::RawValue>;
+
 impl EventSchema {
+    /// Decodes only what every event needs (type, customer, time, id) and
+    /// parses the whole payload only when `wants_payload(type)`: most events
+    /// on a busy topic concern no rule, and building their JSON tree is the
+    /// largest cost of reading them. The record is still fully validated.
+    pub fn decode_lazy(
+        &self,
+        bytes: &[u8],
+        wants_payload: impl Fn(&str) -> bool,
+    ) -> Result<Event, InvalidEvent> {
+        let Ok(top) = serde_json::from_slice::<RawMembers<'_>>(bytes) else {
+            // Not an object, not JSON, or keys with escapes: the full parse
+            // decides (and names the problem).
+            return self.decode(bytes);
+        };
+        let field = |path: &FieldPath| -> Option<Value> {
+            let (first, rest) = path.segments().split_first()?;
+            let mut raw = *top.get(first.as_str())?;
+            for (i, seg) in rest.iter().enumerate() {
+                match serde_json::from_str::<RawMembers<'_>>(raw.get()) {
+                    Ok(m) => raw = m.get(seg.as_str())?,
+                    Err(_) => {
+                        // An array (or scalar) on the way: walk the parsed value.
+                        let v: Value = serde_json::from_str(raw.get()).ok()?;
+                        let tail = FieldPath(rest[i..].to_vec().into());
+                        return tail.get(&v).cloned();
+                    }
+                }
+            }
+            serde_json::from_str(raw.get()).ok()
+        };
+        let kind = match field(&self.kind) {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            _ => return self.decode(bytes),
+        };
+        if wants_payload(&kind) {
+            return self.decode(bytes);
+        }
+        let text = |path: &FieldPath| {
+            field(path).and_then(|v| FieldPath(Arc::from(Vec::new())).get_text(&v))
+        };
+        let customer = text(&self.customer).ok_or_else(|| InvalidEvent::MissingField {
+            field: self.customer.to_string(),
+            role: "customer",
+        })?;
+        let time = match field(&self.time) {
+            None | Some(Value::Null) => {
+                return Err(InvalidEvent::MissingField {
+                    field: self.time.to_string(),
+                    role: "time",
+                })
+            }
+            Some(v) => parse_time(&v).ok_or_else(|| InvalidEvent::BadTime {
+                field: self.time.to_string(),
+            })?,
+        };
+        let id = self.id.as_ref().and_then(text);
+        Ok(Event {
+            kind,
+            customer,
+            time,
+            id,
+            payload: Value::Null,
+        })
+    }
+
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, InvalidEvent> {
         let payload: Value = serde_json::from_slice(bytes).map_err(|e| {
             // serde_json's message carries line/column, never the payload itself.
@@ -251,6 +319,59 @@ mod tests {
             .decode(b"{\"email\": \"secret@example.com\"")
             .unwrap_err();
         assert!(!err.to_string().contains("secret@example.com"), "{err}");
+    }
+
+    #[test]
+    fn lazy_decode_agrees_with_full_decode() {
+        let s = schema();
+        let records: Vec<&[u8]> = vec![
+            br#"{"type":"page_view","customer":{"id":42},"ts":"2026-11-24T10:00:00Z","event_id":"e1","page":"/"}"#,
+            br#"{"type":"page_view","customer":{"id":"c1"},"ts":1795514400000,"deep":{"a":[1,{"b":2}]}}"#,
+            br#"{"type":"page_view","customer":{"id":"c1"},"ts":"yesterday"}"#,
+            br#"{"type":"page_view","ts":1}"#,
+            br#"{"type":"page_view","customer":{"id":"c1"}}"#,
+            br#"{"customer":{"id":"c1"},"ts":1}"#,
+            br#"{"type":"page_view","customer":{"id":"c1"},"ts":1,"broken":[1,2"#,
+            br#"{"type":"page_view","customer":{"id":"c1"},"ts":1}"#,
+            b"[1]",
+            b"nope",
+        ];
+        for r in records {
+            let full = s.decode(r);
+            let lazy = s.decode_lazy(r, |_| false);
+            match (&full, &lazy) {
+                (Ok(f), Ok(l)) => {
+                    assert_eq!(
+                        (&f.kind, &f.customer, f.time, &f.id),
+                        (&l.kind, &l.customer, l.time, &l.id)
+                    );
+                    assert_eq!(
+                        l.payload,
+                        Value::Null,
+                        "payload skipped for an event no rule wants"
+                    );
+                }
+                (Err(f), Err(l)) => {
+                    assert_eq!(f.reason(), l.reason(), "{}", String::from_utf8_lossy(r))
+                }
+                _ => panic!(
+                    "{}: full {full:?} vs lazy {lazy:?}",
+                    String::from_utf8_lossy(r)
+                ),
+            }
+            if let Ok(e) = s.decode_lazy(r, |_| true) {
+                assert_eq!(Some(e.payload), full.ok().map(|f| f.payload));
+            }
+        }
+        let p = FieldPath::parse("items.0.sku").unwrap();
+        let nested = EventSchema {
+            customer: p,
+            ..schema()
+        };
+        let e = nested
+            .decode_lazy(br#"{"type":"x","items":[{"sku":"A1"}],"ts":1}"#, |_| false)
+            .unwrap();
+        assert_eq!(e.customer, "A1");
     }
 
     #[test]

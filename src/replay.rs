@@ -106,7 +106,11 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         if line.trim().is_empty() {
             continue;
         }
-        let event = match opts.schema.decode(line.as_bytes()) {
+        let rules = engine.rules();
+        let event = match opts
+            .schema
+            .decode_lazy(line.as_bytes(), |kind| rules.mentions(kind))
+        {
             Ok(e) => Arc::new(e),
             Err(e) => {
                 report.invalid.push((n + 1, e.to_string()));

@@ -165,6 +165,9 @@ impl Partition {
 
 pub struct Engine {
     rules: Arc<RuleSet>,
+    /// Per event type: the payload fields its conditions read (None: all).
+    /// Only these are converted to CEL, once per event.
+    bindings: HashMap<String, Option<Vec<crate::event::FieldPath>>>,
     /// Per rule: the trigger fields to keep in an episode (None: all).
     retain: Vec<Option<Vec<crate::event::FieldPath>>>,
     cel: cel::Context<'static, 'static>,
@@ -187,8 +190,10 @@ impl Engine {
             .iter()
             .map(|r| project::retained_paths(r, always_retain))
             .collect();
+        let bindings = event_bindings(&rules);
         Engine {
             rules,
+            bindings,
             retain,
             cel: base_context(),
             cfg,
@@ -257,8 +262,12 @@ impl Engine {
         let closers = self.rules.closed_by(&event.kind);
         let triggers = self.rules.triggered_by(&event.kind);
         if !closers.is_empty() || !triggers.is_empty() {
-            // Converted once per event, shared by every rule that looks at it.
-            let value = to_cel(&event.payload);
+            // Converted once per event, shared by every rule that looks at
+            // it, and only the fields the conditions read.
+            let value = match self.bindings.get(&event.kind) {
+                Some(Some(paths)) => to_cel(&project::project(&event.payload, paths)),
+                _ => to_cel(&event.payload),
+            };
             let mut scope = self.cel.new_inner_scope();
             scope.add_variable_from_value("event", value);
             let cx = Cx {
@@ -335,6 +344,44 @@ impl Engine {
             part.ledger.expire(wm);
         }
     }
+}
+
+/// For each event type, the union of the payload fields read as `event.*`
+/// by every condition that can run on it: trigger conditions, catalog
+/// `matches`, and until / cancel_on conditions.
+fn event_bindings(rules: &RuleSet) -> HashMap<String, Option<Vec<crate::event::FieldPath>>> {
+    let mut out: HashMap<String, Option<Vec<crate::event::FieldPath>>> = HashMap::new();
+    let mut add = |kind: &str, expr: Option<&crate::rules::expr::Expr>| {
+        let entry = out
+            .entry(kind.to_string())
+            .or_insert_with(|| Some(Vec::new()));
+        let paths = expr.map_or(Some(Vec::new()), |e| e.field_paths("event"));
+        match (entry.as_mut(), paths) {
+            (Some(all), Some(p)) => all.extend(p),
+            _ => *entry = None,
+        }
+    };
+    for rule in rules.rules.iter().filter(|r| r.enabled) {
+        add(&rule.trigger.event, rule.trigger.when.as_ref());
+        match &rule.kind {
+            RuleKind::Match { catalog: Some(c) } => {
+                for e in &c.entries {
+                    add(&rule.trigger.event, Some(&e.matches));
+                }
+            }
+            RuleKind::Absence(a) => {
+                for c in a.until.iter().chain(&a.cancel_on) {
+                    add(&c.event, c.when.as_ref());
+                }
+            }
+            _ => {}
+        }
+    }
+    for paths in out.values_mut().flatten() {
+        paths.sort_by_key(ToString::to_string);
+        paths.dedup();
+    }
+    out
 }
 
 /// What the per-kind modules need from the engine for one event.

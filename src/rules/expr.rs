@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use cel::{Context, ExecutionError, Program, Value};
 
+use crate::event::FieldPath;
+
 /// The variables a condition may name.
 pub const VARIABLES: &[&str] = &["event", "trigger", "entry"];
 
@@ -100,6 +102,15 @@ impl Expr {
         &self.source
     }
 
+    /// The field paths this condition reads under `root` (`event`,
+    /// `trigger` or `entry`), e.g. `cart.total` for `event.cart.total >= 20.0`;
+    /// `None` when it uses `root` whole (`size(event)`, `event[k]`).
+    /// A trailing method call (`event.email.endsWith(…)`) is not a field,
+    /// and a list macro (`event.items.exists(…)`) keeps the list whole.
+    pub fn field_paths(&self, root: &str) -> Option<Vec<FieldPath>> {
+        field_paths(&self.source, root)
+    }
+
     /// Evaluates to a boolean. A field the event does not have makes the
     /// condition false (CX leads write `event.cart.total >= 20.0` and mean
     /// "a cart worth at least 20"); use `has()` to be explicit.
@@ -135,6 +146,50 @@ fn semver_match(version: Arc<String>, req: Arc<String>) -> Result<bool, Executio
             .map(|v| req.matches(&v))
             .unwrap_or(false),
     )
+}
+
+/// See [`Expr::field_paths`]. A textual scan: CEL's AST would be exact,
+/// but the scan errs on the safe side (an extra path only keeps a field).
+pub fn field_paths(source: &str, root: &str) -> Option<Vec<FieldPath>> {
+    let mut out = Vec::new();
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut rest = source;
+    while let Some(i) = rest.find(root) {
+        let before_ok = rest[..i]
+            .chars()
+            .last()
+            .is_none_or(|c| !ident(c) && c != '.');
+        let after = &rest[i + root.len()..];
+        rest = after;
+        if !before_ok || after.starts_with(ident) {
+            continue; // part of another identifier, e.g. `events` or `x.event`
+        }
+        let Some(chain) = after.strip_prefix('.') else {
+            return None; // the root used whole
+        };
+        let mut segments: Vec<&str> = Vec::new();
+        let mut tail = chain;
+        loop {
+            let len = tail.find(|c: char| !ident(c)).unwrap_or(tail.len());
+            if len == 0 {
+                break;
+            }
+            segments.push(&tail[..len]);
+            tail = &tail[len..];
+            match tail.strip_prefix('.') {
+                Some(t) if t.starts_with(ident) => tail = t,
+                _ => break,
+            }
+        }
+        if tail.trim_start().starts_with('(') {
+            segments.pop(); // a method, not a field
+        }
+        if segments.is_empty() {
+            return None;
+        }
+        out.push(FieldPath::parse(&segments.join(".")).ok()?);
+    }
+    Some(out)
 }
 
 /// Function names offered as "did you mean" suggestions.
@@ -285,6 +340,41 @@ mod tests {
         let err = Expr::compile("event.cart.total >= ").unwrap_err();
         assert!(err.message.contains("not valid CEL"), "{err:?}");
         assert!(err.offset <= "event.cart.total >= ".len());
+    }
+
+    #[test]
+    fn field_paths_name_fields_not_methods() {
+        let paths = |src: &str, root: &str| {
+            Expr::compile(src)
+                .unwrap()
+                .field_paths(root)
+                .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            paths("event.cart.total >= 20.0", "event"),
+            Some(vec!["cart.total".into()])
+        );
+        assert_eq!(
+            paths(
+                r#"event.email.endsWith("@x") && trigger.order.id == event.order.id"#,
+                "event"
+            ),
+            Some(vec!["email".into(), "order.id".into()])
+        );
+        assert_eq!(
+            paths(r#"trigger.order.id == event.order.id"#, "trigger"),
+            Some(vec!["order.id".into()])
+        );
+        assert_eq!(
+            paths("event.items.exists(i, i.qty > 0)", "event"),
+            Some(vec!["items".into()])
+        );
+        assert_eq!(
+            paths("has(event.coupon) && size(event.items) > 1", "event"),
+            Some(vec!["coupon".into(), "items".into()])
+        );
+        assert_eq!(paths("size(event) > 1", "event"), None);
+        assert_eq!(paths("event.a == 1", "trigger"), Some(vec![]));
     }
 
     #[test]

@@ -640,29 +640,8 @@ fn trigger_fields(
         }
     }
     for c in conditions {
-        let Some(src) = c.when.as_ref().map(|w| w.source()) else {
-            continue;
-        };
-        let mut rest = src;
-        while let Some(i) = rest.find("trigger") {
-            let before_ok = rest[..i]
-                .chars()
-                .last()
-                .is_none_or(|ch| !(ch.is_alphanumeric() || ch == '_'));
-            let after = &rest[i + "trigger".len()..];
-            rest = after;
-            if !before_ok {
-                continue;
-            }
-            let path: String = match after.strip_prefix('.') {
-                Some(p) => p
-                    .chars()
-                    .take_while(|ch| ch.is_alphanumeric() || *ch == '_' || *ch == '.')
-                    .collect(),
-                None if after.starts_with(|ch: char| ch.is_alphanumeric() || ch == '_') => continue,
-                None => return None,
-            };
-            out.push(FieldPath::parse(path.trim_end_matches('.')).ok()?);
+        if let Some(w) = &c.when {
+            out.extend(w.field_paths("trigger")?);
         }
     }
     Some(out)
