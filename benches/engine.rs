@@ -985,7 +985,18 @@ fn measure_memory(shipped: &RuleSet, episodes: usize) -> MemoryResult {
         if i % 100 == 0 {
             let b = project::encode_trigger(&event, retained.as_deref());
             if i == 0 {
-                sample_trigger = String::from_utf8_lossy(&b).into_owned();
+                // MessagePack on the inside; shown decoded.
+                sample_trigger = project::decode_trigger(&b, &event.kind, event.time)
+                    .map(|t| {
+                        format!(
+                            "{} bytes: [{:?}, {:?}, {}]",
+                            b.len(),
+                            t.customer,
+                            t.id,
+                            t.payload
+                        )
+                    })
+                    .unwrap_or_default();
             }
             sampled.0 += 1;
             sampled.1 += b.len();
@@ -1078,7 +1089,7 @@ fn main() {
         .unwrap();
         writeln!(
             o,
-            "  stored trigger (projected JSON envelope, Box<[u8]>), average: {:.1} bytes; other state: {:.1} bytes",
+            "  stored trigger (projected MessagePack envelope, Box<[u8]>), average: {:.1} bytes; other state: {:.1} bytes",
             mem.trigger_bytes_avg,
             per_episode - mem.trigger_bytes_avg
         )

@@ -10,13 +10,135 @@
 use std::sync::Arc;
 
 use super::project::{decode_trigger, encode_trigger};
+use std::collections::{BTreeSet, HashMap};
+
 use super::{
     key_hash, ledger, matcher::trigger_holds, notification_id, Clock, Cx, Decision, EngineConfig,
-    Episode, Firing, Output, Partition, PartitionId, RuleError,
+    Firing, Output, Partition, PartitionId, RuleError,
 };
 use crate::event::{parse_time, Event, Millis};
 use crate::rules::expr::to_cel;
 use crate::rules::{Absence, DeadlineSpec, OnRepeat, RuleKind, RuleSet};
+
+const NIL: u32 = u32::MAX;
+type Key = [u64; 2];
+
+fn key_of(hash: u128) -> Key {
+    [hash as u64, (hash >> 64) as u64]
+}
+
+/// The open episodes of one partition, laid out for millions: a slab of
+/// small slots, an index from key to the newest slot of that key (older
+/// ones chain through `next`), and one sorted deadline index.
+#[derive(Debug, Default)]
+pub(crate) struct Episodes {
+    index: HashMap<Key, u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    timers: BTreeSet<(Millis, u32)>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    key: Key,
+    start: Millis,
+    deadline: Millis,
+    rule: u32,
+    next: u32,
+    /// The trigger, reduced to the fields the rule can use (see `project`).
+    trigger: Box<[u8]>,
+}
+
+/// An episode taken out of the slab.
+struct Episode {
+    start: Millis,
+    deadline: Millis,
+    rule: u32,
+    trigger: Box<[u8]>,
+}
+
+impl Episodes {
+    pub(crate) fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Slots of `key`, newest first.
+    fn chain(&self, key: &Key) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut at = self.index.get(key).copied().unwrap_or(NIL);
+        while at != NIL {
+            out.push(at);
+            at = self.slots[at as usize].next;
+        }
+        out
+    }
+
+    fn insert(&mut self, key: Key, start: Millis, deadline: Millis, rule: u32, trigger: Box<[u8]>) {
+        let next = self.index.get(&key).copied().unwrap_or(NIL);
+        let slot = Slot {
+            key,
+            start,
+            deadline,
+            rule,
+            next,
+            trigger,
+        };
+        let at = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(key, at);
+        self.timers.insert((deadline, at));
+    }
+
+    fn remove(&mut self, at: u32) -> Episode {
+        let (key, next, deadline) = {
+            let s = &self.slots[at as usize];
+            (s.key, s.next, s.deadline)
+        };
+        match self.index.get(&key).copied() {
+            Some(head) if head == at => {
+                if next == NIL {
+                    self.index.remove(&key);
+                } else {
+                    self.index.insert(key, next);
+                }
+            }
+            Some(head) => {
+                let mut prev = head;
+                while self.slots[prev as usize].next != at {
+                    prev = self.slots[prev as usize].next;
+                }
+                self.slots[prev as usize].next = next;
+            }
+            None => {}
+        }
+        self.timers.remove(&(deadline, at));
+        self.free.push(at);
+        let s = &mut self.slots[at as usize];
+        s.next = NIL;
+        Episode {
+            start: s.start,
+            deadline: s.deadline,
+            rule: s.rule,
+            trigger: std::mem::take(&mut s.trigger),
+        }
+    }
+
+    /// The slot whose deadline is earliest, if the watermark has passed it.
+    fn due(&self, watermark: Millis) -> Option<u32> {
+        self.timers
+            .first()
+            .filter(|(deadline, _)| *deadline < watermark)
+            .map(|(_, at)| *at)
+    }
+}
 
 fn deadline_of(a: &Absence, event: &Event) -> Option<Millis> {
     match &a.deadline {
@@ -53,27 +175,24 @@ pub(super) fn on_trigger(
         }
         return;
     };
-    let k = key_hash("episode", &rule.id, &key);
-    let list = part.episodes.entry(k).or_default();
-    // The episode still running at this trigger's time, if any.
-    if let Some(pos) = list.iter().position(|e| e.deadline >= event.time) {
+    let k = key_of(key_hash("episode", &rule.id, &key));
+    let episodes = &mut part.episodes;
+    // The episode still running at this trigger's time, if any (the oldest,
+    // should out-of-order input have left several).
+    let running = episodes
+        .chain(&k)
+        .into_iter()
+        .rev()
+        .find(|&at| episodes.slots[at as usize].deadline >= event.time);
+    if let Some(at) = running {
         // A trigger older than the running episode's own is superseded.
-        if a.on_repeat == OnRepeat::Ignore || list[pos].start > event.time {
+        if a.on_repeat == OnRepeat::Ignore || episodes.slots[at as usize].start > event.time {
             return;
         }
-        let old = list.remove(pos);
-        if !list.iter().any(|e| e.deadline == old.deadline) {
-            part.timers.remove(&(old.deadline, k));
-        }
+        episodes.remove(at);
     }
     let fields = cx.retain[idx as usize].as_deref();
-    list.push(Episode {
-        start: event.time,
-        deadline,
-        rule: idx,
-        trigger: encode_trigger(event, fields),
-    });
-    part.timers.insert((deadline, k));
+    episodes.insert(k, event.time, deadline, idx, encode_trigger(event, fields));
 }
 
 pub(super) fn on_closer(
@@ -90,47 +209,40 @@ pub(super) fn on_closer(
     let Some(key) = rule.key_values(event) else {
         return;
     };
-    let k = key_hash("episode", &rule.id, &key);
-    let Some(list) = part.episodes.get_mut(&k) else {
+    let k = key_of(key_hash("episode", &rule.id, &key));
+    let chain = part.episodes.chain(&k);
+    if chain.is_empty() {
         return;
-    };
+    }
     let conditions: Vec<_> = a
         .until
         .iter()
         .chain(&a.cancel_on)
         .filter(|c| c.event == event.kind)
         .collect();
-    let mut closed = Vec::new();
-    list.retain(|ep| {
-        if ep.start > event.time || event.time > ep.deadline {
-            return true;
+    // `trigger` is only decoded for conditions that name it.
+    let needs_trigger = conditions.iter().any(|c| {
+        c.when
+            .as_ref()
+            .is_some_and(|w| w.source().contains("trigger"))
+    });
+    for at in chain {
+        let slot = &part.episodes.slots[at as usize];
+        if slot.start > event.time || event.time > slot.deadline {
+            continue;
         }
-        // `trigger` is only decoded for conditions that name it.
         let mut scope = cx.scope.new_inner_scope();
-        if conditions.iter().any(|c| {
-            c.when
-                .as_ref()
-                .is_some_and(|w| w.source().contains("trigger"))
-        }) {
-            if let Some(t) = decode_trigger(&ep.trigger, &rule.trigger.event, ep.start) {
+        if needs_trigger {
+            if let Some(t) = decode_trigger(&slot.trigger, &rule.trigger.event, slot.start) {
                 scope.add_variable_from_value("trigger", to_cel(&t.payload));
             }
         }
-        let holds = conditions
+        if conditions
             .iter()
-            .any(|c| trigger_holds(rule, &scope, c, out));
-        if holds {
-            closed.push(ep.deadline);
+            .any(|c| trigger_holds(rule, &scope, c, out))
+        {
+            part.episodes.remove(at);
         }
-        !holds
-    });
-    for d in closed {
-        if !list.iter().any(|e| e.deadline == d) {
-            part.timers.remove(&(d, k));
-        }
-    }
-    if list.is_empty() {
-        part.episodes.remove(&k);
     }
 }
 
@@ -144,49 +256,29 @@ pub(super) fn fire_due(
     clock: Clock,
     out: &mut Output,
 ) {
-    while let Some(&(deadline, k)) = part.timers.first() {
-        if deadline >= watermark {
-            break;
-        }
-        part.timers.pop_first();
-        let Some(list) = part.episodes.get_mut(&k) else {
+    while let Some(at) = part.episodes.due(watermark) {
+        let ep = part.episodes.remove(at);
+        let rule = rules.rule(ep.rule);
+        let Some(trigger) = decode_trigger(&ep.trigger, &rule.trigger.event, ep.start) else {
+            out.errors.push(RuleError {
+                rule_id: rule.id.clone(),
+                message: "a stored trigger could not be decoded; the episode is dropped".into(),
+            });
             continue;
         };
-        let mut due = Vec::new();
-        list.retain(|e| {
-            if e.deadline == deadline {
-                due.push(e.clone());
-                false
-            } else {
-                true
-            }
-        });
-        if list.is_empty() {
-            part.episodes.remove(&k);
-        }
-        for ep in due {
-            let rule = rules.rule(ep.rule);
-            let Some(trigger) = decode_trigger(&ep.trigger, &rule.trigger.event, ep.start) else {
-                out.errors.push(RuleError {
-                    rule_id: rule.id.clone(),
-                    message: "a stored trigger could not be decoded; the episode is dropped".into(),
-                });
-                continue;
-            };
-            let key = rule.key_values(&trigger).unwrap_or_default();
-            let firing = Firing {
-                notification_id: notification_id(&rule.id, &key, ep.start),
-                rule: Arc::clone(rule),
-                event: Arc::new(trigger),
-                entry: None,
-                key,
-                episode_start: ep.start,
-                deadline: Some(ep.deadline),
-                fired_at: ep.deadline,
-                partition: pid,
-            };
-            let outcome = ledger::decide(rule, &firing, clock, cfg, &mut part.ledger);
-            out.decisions.push(Decision { firing, outcome });
-        }
+        let key = rule.key_values(&trigger).unwrap_or_default();
+        let firing = Firing {
+            notification_id: notification_id(&rule.id, &key, ep.start),
+            rule: Arc::clone(rule),
+            event: Arc::new(trigger),
+            entry: None,
+            key,
+            episode_start: ep.start,
+            deadline: Some(ep.deadline),
+            fired_at: ep.deadline,
+            partition: pid,
+        };
+        let outcome = ledger::decide(rule, &firing, clock, cfg, &mut part.ledger);
+        out.decisions.push(Decision { firing, outcome });
     }
 }

@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use smallvec::SmallVec;
 
 use crate::event::{Event, Millis};
 use crate::rules::catalog::CatalogEntry;
@@ -132,22 +131,11 @@ pub struct Stats {
     pub ledger_entries: usize,
 }
 
-/// An open absence episode. Kept small: millions are normal.
-#[derive(Debug, Clone)]
-struct Episode {
-    start: Millis,
-    deadline: Millis,
-    rule: u32,
-    /// The trigger, reduced to the fields the rule can use (see `project`).
-    trigger: Box<[u8]>,
-}
-
 #[derive(Debug, Default)]
 pub(crate) struct Partition {
     max_event: Option<Millis>,
     idle_floor: Option<Millis>,
-    episodes: HashMap<u128, SmallVec<[Episode; 1]>>,
-    timers: BTreeSet<(Millis, u128)>,
+    episodes: absence::Episodes,
     windows: HashMap<u128, threshold::Window>,
     window_expiry: BTreeSet<(Millis, u128)>,
     ledger: ledger::Ledger,
@@ -243,7 +231,7 @@ impl Engine {
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
         for p in self.partitions.values() {
-            s.open_episodes += p.timers.len();
+            s.open_episodes += p.episodes.len();
             s.threshold_windows += p.windows.len();
             s.ledger_entries += p.ledger.len();
         }

@@ -61,21 +61,25 @@ fn insert(into: &mut Value, segments: &[String], v: Value) {
     }
 }
 
-/// Envelope: customer, id and the (projected) payload, as compact JSON.
+/// Envelope: customer, id and the (projected) payload, as MessagePack
+/// (about a quarter smaller than JSON: no quotes, colons or braces).
 pub fn encode_trigger(event: &Event, fields: Option<&[FieldPath]>) -> Box<[u8]> {
+    let projected;
     let payload = match fields {
-        Some(f) => project(&event.payload, f),
-        None => event.payload.clone(),
+        Some(f) => {
+            projected = project(&event.payload, f);
+            &projected
+        }
+        None => &event.payload,
     };
-    let env = serde_json::json!([event.customer, event.id, payload]);
-    serde_json::to_vec(&env)
+    rmp_serde::to_vec(&(&event.customer, &event.id, payload))
         .unwrap_or_default()
         .into_boxed_slice()
 }
 
 pub fn decode_trigger(bytes: &[u8], kind: &str, time: Millis) -> Option<Event> {
     let (customer, id, payload): (String, Option<String>, Value) =
-        serde_json::from_slice(bytes).ok()?;
+        rmp_serde::from_slice(bytes).ok()?;
     Some(Event {
         kind: kind.to_string(),
         customer,
