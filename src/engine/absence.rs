@@ -13,8 +13,8 @@ use super::project::{decode_trigger, encode_trigger};
 use std::collections::{BTreeSet, HashMap};
 
 use super::{
-    key_hash, ledger, matcher::trigger_holds, notification_id, Clock, Cx, Decision, EngineConfig,
-    Firing, Output, Partition, PartitionId, RuleError,
+    key_hash, matcher::trigger_holds, notification_id, record, Clock, Cx, EngineConfig, Firing,
+    Output, Partition, PartitionId, RuleError,
 };
 use crate::event::{parse_time, Event, Millis};
 use crate::rules::expr::to_cel;
@@ -154,17 +154,12 @@ pub(super) fn on_trigger(
     cx: &Cx,
     part: &mut Partition,
     idx: u32,
+    a: &Absence,
+    key: Vec<String>,
     event: &Arc<Event>,
     out: &mut Output,
 ) {
     let rule = cx.rules.rule(idx);
-    let RuleKind::Absence(a) = &rule.kind else {
-        return;
-    };
-    let Some(key) = rule.key_values(event) else {
-        out.missing_key.push(rule.id.clone());
-        return;
-    };
     let Some(deadline) = deadline_of(a, event) else {
         out.missing_key.push(rule.id.clone());
         if let DeadlineSpec::Field { path, .. } = &a.deadline {
@@ -278,7 +273,6 @@ pub(super) fn fire_due(
             fired_at: ep.deadline,
             partition: pid,
         };
-        let outcome = ledger::decide(rule, &firing, clock, cfg, &mut part.ledger);
-        out.decisions.push(Decision { firing, outcome });
+        record(firing, clock, cfg, &mut part.ledger, out);
     }
 }

@@ -7,11 +7,10 @@
 
 use std::sync::Arc;
 
-use super::{
-    event_identity, ledger, notification_id, Cx, Decision, Firing, Output, Partition, RuleError,
-};
+use super::{event_identity, notification_id, record, Cx, Firing, Output, Partition, RuleError};
 use crate::event::Event;
-use crate::rules::{Condition, Rule, RuleKind};
+use crate::rules::catalog::Catalog;
+use crate::rules::{Condition, Rule};
 
 /// Evaluates a condition's `if`; errors count as "does not hold".
 pub(super) fn trigger_holds(
@@ -38,18 +37,12 @@ pub(super) fn trigger_holds(
 pub(super) fn on_trigger(
     cx: &Cx,
     part: &mut Partition,
-    idx: u32,
+    rule: &Arc<Rule>,
+    catalog: Option<&Catalog>,
+    mut key: Vec<String>,
     event: &Arc<Event>,
     out: &mut Output,
 ) {
-    let rule = cx.rules.rule(idx);
-    let RuleKind::Match { catalog } = &rule.kind else {
-        return;
-    };
-    let Some(mut key) = rule.key_values(event) else {
-        out.missing_key.push(rule.id.clone());
-        return;
-    };
     key.push(event_identity(event));
     let entries: Vec<Option<Arc<crate::rules::catalog::CatalogEntry>>> = match catalog {
         None => vec![None],
@@ -85,7 +78,6 @@ pub(super) fn on_trigger(
             fired_at: event.time,
             partition: cx.partition,
         };
-        let outcome = ledger::decide(rule, &firing, cx.clock, cx.cfg, &mut part.ledger);
-        out.decisions.push(Decision { firing, outcome });
+        record(firing, cx.clock, cx.cfg, &mut part.ledger, out);
     }
 }

@@ -278,10 +278,19 @@ impl Engine {
                 if !matcher::trigger_holds(rule, &scope, &rule.trigger, out) {
                     continue;
                 }
+                // A trigger without its key fields opens nothing (counted).
+                let Some(key) = rule.key_values(event) else {
+                    out.missing_key.push(rule.id.clone());
+                    continue;
+                };
                 match &rule.kind {
-                    RuleKind::Match { .. } => matcher::on_trigger(&cx, part, idx, event, out),
-                    RuleKind::Absence(_) => absence::on_trigger(&cx, part, idx, event, out),
-                    RuleKind::Threshold(_) => threshold::on_trigger(&cx, part, idx, event, out),
+                    RuleKind::Match { catalog } => {
+                        matcher::on_trigger(&cx, part, rule, catalog.as_deref(), key, event, out)
+                    }
+                    RuleKind::Absence(a) => absence::on_trigger(&cx, part, idx, a, key, event, out),
+                    RuleKind::Threshold(t) => {
+                        threshold::on_trigger(&cx, part, rule, t, key, event, out)
+                    }
                 }
             }
         }
@@ -380,6 +389,19 @@ struct Cx<'a> {
     scope: &'a cel::Context<'a, 'static>,
     partition: PartitionId,
     clock: Clock,
+}
+
+/// Applies the ledgers (stale, once_per, cooldown) to a firing and records
+/// the decision: the one way every rule kind emits.
+fn record(
+    firing: Firing,
+    clock: Clock,
+    cfg: &EngineConfig,
+    ledger: &mut ledger::Ledger,
+    out: &mut Output,
+) {
+    let outcome = ledger::decide(&firing.rule, &firing, clock, cfg, ledger);
+    out.decisions.push(Decision { firing, outcome });
 }
 
 /// Stable 128-bit identity of (rule, values): episodes, windows, ledgers.

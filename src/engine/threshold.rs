@@ -10,11 +10,9 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use super::{
-    event_identity, key_hash, ledger, notification_id, Cx, Decision, Firing, Output, Partition,
-};
+use super::{event_identity, key_hash, notification_id, record, Cx, Firing, Output, Partition};
 use crate::event::{Event, Millis};
-use crate::rules::RuleKind;
+use crate::rules::{Rule, Threshold};
 
 #[derive(Debug, Default)]
 pub(crate) struct Window {
@@ -25,18 +23,12 @@ pub(crate) struct Window {
 pub(super) fn on_trigger(
     cx: &Cx,
     part: &mut Partition,
-    idx: u32,
+    rule: &Arc<Rule>,
+    t: &Threshold,
+    key: Vec<String>,
     event: &Arc<Event>,
     out: &mut Output,
 ) {
-    let rule = cx.rules.rule(idx);
-    let RuleKind::Threshold(t) = &rule.kind else {
-        return;
-    };
-    let Some(key) = rule.key_values(event) else {
-        out.missing_key.push(rule.id.clone());
-        return;
-    };
     let k = key_hash("window", &rule.id, &key);
     let window = part.windows.entry(k).or_default();
     if let Some(&old_newest) = window.times.last() {
@@ -67,8 +59,7 @@ pub(super) fn on_trigger(
             fired_at: event.time,
             partition: cx.partition,
         };
-        let outcome = ledger::decide(rule, &firing, cx.clock, cx.cfg, &mut part.ledger);
-        out.decisions.push(Decision { firing, outcome });
+        record(firing, cx.clock, cx.cfg, &mut part.ledger, out);
     } else {
         part.window_expiry
             .insert((newest.saturating_add(t.within), k));
