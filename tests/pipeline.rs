@@ -7,10 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use forewarn::config::Config;
-use forewarn::daemon::Daemon;
 use harness::*;
-use tokio_util::sync::CancellationToken;
 
 const CARRIER_DELAY: &str = r#"{"type":"carrier_delay_reported","event_id":"e-1","customer_id":"c-1","ts":"2026-11-24T09:05:00Z","customer":{"email":"ana@example.com","name":"Ana"},"order_id":"A-7781","carrier":"DHL","delay_hours":48,"new_eta":"2026-11-28T18:00:00Z"}"#;
 const SHORT_DELAY: &str = r#"{"type":"carrier_delay_reported","event_id":"e-2","customer_id":"c-2","ts":"2026-11-24T09:06:00Z","customer":{"email":"ben@example.com"},"order_id":"A-7790","carrier":"UPS","delay_hours":3,"new_eta":"2026-11-25T12:00:00Z"}"#;
@@ -27,20 +24,14 @@ async fn events_become_emails_and_invalid_records_are_dead_lettered() {
     broker.create_topic(&dlq, 1).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let config_path = write_config(
+    let (daemon, admin, shutdown) = start_daemon(
         dir.path(),
         &broker.brokers,
         &[&topic],
         Some(&dlq),
-        0,
         &smtp_channel(smtp.port),
-    );
-    let config = Config::load_with_env(&config_path, vec![]).expect("valid test config");
-    let shutdown = CancellationToken::new();
-    let daemon = Daemon::start(config, shutdown.clone())
-        .await
-        .expect("daemon starts");
-    let admin = daemon.admin_addr.to_string();
+    )
+    .await;
 
     // Invalid records first, on the same keys (so the same partitions) as
     // the valid ones: they must not block what follows.
@@ -229,18 +220,14 @@ async fn a_failing_smtp_server_is_retried_then_the_mail_goes_through() {
     let topic = format!("events-{}", free_port());
     broker.create_topic(&topic, 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let config_path = write_config(
+    let (daemon, admin, shutdown) = start_daemon(
         dir.path(),
         &broker.brokers,
         &[&topic],
         None,
-        0,
         &smtp_channel(smtp.port),
-    );
-    let config = Config::load_with_env(&config_path, vec![]).unwrap();
-    let shutdown = CancellationToken::new();
-    let daemon = Daemon::start(config, shutdown.clone()).await.unwrap();
-    let admin = daemon.admin_addr.to_string();
+    )
+    .await;
 
     broker.produce(&topic, Some("c-1"), CARRIER_DELAY).await;
     let mails = smtp.wait_for_count(1, Duration::from_secs(60)).await;
@@ -274,18 +261,14 @@ async fn a_permanently_refused_mail_is_dead_lettered_not_dropped() {
     let topic = format!("events-{}", free_port());
     broker.create_topic(&topic, 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let config_path = write_config(
+    let (daemon, admin, shutdown) = start_daemon(
         dir.path(),
         &broker.brokers,
         &[&topic],
         None,
-        0,
         &smtp_channel(smtp.port),
-    );
-    let config = Config::load_with_env(&config_path, vec![]).unwrap();
-    let shutdown = CancellationToken::new();
-    let daemon = Daemon::start(config, shutdown.clone()).await.unwrap();
-    let admin = daemon.admin_addr.to_string();
+    )
+    .await;
 
     broker.produce(&topic, Some("c-1"), CARRIER_DELAY).await;
     let body = wait_for(

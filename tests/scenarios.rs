@@ -8,12 +8,9 @@ mod harness;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use forewarn::config::Config;
-use forewarn::daemon::Daemon;
 use forewarn::replay::{replay, ReplayOptions};
 use harness::*;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 const MIN: i64 = 60_000;
 
@@ -123,18 +120,14 @@ async fn seed_scenarios_send_exactly_the_expected_mails_and_replay_agrees() {
     let topic = format!("events-{}", free_port());
     broker.create_topic(&topic, 3).await;
     let dir = tempfile::tempdir().unwrap();
-    let config_path = write_config(
+    let (daemon, admin, shutdown) = start_daemon(
         dir.path(),
         &broker.brokers,
         &[&topic],
         None,
-        0,
         &smtp_channel(smtp.port),
-    );
-    let config = Config::load_with_env(&config_path, vec![]).unwrap();
-    let shutdown = CancellationToken::new();
-    let daemon = Daemon::start(config, shutdown.clone()).await.unwrap();
-    let admin = daemon.admin_addr.to_string();
+    )
+    .await;
 
     let now = jiff::Timestamp::now().as_millisecond();
     let events = scenario_events(now);

@@ -473,6 +473,29 @@ pub fn metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
 }
 
+/// Starts the daemon in-process with a config from [`write_config`]
+/// (admin on a free port): (daemon, admin address, shutdown token).
+pub async fn start_daemon(
+    dir: &Path,
+    brokers: &str,
+    topics: &[&str],
+    dead_letter: Option<&str>,
+    channels: &str,
+) -> (
+    forewarn::daemon::Daemon,
+    String,
+    tokio_util::sync::CancellationToken,
+) {
+    let path = write_config(dir, brokers, topics, dead_letter, 0, channels);
+    let config = forewarn::config::Config::load_with_env(&path, vec![]).expect("valid test config");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let daemon = forewarn::daemon::Daemon::start(config, shutdown.clone())
+        .await
+        .expect("the daemon starts");
+    let admin = daemon.admin_addr.to_string();
+    (daemon, admin, shutdown)
+}
+
 /// Writes a daemon config for tests. `channels` is TOML for the [channels] tables.
 pub fn write_config(
     dir: &Path,
