@@ -13,8 +13,8 @@ use super::project::{decode_trigger, encode_trigger};
 use std::collections::{BTreeSet, HashMap};
 
 use super::{
-    key_hash, matcher::trigger_holds, notification_id, record, Clock, Cx, EngineConfig, Firing,
-    Output, Partition, PartitionId, RuleError,
+    event_key_hash, key_hash, matcher::trigger_holds, notification_id, record, Clock, Cx,
+    EngineConfig, Firing, Output, Partition, PartitionId, RuleError,
 };
 use crate::event::{parse_time, Event, Millis};
 use crate::rules::expr::to_cel;
@@ -201,10 +201,11 @@ pub(super) fn on_closer(
     let RuleKind::Absence(a) = &rule.kind else {
         return;
     };
-    let Some(key) = rule.key_values(event) else {
+    // Most closers concern no open episode: hash without copying the key.
+    let Some(hash) = event_key_hash("episode", rule, event) else {
         return;
     };
-    let k = key_of(key_hash("episode", &rule.id, &key));
+    let k = key_of(hash);
     let chain = part.episodes.chain(&k);
     if chain.is_empty() {
         return;

@@ -18,7 +18,7 @@ mod matcher;
 pub mod project;
 mod threshold;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -137,7 +137,8 @@ pub(crate) struct Partition {
     idle_floor: Option<Millis>,
     episodes: absence::Episodes,
     windows: HashMap<u128, threshold::Window>,
-    window_expiry: BTreeSet<(Millis, u128)>,
+    /// Watermark at which threshold windows are next swept.
+    next_window_sweep: Millis,
     ledger: ledger::Ledger,
 }
 
@@ -406,15 +407,44 @@ fn record(
 
 /// Stable 128-bit identity of (rule, values): episodes, windows, ledgers.
 fn key_hash(tag: &str, rule_id: &str, values: &[String]) -> u128 {
-    let mut buf = Vec::with_capacity(64);
-    for part in [tag, rule_id]
-        .into_iter()
-        .chain(values.iter().map(String::as_str))
-    {
-        buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        buf.extend_from_slice(part.as_bytes());
+    key_hash_parts(tag, rule_id, values.iter().map(String::as_str))
+}
+
+/// [`key_hash`] over borrowed parts, streamed: no buffer, no allocation.
+/// Length prefixes keep ("a","bc") apart from ("ab","c").
+fn key_hash_parts<'a>(tag: &str, rule_id: &str, values: impl Iterator<Item = &'a str>) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut put = |part: &str| {
+        h.update(&(part.len() as u32).to_le_bytes());
+        h.update(part.as_bytes());
+    };
+    put(tag);
+    put(rule_id);
+    values.for_each(put);
+    h.digest128()
+}
+
+/// The key hash of an event for `rule`, straight from its fields (string
+/// values are borrowed, not copied); `None` when a key field is missing.
+fn event_key_hash(tag: &str, rule: &Rule, event: &Event) -> Option<u128> {
+    use crate::rules::KeyField;
+    use std::borrow::Cow;
+    let mut values: smallvec::SmallVec<[Cow<'_, str>; 2]> = smallvec::SmallVec::new();
+    for k in &rule.key {
+        values.push(match k {
+            KeyField::Customer => Cow::Borrowed(event.customer.as_str()),
+            KeyField::Path(p) => match p.get(&event.payload)? {
+                serde_json::Value::String(s) if !s.is_empty() => Cow::Borrowed(s.as_str()),
+                // Numbers and booleans, as `FieldPath::get_text` prints them.
+                _ => Cow::Owned(p.get_text(&event.payload)?),
+            },
+        });
     }
-    xxhash_rust::xxh3::xxh3_128(&buf)
+    Some(key_hash_parts(
+        tag,
+        &rule.id,
+        values.iter().map(|v| v.as_ref()),
+    ))
 }
 
 /// What identifies an event for notification ids: its id when the pipeline

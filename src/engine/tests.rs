@@ -643,3 +643,29 @@ notify = { channel = "email", template = "t" }
     assert_eq!(ids[0], ids[1], "redelivered event, same id");
     assert_ne!(ids[0], ids[2]);
 }
+
+#[test]
+fn closer_key_hashes_match_trigger_key_hashes() {
+    let rules = DROPOFF.replace(
+        "within",
+        "key = [\"customer_id\", \"order.n\", \"flag\"]\nwithin",
+    );
+    let e = engine_for(&rules, None);
+    let rule = e.rules().rule(0);
+    for payload in [
+        json!({"order": {"n": 42}, "flag": true}),
+        json!({"order": {"n": "A-1"}, "flag": false}),
+        json!({"order": {"n": 1.5}, "flag": "x"}),
+    ] {
+        let event = ev("order_placed", "c1", 0, payload);
+        let values = rule.key_values(&event).unwrap();
+        assert_eq!(
+            event_key_hash("episode", rule, &event),
+            Some(key_hash("episode", &rule.id, &values)),
+            "{values:?}"
+        );
+    }
+    let missing = ev("order_placed", "c1", 0, json!({"flag": true}));
+    assert_eq!(event_key_hash("episode", rule, &missing), None);
+    assert_eq!(rule.key_values(&missing), None);
+}

@@ -18,6 +18,8 @@ use crate::rules::{Rule, Threshold};
 pub(crate) struct Window {
     /// Sorted event times.
     times: SmallVec<[Millis; 4]>,
+    /// Newest time + within: past this, no in-order event can join.
+    until: Millis,
 }
 
 pub(super) fn on_trigger(
@@ -31,16 +33,13 @@ pub(super) fn on_trigger(
 ) {
     let k = key_hash("window", &rule.id, &key);
     let window = part.windows.entry(k).or_default();
-    if let Some(&old_newest) = window.times.last() {
-        part.window_expiry
-            .remove(&(old_newest.saturating_add(t.within), k));
-    }
     let at = window.times.partition_point(|&x| x <= event.time);
     window.times.insert(at, event.time);
     let newest = *window.times.last().expect("just inserted");
     let cutoff = newest.saturating_sub(t.within);
     let old = window.times.partition_point(|&x| x < cutoff);
     window.times.drain(..old);
+    window.until = newest.saturating_add(t.within);
     if window.times.len() >= t.count {
         let start = window.times[0];
         part.windows.remove(&k);
@@ -60,18 +59,26 @@ pub(super) fn on_trigger(
             partition: cx.partition,
         };
         record(firing, cx.clock, cx.cfg, &mut part.ledger, out);
-    } else {
-        part.window_expiry
-            .insert((newest.saturating_add(t.within), k));
     }
 }
 
+/// Windows are swept rather than indexed: an index costs a B-tree remove
+/// and insert on every event, a sweep one pass now and then. A window may
+/// outlive its usefulness by up to `SWEEP_EVERY` of event time; it never
+/// fires wrongly, since stale times are dropped when the next event comes.
+const SWEEP_EVERY: Millis = 5 * 60_000;
+
 pub(super) fn expire(part: &mut Partition, watermark: Millis) {
-    while let Some(&(until, k)) = part.window_expiry.first() {
-        if until >= watermark {
-            break;
-        }
-        part.window_expiry.pop_first();
-        part.windows.remove(&k);
+    if watermark < part.next_window_sweep {
+        return;
     }
+    part.windows.retain(|_, w| w.until >= watermark);
+    let soonest = part
+        .windows
+        .values()
+        .map(|w| w.until)
+        .min()
+        .unwrap_or(watermark);
+    part.next_window_sweep =
+        watermark.saturating_add(soonest.saturating_sub(watermark).max(SWEEP_EVERY));
 }
