@@ -227,15 +227,22 @@ pub(super) fn on_closer(
         if slot.start > event.time || event.time > slot.deadline {
             continue;
         }
-        let mut scope = cx.scope.new_inner_scope();
-        if needs_trigger {
+        // Conditions that name `trigger` run in CEL with the stored
+        // trigger decoded; the others may take the fast path.
+        let inner;
+        let scope: &cel::Context<'_, 'static> = if needs_trigger {
+            let mut s = cx.scope.get().new_inner_scope();
             if let Some(t) = decode_trigger(&slot.trigger, &rule.trigger.event, slot.start) {
-                scope.add_variable_from_value("trigger", to_cel(&t.payload));
+                s.add_variable_from_value("trigger", to_cel(&t.payload));
             }
-        }
+            inner = s;
+            &inner
+        } else {
+            cx.scope.get()
+        };
         if conditions
             .iter()
-            .any(|c| trigger_holds(rule, &scope, c, out))
+            .any(|c| trigger_holds(rule, &event.payload, || scope, c, out))
         {
             part.episodes.remove(at);
         }

@@ -13,16 +13,17 @@ use crate::rules::catalog::Catalog;
 use crate::rules::{Condition, Rule};
 
 /// Evaluates a condition's `if`; errors count as "does not hold".
-pub(super) fn trigger_holds(
+pub(super) fn trigger_holds<'c>(
     rule: &Rule,
-    scope: &cel::Context,
+    payload: &serde_json::Value,
+    scope: impl FnOnce() -> &'c cel::Context<'c, 'static>,
     cond: &Condition,
     out: &mut Output,
 ) -> bool {
     let Some(expr) = &cond.when else {
         return true;
     };
-    match expr.eval_bool(scope) {
+    match expr.eval_event(payload, |e| e.eval_bool(scope())) {
         Ok(b) => b,
         Err(e) => {
             out.errors.push(RuleError {
@@ -49,14 +50,19 @@ pub(super) fn on_trigger(
         Some(c) => c
             .entries
             .iter()
-            .filter(|entry| match entry.matches.eval_bool(cx.scope) {
-                Ok(b) => b,
-                Err(e) => {
-                    out.errors.push(RuleError {
-                        rule_id: rule.id.clone(),
-                        message: format!("catalog {:?} entry {:?}: {e}", c.name, entry.id),
-                    });
-                    false
+            .filter(|entry| {
+                match entry
+                    .matches
+                    .eval_event(&event.payload, |e| e.eval_bool(cx.scope.get()))
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        out.errors.push(RuleError {
+                            rule_id: rule.id.clone(),
+                            message: format!("catalog {:?} entry {:?}: {e}", c.name, entry.id),
+                        });
+                        false
+                    }
                 }
             })
             .map(|e| Some(Arc::clone(e)))

@@ -251,14 +251,12 @@ impl Engine {
         let closers = self.rules.closed_by(&event.kind);
         let triggers = self.rules.triggered_by(&event.kind);
         if !closers.is_empty() || !triggers.is_empty() {
-            // Converted once per event, shared by every rule that looks at
-            // it, and only the fields the conditions read.
-            let value = match self.bindings.get(&event.kind) {
-                Some(Some(paths)) => to_cel(&project::project(&event.payload, paths)),
-                _ => to_cel(&event.payload),
+            let scope = LazyScope {
+                base: &self.cel,
+                event,
+                paths: self.bindings.get(&event.kind).and_then(|p| p.as_deref()),
+                cell: std::cell::OnceCell::new(),
             };
-            let mut scope = self.cel.new_inner_scope();
-            scope.add_variable_from_value("event", value);
             let cx = Cx {
                 rules: &self.rules,
                 retain: &self.retain,
@@ -276,7 +274,8 @@ impl Engine {
             }
             for &idx in triggers {
                 let rule = self.rules.rule(idx);
-                if !matcher::trigger_holds(rule, &scope, &rule.trigger, out) {
+                if !matcher::trigger_holds(rule, &event.payload, || scope.get(), &rule.trigger, out)
+                {
                     continue;
                 }
                 // A trigger without its key fields opens nothing (counted).
@@ -382,12 +381,36 @@ fn event_bindings(rules: &RuleSet) -> HashMap<String, Option<Vec<crate::event::F
     out
 }
 
+/// The CEL scope of one event, built on first use: conditions on the fast
+/// path never need it. Converted once per event, shared by every rule that
+/// looks at it, with only the fields the conditions read.
+struct LazyScope<'a> {
+    base: &'a cel::Context<'static, 'static>,
+    event: &'a Event,
+    paths: Option<&'a [crate::event::FieldPath]>,
+    cell: std::cell::OnceCell<cel::Context<'a, 'static>>,
+}
+
+impl<'a> LazyScope<'a> {
+    fn get(&self) -> &cel::Context<'a, 'static> {
+        self.cell.get_or_init(|| {
+            let value = match self.paths {
+                Some(paths) => to_cel(&project::project(&self.event.payload, paths)),
+                None => to_cel(&self.event.payload),
+            };
+            let mut scope = self.base.new_inner_scope();
+            scope.add_variable_from_value("event", value);
+            scope
+        })
+    }
+}
+
 /// What the per-kind modules need from the engine for one event.
 struct Cx<'a> {
     rules: &'a RuleSet,
     retain: &'a [Option<Vec<crate::event::FieldPath>>],
     cfg: &'a EngineConfig,
-    scope: &'a cel::Context<'a, 'static>,
+    scope: &'a LazyScope<'a>,
     partition: PartitionId,
     clock: Clock,
 }

@@ -22,6 +22,8 @@ const BINDING_MACROS: &[&str] = &["all", "exists", "exists_one", "map", "filter"
 pub struct Expr {
     source: Arc<str>,
     program: Arc<Program>,
+    /// The same condition compiled for the fast path, when its shape allows.
+    native: Option<Arc<super::native::Native>>,
 }
 
 impl fmt::Debug for Expr {
@@ -92,9 +94,11 @@ impl Expr {
                 },
             });
         }
+        let native = super::native::Native::compile(program.expression()).map(Arc::new);
         Ok(Expr {
             source: source.into(),
             program: Arc::new(program),
+            native,
         })
     }
 
@@ -109,6 +113,26 @@ impl Expr {
     /// and a list macro (`event.items.exists(…)`) keeps the list whole.
     pub fn field_paths(&self, root: &str) -> Option<Vec<FieldPath>> {
         field_paths(&self.source, root)
+    }
+
+    /// Evaluates on an event: on the fast path when the condition's shape
+    /// and this event's values allow, else through CEL via `cel` (so the
+    /// caller builds the CEL scope only when it is needed). Both decide the
+    /// same; `tests/engine_model.rs`-style checks compare them.
+    pub fn eval_event(
+        &self,
+        payload: &serde_json::Value,
+        cel: impl FnOnce(&Expr) -> Result<bool, EvalError>,
+    ) -> Result<bool, EvalError> {
+        if let Some(t) = self.native.as_ref().and_then(|n| n.eval(payload)) {
+            return Ok(t == super::native::Tri::True);
+        }
+        cel(self)
+    }
+
+    /// Whether this condition has a fast-path form.
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
     }
 
     /// Evaluates to a boolean. A field the event does not have makes the

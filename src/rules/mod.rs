@@ -10,6 +10,7 @@ pub mod diagnostics;
 pub mod expr;
 pub mod load;
 pub mod model;
+pub mod native;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use load::{load_rules, LoadOptions};

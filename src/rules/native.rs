@@ -1,0 +1,458 @@
+//! A fast path for the condition shapes CX leads write most often, evaluated
+//! straight on the event's JSON instead of through the CEL interpreter:
+//! `event.path <op> literal`, `in [literals]`, `startsWith` / `endsWith` /
+//! `contains`, `has(event.path)`, `semver_match(event.path, "range")` (the
+//! range parsed once), combined with `&&`, `||` and `!`.
+//!
+//! It must decide exactly as CEL does, or not at all: whenever a value's
+//! JSON type is not the literal's (an int against a double, say) it answers
+//! `None` and the caller asks CEL. Errors follow cel-rust's logic operators:
+//! `||` is true if either side is true, `&&` false if either side is false,
+//! and otherwise an error on either side wins.
+
+use cel::common::ast::{operators, Expr, IdedExpr, LiteralValue};
+use serde_json::Value;
+
+/// The result of a native evaluation: a boolean, or cel's `NoSuchKey`
+/// (a missing field), which a condition reads as false.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tri {
+    True,
+    False,
+    Missing,
+}
+
+impl From<bool> for Tri {
+    fn from(b: bool) -> Tri {
+        if b {
+            Tri::True
+        } else {
+            Tri::False
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Lit {
+    Int(i64),
+    Double(f64),
+    Str(String),
+    Bool(bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StrFn {
+    StartsWith,
+    EndsWith,
+    Contains,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Cmp(Vec<String>, Op, Lit),
+    In(Vec<String>, Vec<Lit>),
+    Str(Vec<String>, StrFn, String),
+    Has(Vec<String>),
+    /// A boolean field used as a condition: `event.is_first_order`.
+    Field(Vec<String>),
+    Semver(Vec<String>, semver::VersionReq),
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+    Not(Box<Node>),
+}
+
+impl Node {
+    fn compile(e: &IdedExpr) -> Option<Node> {
+        let Expr::Call(call) = &e.expr else {
+            if let Some(path) = event_path(e) {
+                return Some(Node::Field(path));
+            }
+            // has(event.a.b) is a Select with test = true.
+            if let Expr::Select(s) = &e.expr {
+                if s.test {
+                    let mut path = match &s.operand.expr {
+                        Expr::Ident(root) if root == "event" => Vec::new(),
+                        _ => event_path(&s.operand)?,
+                    };
+                    path.push(s.field.clone());
+                    return Some(Node::Has(path));
+                }
+            }
+            return None;
+        };
+        let args = &call.args;
+        match (call.func_name.as_str(), &call.target, args.len()) {
+            (operators::LOGICAL_AND, None, 2) => Some(Node::And(
+                Box::new(Node::compile(&args[0])?),
+                Box::new(Node::compile(&args[1])?),
+            )),
+            (operators::LOGICAL_OR, None, 2) => Some(Node::Or(
+                Box::new(Node::compile(&args[0])?),
+                Box::new(Node::compile(&args[1])?),
+            )),
+            (operators::LOGICAL_NOT, None, 1) => {
+                Some(Node::Not(Box::new(Node::compile(&args[0])?)))
+            }
+            (
+                op @ (operators::EQUALS
+                | operators::NOT_EQUALS
+                | operators::LESS
+                | operators::LESS_EQUALS
+                | operators::GREATER
+                | operators::GREATER_EQUALS),
+                None,
+                2,
+            ) => {
+                let op = match op {
+                    operators::EQUALS => Op::Eq,
+                    operators::NOT_EQUALS => Op::Ne,
+                    operators::LESS => Op::Lt,
+                    operators::LESS_EQUALS => Op::Le,
+                    operators::GREATER => Op::Gt,
+                    _ => Op::Ge,
+                };
+                if let (Some(path), Some(lit)) = (event_path(&args[0]), literal(&args[1])) {
+                    return Some(Node::Cmp(path, op, lit));
+                }
+                let (lit, path) = (literal(&args[0])?, event_path(&args[1])?);
+                let flipped = match op {
+                    Op::Lt => Op::Gt,
+                    Op::Le => Op::Ge,
+                    Op::Gt => Op::Lt,
+                    Op::Ge => Op::Le,
+                    same => same,
+                };
+                Some(Node::Cmp(path, flipped, lit))
+            }
+            (operators::IN, None, 2) => {
+                let path = event_path(&args[0])?;
+                let Expr::List(list) = &args[1].expr else {
+                    return None;
+                };
+                let lits: Vec<Lit> = list.elements.iter().map(literal).collect::<Option<_>>()?;
+                Some(Node::In(path, lits))
+            }
+            (f @ ("startsWith" | "endsWith" | "contains"), Some(target), 1) => {
+                let path = event_path(target)?;
+                let Some(Lit::Str(arg)) = literal(&args[0]) else {
+                    return None;
+                };
+                let f = match f {
+                    "startsWith" => StrFn::StartsWith,
+                    "endsWith" => StrFn::EndsWith,
+                    _ => StrFn::Contains,
+                };
+                Some(Node::Str(path, f, arg))
+            }
+            ("semver_match", None, 2) => {
+                let path = event_path(&args[0])?;
+                let Some(Lit::Str(req)) = literal(&args[1]) else {
+                    return None;
+                };
+                // An invalid range is CEL's error to report.
+                Some(Node::Semver(path, semver::VersionReq::parse(&req).ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    fn eval(&self, event: &Value) -> Option<Tri> {
+        Some(match self {
+            Node::Cmp(path, op, lit) => match lookup(event, path)? {
+                None => Tri::Missing,
+                Some(v) => compare(v, *op, lit)?.into(),
+            },
+            Node::In(path, lits) => match lookup(event, path)? {
+                None => Tri::Missing,
+                Some(v) => {
+                    let mut found = false;
+                    for l in lits {
+                        found |= compare(v, Op::Eq, l)?;
+                    }
+                    found.into()
+                }
+            },
+            Node::Str(path, f, arg) => match lookup(event, path)? {
+                None => Tri::Missing,
+                Some(Value::String(s)) => match f {
+                    StrFn::StartsWith => s.starts_with(arg.as_str()),
+                    StrFn::EndsWith => s.ends_with(arg.as_str()),
+                    StrFn::Contains => s.contains(arg.as_str()),
+                }
+                .into(),
+                Some(_) => return None,
+            },
+            Node::Field(path) => match lookup(event, path)? {
+                None => Tri::Missing,
+                Some(Value::Bool(b)) => (*b).into(),
+                Some(_) => return None,
+            },
+            Node::Has(path) => {
+                let (last, parents) = path.split_last()?;
+                match lookup(event, parents)? {
+                    None => Tri::Missing,
+                    Some(Value::Object(m)) => m.contains_key(last).into(),
+                    Some(_) => return None,
+                }
+            }
+            Node::Semver(path, req) => match lookup(event, path)? {
+                None => Tri::Missing,
+                Some(Value::String(v)) => semver::Version::parse(v.trim().trim_start_matches('v'))
+                    .map(|v| req.matches(&v))
+                    .unwrap_or(false)
+                    .into(),
+                Some(_) => return None,
+            },
+            Node::And(a, b) => {
+                let l = a.eval(event)?;
+                if l == Tri::False {
+                    return Some(Tri::False);
+                }
+                match b.eval(event)? {
+                    Tri::Missing => Tri::Missing,
+                    Tri::False => Tri::False,
+                    Tri::True => l,
+                }
+            }
+            Node::Or(a, b) => {
+                let l = a.eval(event)?;
+                if l == Tri::True {
+                    return Some(Tri::True);
+                }
+                match b.eval(event)? {
+                    Tri::Missing => Tri::Missing,
+                    Tri::True => Tri::True,
+                    Tri::False => l,
+                }
+            }
+            Node::Not(x) => match x.eval(event)? {
+                Tri::True => Tri::False,
+                Tri::False => Tri::True,
+                Tri::Missing => Tri::Missing,
+            },
+        })
+    }
+}
+
+/// A compiled condition (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Native(Node);
+
+impl Native {
+    /// Compiles the shapes above; `None` for anything else.
+    pub fn compile(e: &IdedExpr) -> Option<Native> {
+        Node::compile(e).map(Native)
+    }
+
+    /// Evaluates on the event payload; `None`: ask CEL.
+    pub fn eval(&self, event: &Value) -> Option<Tri> {
+        self.0.eval(event)
+    }
+}
+
+/// `event.a.b` → ["a", "b"].
+fn event_path(e: &IdedExpr) -> Option<Vec<String>> {
+    let mut segments = Vec::new();
+    let mut at = e;
+    loop {
+        match &at.expr {
+            Expr::Select(s) if !s.test => {
+                segments.push(s.field.clone());
+                at = &s.operand;
+            }
+            Expr::Ident(name) if name == "event" && !segments.is_empty() => {
+                segments.reverse();
+                return Some(segments);
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn literal(e: &IdedExpr) -> Option<Lit> {
+    match &e.expr {
+        Expr::Literal(LiteralValue::Int(i)) => Some(Lit::Int(*i.inner())),
+        Expr::Literal(LiteralValue::Double(d)) => Some(Lit::Double(*d.inner())),
+        Expr::Literal(LiteralValue::String(s)) => Some(Lit::Str(s.inner().to_string())),
+        Expr::Literal(LiteralValue::Boolean(b)) => Some(Lit::Bool(*b.inner())),
+        _ => None,
+    }
+}
+
+/// `Some(None)`: a field on the way is missing (cel's NoSuchKey);
+/// `None`: a non-object on the way, which CEL reports differently.
+fn lookup<'a>(root: &'a Value, path: &[String]) -> Option<Option<&'a Value>> {
+    let mut v = root;
+    for seg in path {
+        match v {
+            Value::Object(m) => match m.get(seg) {
+                Some(next) => v = next,
+                None => return Some(None),
+            },
+            _ => return None,
+        }
+    }
+    Some(Some(v))
+}
+
+/// Same-type comparisons only, as CEL would make them from this JSON.
+fn compare(v: &Value, op: Op, lit: &Lit) -> Option<bool> {
+    use std::cmp::Ordering;
+    let ord: Option<Ordering> = match (v, lit) {
+        // serde_json keeps integers that fit i64 as i64; CEL sees an int.
+        (Value::Number(n), Lit::Int(l)) if n.is_i64() => n.as_i64().map(|x| x.cmp(l)),
+        // A JSON number with a fraction or exponent is a double in CEL.
+        (Value::Number(n), Lit::Double(l)) if n.is_f64() => {
+            n.as_f64().and_then(|x| x.partial_cmp(l))
+        }
+        (Value::String(s), Lit::Str(l)) => Some(s.as_str().cmp(l.as_str())),
+        (Value::Bool(b), Lit::Bool(l)) if matches!(op, Op::Eq | Op::Ne) => Some(b.cmp(l)),
+        _ => return None,
+    };
+    let Some(ord) = ord else {
+        // NaN: leave it to CEL.
+        return None;
+    };
+    Some(match op {
+        Op::Eq => ord == Ordering::Equal,
+        Op::Ne => ord != Ordering::Equal,
+        Op::Lt => ord == Ordering::Less,
+        Op::Le => ord != Ordering::Greater,
+        Op::Gt => ord == Ordering::Greater,
+        Op::Ge => ord != Ordering::Less,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rules::expr::{base_context, to_cel, Expr};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const CONDITIONS: &[&str] = &[
+        "event.a >= 3",
+        "event.a < 3",
+        "event.a == 3",
+        "event.a != 3",
+        "3 <= event.a",
+        "event.d >= 20.0",
+        "event.d < 20.5 && event.s == \"x\"",
+        "event.s == \"x\" || event.a > 1",
+        "event.a > 1 || event.s == \"x\"",
+        "!(event.s == \"x\")",
+        "event.s in [\"x\", \"y\"]",
+        "event.a in [1, 2, 3]",
+        "event.s.startsWith(\"x\")",
+        "event.s.endsWith(\"y\") && event.b",
+        "event.s.contains(\"q\")",
+        "has(event.n.m)",
+        "has(event.s)",
+        "event.n.m == \"k\"",
+        "event.b == true",
+        "event.b != false || event.a >= 0",
+        "semver_match(event.v, \">=4.2.0, <4.2.3\")",
+        "event.p.kind == \"renewal\" && event.p.reason in [\"card_declined\", \"expired_card\"]",
+    ];
+
+    fn value() -> impl Strategy<Value = Option<serde_json::Value>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(json!(null))),
+            (-5i64..6).prop_map(|i| Some(json!(i))),
+            (-5.0f64..30.0).prop_map(|f| Some(json!(f))),
+            Just(Some(json!(3))),
+            Just(Some(json!(20.0))),
+            prop::sample::select(vec![
+                "x",
+                "y",
+                "xy",
+                "q",
+                "",
+                "4.2.1",
+                "4.2.3",
+                "v4.2.0",
+                "renewal",
+                "card_declined",
+                "k"
+            ])
+            .prop_map(|s| Some(json!(s))),
+            any::<bool>().prop_map(|b| Some(json!(b))),
+            Just(Some(
+                json!({"m": "k", "kind": "renewal", "reason": "card_declined"})
+            )),
+            Just(Some(json!([1, 2]))),
+        ]
+    }
+
+    fn event() -> impl Strategy<Value = serde_json::Value> {
+        (
+            value(),
+            value(),
+            value(),
+            value(),
+            value(),
+            value(),
+            value(),
+        )
+            .prop_map(|(a, d, s, b, n, v, p)| {
+                let mut m = serde_json::Map::new();
+                for (k, x) in [
+                    ("a", a),
+                    ("d", d),
+                    ("s", s),
+                    ("b", b),
+                    ("n", n),
+                    ("v", v),
+                    ("p", p),
+                ] {
+                    if let Some(x) = x {
+                        m.insert(k.to_string(), x);
+                    }
+                }
+                serde_json::Value::Object(m)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Whenever the fast path answers, it answers as CEL does.
+        #[test]
+        fn native_agrees_with_cel(ev in event()) {
+            let base = base_context();
+            let mut scope = base.new_inner_scope();
+            scope.add_variable_from_value("event", to_cel(&ev));
+            for src in CONDITIONS {
+                let expr = Expr::compile(src).unwrap();
+                prop_assert!(expr.is_native(), "{src} should compile natively");
+                let cel = expr.eval_bool(&scope);
+                let fast = expr.eval_event(&ev, |_| Err(crate::rules::expr::EvalError::Execution("fell back".into())));
+                if fast != Err(crate::rules::expr::EvalError::Execution("fell back".into())) {
+                    prop_assert_eq!(&fast, &cel, "{} on {}", src, ev);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_shapes_stay_with_cel() {
+        for src in [
+            "size(event.items) > 1",
+            "event.a + 1 > 2",
+            "trigger.a == event.a",
+            "event.items.exists(i, i > 1)",
+            "event.s.matches(\"^x\")",
+        ] {
+            assert!(!Expr::compile(src).unwrap().is_native(), "{src}");
+        }
+    }
+}
