@@ -19,4 +19,12 @@ cargo clippy --all-targets -- -D warnings
 log "forewarn check (the shipped rules and the local config)"
 cargo run --quiet -- check --config deploy/local/forewarn.toml rules
 log "cargo test (unit, integration, end-to-end)"
-cargo test
+out="$(mktemp)"
+status=0
+cargo test 2>&1 | tee "$out" || status=$?
+# One closing line with the totals over every test binary (cargo's own last
+# line is the doc-test summary, which has none).
+sum() { grep -E '^test result:' "$out" | grep -Eo "[0-9]+ $1" | awk '{s += $1} END {print s + 0}'; }
+echo "tests: $(sum passed) passed, $(sum failed) failed"
+rm -f "$out"
+exit "$status"
