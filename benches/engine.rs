@@ -794,7 +794,7 @@ fn run_engine(rules: &Arc<RuleSet>, schema: &EventSchema, stream: &Stream, limit
     for (i, bytes) in stream.iter().take(limit).enumerate() {
         events += 1;
         // The daemon's path: the full payload only for types a rule names.
-        let event = match schema.decode_lazy(bytes, |kind| rules.mentions(kind)) {
+        let event = match schema.decode_lazy(bytes, |kind| engine.payload_need(kind)) {
             Ok(e) => Arc::new(e),
             Err(_) => {
                 tally.invalid += 1;

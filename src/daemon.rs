@@ -271,11 +271,11 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> bool {
         let topic = msg.topic();
-        let rules = self.engine.rules();
+        let engine = &self.engine;
         let event = match self
             .schema
             .decode_lazy(msg.payload().unwrap_or_default(), |kind| {
-                rules.mentions(kind)
+                engine.payload_need(kind)
             }) {
             Ok(e) => Arc::new(e),
             Err(invalid) => {

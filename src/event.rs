@@ -83,7 +83,39 @@ pub struct Event {
     pub time: Millis,
     /// Optional producer-assigned id; de-duplicates redelivered events.
     pub id: Option<String>,
+    /// The whole payload, or only the members the rules read (see
+    /// [`EventSchema::decode_lazy`]); then `raw` keeps the record.
     pub payload: Value,
+    pub raw: Option<Arc<[u8]>>,
+}
+
+impl Event {
+    /// This event with its whole payload (parsed now if it was decoded
+    /// partially): what templates and notification ids see.
+    pub fn complete(self: &Arc<Event>) -> Arc<Event> {
+        match &self.raw {
+            None => Arc::clone(self),
+            Some(raw) => Arc::new(Event {
+                kind: self.kind.clone(),
+                customer: self.customer.clone(),
+                time: self.time,
+                id: self.id.clone(),
+                payload: serde_json::from_slice(raw).unwrap_or_else(|_| self.payload.clone()),
+                raw: None,
+            }),
+        }
+    }
+}
+
+/// How much of an event's payload the rules need, by event type.
+#[derive(Debug, Clone, Copy)]
+pub enum PayloadNeed<'a> {
+    /// No rule names this type.
+    Nothing,
+    /// These fields (their first-level members are kept whole).
+    Fields(&'a [FieldPath]),
+    /// All of it.
+    Full,
 }
 
 /// Why a record is not a usable event. `reason()` is a bounded metric label.
@@ -119,13 +151,13 @@ type RawMembers<'a> = std::collections::HashMap<&'a str, &'a serde_json::value::
 
 impl EventSchema {
     /// Decodes only what every event needs (type, customer, time, id) and
-    /// parses the whole payload only when `wants_payload(type)`: most events
+    /// parses the payload only as far as `need(type)` says: most events
     /// on a busy topic concern no rule, and building their JSON tree is the
     /// largest cost of reading them. The record is still fully validated.
-    pub fn decode_lazy(
+    pub fn decode_lazy<'n>(
         &self,
         bytes: &[u8],
-        wants_payload: impl Fn(&str) -> bool,
+        need: impl FnOnce(&str) -> PayloadNeed<'n>,
     ) -> Result<Event, InvalidEvent> {
         let Ok(top) = serde_json::from_slice::<RawMembers<'_>>(bytes) else {
             // Not an object, not JSON, or keys with escapes: the full parse
@@ -152,9 +184,28 @@ impl EventSchema {
             Some(Value::String(s)) if !s.is_empty() => s,
             _ => return self.decode(bytes),
         };
-        if wants_payload(&kind) {
-            return self.decode(bytes);
-        }
+        let (payload, raw) = match need(&kind) {
+            PayloadNeed::Full => return self.decode(bytes),
+            PayloadNeed::Nothing => (Value::Null, None),
+            PayloadNeed::Fields(paths) => {
+                // Whole first-level members: exact for any path below them.
+                let mut members = serde_json::Map::new();
+                for p in paths {
+                    let Some(first) = p.segments().first() else {
+                        continue;
+                    };
+                    if members.contains_key(first) {
+                        continue;
+                    }
+                    if let Some(raw) = top.get(first.as_str()) {
+                        if let Ok(v) = serde_json::from_str::<Value>(raw.get()) {
+                            members.insert(first.clone(), v);
+                        }
+                    }
+                }
+                (Value::Object(members), Some(Arc::from(bytes)))
+            }
+        };
         let text = |path: &FieldPath| {
             field(path).and_then(|v| FieldPath(Arc::from(Vec::new())).get_text(&v))
         };
@@ -179,7 +230,8 @@ impl EventSchema {
             customer,
             time,
             id,
-            payload: Value::Null,
+            payload,
+            raw,
         })
     }
 
@@ -220,6 +272,7 @@ impl EventSchema {
             time,
             id,
             payload,
+            raw: None,
         })
     }
 }
@@ -338,7 +391,7 @@ mod tests {
         ];
         for r in records {
             let full = s.decode(r);
-            let lazy = s.decode_lazy(r, |_| false);
+            let lazy = s.decode_lazy(r, |_| PayloadNeed::Nothing);
             match (&full, &lazy) {
                 (Ok(f), Ok(l)) => {
                     assert_eq!(
@@ -359,7 +412,7 @@ mod tests {
                     String::from_utf8_lossy(r)
                 ),
             }
-            if let Ok(e) = s.decode_lazy(r, |_| true) {
+            if let Ok(e) = s.decode_lazy(r, |_| PayloadNeed::Full) {
                 assert_eq!(Some(e.payload), full.ok().map(|f| f.payload));
             }
         }
@@ -369,9 +422,28 @@ mod tests {
             ..schema()
         };
         let e = nested
-            .decode_lazy(br#"{"type":"x","items":[{"sku":"A1"}],"ts":1}"#, |_| false)
+            .decode_lazy(br#"{"type":"x","items":[{"sku":"A1"}],"ts":1}"#, |_| {
+                PayloadNeed::Nothing
+            })
             .unwrap();
         assert_eq!(e.customer, "A1");
+        let cart = [FieldPath::parse("cart.total").unwrap()];
+        let e = schema()
+            .decode_lazy(
+                br#"{"type":"x","customer":{"id":"c"},"ts":1,"cart":{"total":5,"items":[1]},"big":"zzz"}"#,
+                |_| PayloadNeed::Fields(&cart),
+            )
+            .unwrap();
+        assert_eq!(
+            e.payload,
+            serde_json::json!({"cart": {"total": 5, "items": [1]}})
+        );
+        let e = Arc::new(e);
+        assert_eq!(
+            e.complete().payload["big"],
+            "zzz",
+            "the whole payload on demand"
+        );
     }
 
     #[test]

@@ -106,10 +106,9 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         if line.trim().is_empty() {
             continue;
         }
-        let rules = engine.rules();
         let event = match opts
             .schema
-            .decode_lazy(line.as_bytes(), |kind| rules.mentions(kind))
+            .decode_lazy(line.as_bytes(), |kind| engine.payload_need(kind))
         {
             Ok(e) => Arc::new(e),
             Err(e) => {

@@ -44,6 +44,8 @@ pub(super) fn on_trigger(
     event: &Arc<Event>,
     out: &mut Output,
 ) {
+    // Templates and the event's identity see the whole payload.
+    let event = &event.complete();
     key.push(event_identity(event));
     let entries: Vec<Option<Arc<crate::rules::catalog::CatalogEntry>>> = match catalog {
         None => vec![None],

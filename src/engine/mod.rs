@@ -157,6 +157,8 @@ pub struct Engine {
     /// Per event type: the payload fields its conditions read (None: all).
     /// Only these are converted to CEL, once per event.
     bindings: HashMap<String, Option<Vec<crate::event::FieldPath>>>,
+    /// Per event type: every payload field the engine reads (None: all).
+    needs: HashMap<String, Option<Vec<crate::event::FieldPath>>>,
     /// Per rule: the trigger fields to keep in an episode (None: all).
     retain: Vec<Option<Vec<crate::event::FieldPath>>>,
     cel: cel::Context<'static, 'static>,
@@ -174,15 +176,17 @@ impl Engine {
         cfg: EngineConfig,
         always_retain: &[crate::event::FieldPath],
     ) -> Engine {
-        let retain = rules
+        let retain: Vec<Option<Vec<crate::event::FieldPath>>> = rules
             .rules
             .iter()
             .map(|r| project::retained_paths(r, always_retain))
             .collect();
         let bindings = event_bindings(&rules);
+        let needs = payload_needs(&rules, &retain, &bindings);
         Engine {
             rules,
             bindings,
+            needs,
             retain,
             cel: base_context(),
             cfg,
@@ -193,6 +197,17 @@ impl Engine {
 
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
+    }
+
+    /// How much of an event of this type must be decoded for the engine
+    /// (see [`crate::event::EventSchema::decode_lazy`]).
+    pub fn payload_need(&self, kind: &str) -> crate::event::PayloadNeed<'_> {
+        use crate::event::PayloadNeed;
+        match self.needs.get(kind) {
+            None => PayloadNeed::Nothing,
+            Some(None) => PayloadNeed::Full,
+            Some(Some(paths)) => PayloadNeed::Fields(paths),
+        }
     }
 
     /// Starts tracking a partition. Until it sees an event or goes idle, its
@@ -403,6 +418,58 @@ impl<'a> LazyScope<'a> {
             scope
         })
     }
+}
+
+/// For each event type, every payload field the engine reads before a
+/// firing: condition fields, keys, deadline and once_per fields, and the
+/// fields an absence episode stores. (Firings of match and threshold rules
+/// complete the event for templates.)
+fn payload_needs(
+    rules: &RuleSet,
+    retain: &[Option<Vec<crate::event::FieldPath>>],
+    bindings: &HashMap<String, Option<Vec<crate::event::FieldPath>>>,
+) -> HashMap<String, Option<Vec<crate::event::FieldPath>>> {
+    use crate::rules::{DeadlineSpec, KeyField, OncePerField};
+    let mut out = bindings.clone();
+    let mut add = |kind: &str, paths: Option<Vec<crate::event::FieldPath>>| {
+        let entry = out
+            .entry(kind.to_string())
+            .or_insert_with(|| Some(Vec::new()));
+        match (entry.as_mut(), paths) {
+            (Some(all), Some(p)) => all.extend(p),
+            _ => *entry = None,
+        }
+    };
+    for (idx, rule) in rules.rules.iter().enumerate().filter(|(_, r)| r.enabled) {
+        let keys: Vec<crate::event::FieldPath> = rule
+            .key
+            .iter()
+            .filter_map(|k| match k {
+                KeyField::Path(p) => Some(p.clone()),
+                KeyField::Customer => None,
+            })
+            .collect();
+        let mut own = keys.clone();
+        own.extend(rule.once_per.iter().filter_map(|f| match f {
+            OncePerField::Event(KeyField::Path(p)) => Some(p.clone()),
+            _ => None,
+        }));
+        if let RuleKind::Absence(a) = &rule.kind {
+            if let DeadlineSpec::Field { path, .. } = &a.deadline {
+                own.push(path.clone());
+            }
+            add(&rule.trigger.event, retain[idx].clone());
+            for c in a.until.iter().chain(&a.cancel_on) {
+                add(&c.event, Some(keys.clone()));
+            }
+        }
+        add(&rule.trigger.event, Some(own));
+    }
+    for paths in out.values_mut().flatten() {
+        paths.sort_by_key(ToString::to_string);
+        paths.dedup();
+    }
+    out
 }
 
 /// What the per-kind modules need from the engine for one event.

@@ -34,30 +34,35 @@ pub fn retained_paths(rule: &Rule, always: &[FieldPath]) -> Option<Vec<FieldPath
     Some(paths)
 }
 
-/// A copy of `payload` with only `paths` (whole subtrees below them).
+/// A copy of `payload` with only `paths` (whole subtrees below them), in
+/// the same shape along each path: parent objects are kept even when the
+/// leaf is missing, and a non-object on the way is copied whole. So
+/// `has(event.a.b)` and `trigger.a.b | default(…)` see what they would
+/// see on the whole payload.
 pub fn project(payload: &Value, paths: &[FieldPath]) -> Value {
-    let mut out = Value::Object(Map::new());
+    let mut out = Map::new();
     for path in paths {
-        if let Some(v) = path.get(payload) {
-            insert(&mut out, path.segments(), v.clone());
-        }
+        copy_path(payload, &mut out, path.segments());
     }
-    out
+    Value::Object(out)
 }
 
-fn insert(into: &mut Value, segments: &[String], v: Value) {
-    let Value::Object(map) = into else { return };
-    match segments {
-        [] => {}
-        [last] => {
-            map.insert(last.clone(), v);
-        }
-        [first, rest @ ..] => {
-            let child = map
-                .entry(first.clone())
-                .or_insert_with(|| Value::Object(Map::new()));
-            insert(child, rest, v);
-        }
+fn copy_path(src: &Value, dst: &mut Map<String, Value>, segments: &[String]) {
+    let (Some((first, rest)), Value::Object(src)) = (segments.split_first(), src) else {
+        return;
+    };
+    let Some(v) = src.get(first) else {
+        return;
+    };
+    if rest.is_empty() || !v.is_object() {
+        dst.insert(first.clone(), v.clone());
+        return;
+    }
+    let child = dst
+        .entry(first.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(child) = child {
+        copy_path(v, child, rest);
     }
 }
 
@@ -86,6 +91,7 @@ pub fn decode_trigger(bytes: &[u8], kind: &str, time: Millis) -> Option<Event> {
         time,
         id,
         payload,
+        raw: None,
     })
 }
 
@@ -110,6 +116,17 @@ mod tests {
             project(&payload, &paths),
             json!({"cart": {"total": 42.5, "items": [1, 2]}, "customer": {"email": "a@b"}})
         );
+        // Parents of a missing leaf stay; a non-object on the way is copied.
+        let p = |s: &str| vec![FieldPath::parse(s).unwrap()];
+        assert_eq!(
+            project(&json!({"a": {"x": 1}}), &p("a.b")),
+            json!({"a": {}})
+        );
+        assert_eq!(
+            project(&json!({"a": "text"}), &p("a.b")),
+            json!({"a": "text"})
+        );
+        assert_eq!(project(&json!({}), &p("a.b")), json!({}));
     }
 
     #[test]
@@ -120,6 +137,7 @@ mod tests {
             time: 5,
             id: Some("e1".into()),
             payload: json!({"a": 1, "b": 2}),
+            raw: None,
         };
         let only_a = [FieldPath::parse("a").unwrap()];
         let bytes = encode_trigger(&e, Some(&only_a));

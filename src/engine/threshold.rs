@@ -45,6 +45,7 @@ pub(super) fn on_trigger(
         part.windows.remove(&k);
         // The firing event's identity keeps two windows that start in the
         // same millisecond apart (the id is still stable on redelivery).
+        let event = &event.complete();
         let mut id_key = key.clone();
         id_key.push(event_identity(event));
         let firing = Firing {
