@@ -160,7 +160,10 @@ async fn a_missing_topic_is_named_at_startup() {
         &["no-such-topic"],
         None,
         admin_port,
-        "[channels.email]\ntype = \"file\"\ndir = \"./outbox\"\n",
+        &format!(
+            "[channels.email]\ntype = \"file\"\ndir = {:?}\n",
+            dir.path().join("outbox").display().to_string()
+        ),
     );
     let mut daemon = DaemonProcess::spawn(&config, admin_port, &dir.path().join("run.log"));
     let status = daemon
