@@ -5,6 +5,7 @@
 //! pure: bytes in, `Event` or `InvalidEvent` out. It never logs payloads;
 //! the caller decides what to count and where to dead-letter.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -43,12 +44,7 @@ impl FieldPath {
     /// The value at this path as text: strings as-is, numbers and booleans
     /// printed; null, objects and arrays are not identifiers.
     pub fn get_text(&self, root: &Value) -> Option<String> {
-        match self.get(root)? {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Bool(b) => Some(b.to_string()),
-            _ => None,
-        }
+        self.get(root).and_then(scalar_text)
     }
 
     pub fn segments(&self) -> &[String] {
@@ -60,6 +56,25 @@ impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.join("."))
     }
+}
+
+/// A scalar as an identifier: strings as-is (non-empty), numbers and
+/// booleans printed; null, objects and arrays are not identifiers.
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The fields every event has, checked in this order.
+struct Envelope {
+    kind: String,
+    customer: String,
+    time: Millis,
+    id: Option<String>,
 }
 
 /// Where the type, customer, time and id of an event are found.
@@ -180,11 +195,8 @@ impl EventSchema {
             }
             serde_json::from_str(raw.get()).ok()
         };
-        let kind = match field(&self.kind) {
-            Some(Value::String(s)) if !s.is_empty() => s,
-            _ => return self.decode(bytes),
-        };
-        let (payload, raw) = match need(&kind) {
+        let env = self.envelope(|p| field(p).map(Cow::Owned))?;
+        let (payload, raw) = match need(&env.kind) {
             PayloadNeed::Full => return self.decode(bytes),
             PayloadNeed::Nothing => (Value::Null, None),
             PayloadNeed::Fields(paths) => {
@@ -206,33 +218,7 @@ impl EventSchema {
                 (Value::Object(members), Some(Arc::from(bytes)))
             }
         };
-        let text = |path: &FieldPath| {
-            field(path).and_then(|v| FieldPath(Arc::from(Vec::new())).get_text(&v))
-        };
-        let customer = text(&self.customer).ok_or_else(|| InvalidEvent::MissingField {
-            field: self.customer.to_string(),
-            role: "customer",
-        })?;
-        let time = match field(&self.time) {
-            None | Some(Value::Null) => {
-                return Err(InvalidEvent::MissingField {
-                    field: self.time.to_string(),
-                    role: "time",
-                })
-            }
-            Some(v) => parse_time(&v).ok_or_else(|| InvalidEvent::BadTime {
-                field: self.time.to_string(),
-            })?,
-        };
-        let id = self.id.as_ref().and_then(text);
-        Ok(Event {
-            kind,
-            customer,
-            time,
-            id,
-            payload,
-            raw,
-        })
+        Ok(env.into_event(payload, raw))
     }
 
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, InvalidEvent> {
@@ -247,33 +233,58 @@ impl EventSchema {
         if !payload.is_object() {
             return Err(InvalidEvent::NotObject);
         }
+        let env = self.envelope(|p| p.get(&payload).map(Cow::Borrowed))?;
+        Ok(env.into_event(payload, None))
+    }
+
+    /// Type, customer, time and id through `field`: a lookup on the parsed
+    /// payload, or on the raw record (`decode_lazy`). One place for the
+    /// checks and their errors, whichever way the event was read.
+    fn envelope<'v>(
+        &self,
+        field: impl Fn(&FieldPath) -> Option<Cow<'v, Value>>,
+    ) -> Result<Envelope, InvalidEvent> {
         let missing = |path: &FieldPath, role| InvalidEvent::MissingField {
             field: path.to_string(),
             role,
         };
-        let kind = match self.kind.get(&payload) {
+        let kind = match field(&self.kind).as_deref() {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => return Err(missing(&self.kind, "type")),
         };
-        let customer = self
-            .customer
-            .get_text(&payload)
+        let customer = field(&self.customer)
+            .and_then(|v| scalar_text(&v))
             .ok_or_else(|| missing(&self.customer, "customer"))?;
-        let time = match self.time.get(&payload) {
+        let time = match field(&self.time).as_deref() {
             None | Some(Value::Null) => return Err(missing(&self.time, "time")),
             Some(v) => parse_time(v).ok_or_else(|| InvalidEvent::BadTime {
                 field: self.time.to_string(),
             })?,
         };
-        let id = self.id.as_ref().and_then(|p| p.get_text(&payload));
-        Ok(Event {
+        let id = self
+            .id
+            .as_ref()
+            .and_then(&field)
+            .and_then(|v| scalar_text(&v));
+        Ok(Envelope {
             kind,
             customer,
             time,
             id,
-            payload,
-            raw: None,
         })
+    }
+}
+
+impl Envelope {
+    fn into_event(self, payload: Value, raw: Option<Arc<[u8]>>) -> Event {
+        Event {
+            kind: self.kind,
+            customer: self.customer,
+            time: self.time,
+            id: self.id,
+            payload,
+            raw,
+        }
     }
 }
 

@@ -265,11 +265,6 @@ impl RuleSet {
         self.by_trigger.get(event_type).map_or(&[], Vec::as_slice)
     }
 
-    /// Whether any enabled rule reacts to this event type at all.
-    pub fn mentions(&self, event_type: &str) -> bool {
-        self.by_trigger.contains_key(event_type) || self.by_closer.contains_key(event_type)
-    }
-
     /// Indexes of enabled absence rules that this event type may close.
     pub fn closed_by(&self, event_type: &str) -> &[u32] {
         self.by_closer.get(event_type).map_or(&[], Vec::as_slice)
