@@ -1,19 +1,28 @@
 //! The admin HTTP listener: `/metrics` (Prometheus text format), `/healthz`
-//! (liveness: the process answers) and `/readyz` (readiness: rules loaded,
-//! partitions assigned, brokers reachable; says why when it is not).
+//! (liveness: the process answers), `/readyz` (readiness: rules loaded,
+//! partitions assigned, brokers reachable; says why when it is not), and
+//! the dead letters of the running daemon (`forewarn dead-letters` uses
+//! these while the daemon holds the state store):
+//! `GET /dead-letters`, `GET /dead-letters/{id}`,
+//! `POST /dead-letters/redrive` and `POST /dead-letters/purge` with
+//! `{"ids": [...]}` (empty: all). Keep `admin.listen` on loopback or an
+//! internal network: these endpoints are not authenticated.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::notify::dispatcher::Dispatcher;
+use crate::notify::outbox::DeadLetter;
 
 /// What readiness is made of. Written by the source and the daemon, read here.
 #[derive(Default)]
@@ -63,14 +72,127 @@ impl Health {
 struct AdminState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    dispatcher: Option<Dispatcher>,
 }
 
-pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
+pub fn router(
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    dispatcher: Option<Dispatcher>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { metrics, health })
+        .route("/dead-letters", get(list_dead))
+        .route("/dead-letters/redrive", post(redrive))
+        .route("/dead-letters/purge", post(purge))
+        .route("/dead-letters/{id}", get(show_dead))
+        .with_state(AdminState {
+            metrics,
+            health,
+            dispatcher,
+        })
+}
+
+/// One line of `forewarn dead-letters list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterSummary {
+    pub id: String,
+    pub rule: String,
+    pub channel: String,
+    pub attempts: u32,
+    pub reason: String,
+    /// RFC 3339.
+    pub dead_at: String,
+    pub subject: String,
+}
+
+impl From<&DeadLetter> for DeadLetterSummary {
+    fn from(d: &DeadLetter) -> Self {
+        DeadLetterSummary {
+            id: d.notification.id.clone(),
+            rule: d.notification.rule_id.clone(),
+            channel: d.notification.channel.clone(),
+            attempts: d.attempts,
+            reason: d.reason.clone(),
+            dead_at: crate::event::format_time(d.dead_at),
+            subject: d.notification.message.subject.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct IdsRequest {
+    /// Empty: every dead letter.
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IdsResponse {
+    pub ids: Vec<String>,
+}
+
+type ApiError = (StatusCode, String);
+
+fn dispatcher(s: &AdminState) -> Result<&Dispatcher, ApiError> {
+    s.dispatcher.as_ref().ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "delivery is not running\n".to_string(),
+    ))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+}
+
+async fn list_dead(State(s): State<AdminState>) -> Result<Json<Vec<DeadLetterSummary>>, ApiError> {
+    let d = dispatcher(&s)?;
+    let all = d.outbox().dead_letters().map_err(internal)?;
+    Ok(Json(all.iter().map(DeadLetterSummary::from).collect()))
+}
+
+async fn show_dead(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetter>, ApiError> {
+    let d = dispatcher(&s)?;
+    let all = d.outbox().dead_letters().map_err(internal)?;
+    all.into_iter()
+        .find(|x| x.notification.id == id)
+        .map(Json)
+        .ok_or((StatusCode::NOT_FOUND, format!("no dead letter {id:?}\n")))
+}
+
+async fn redrive(
+    State(s): State<AdminState>,
+    body: Option<Json<IdsRequest>>,
+) -> Result<Json<IdsResponse>, ApiError> {
+    let d = dispatcher(&s)?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let ids = d.redrive(&req.ids).map_err(internal)?;
+    tracing::info!(
+        stage = "dispatch",
+        count = ids.len(),
+        "dead letters re-driven through the admin API"
+    );
+    Ok(Json(IdsResponse { ids }))
+}
+
+async fn purge(
+    State(s): State<AdminState>,
+    body: Option<Json<IdsRequest>>,
+) -> Result<Json<IdsResponse>, ApiError> {
+    let d = dispatcher(&s)?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let ids = d.purge_dead(&req.ids).map_err(internal)?;
+    tracing::info!(
+        stage = "dispatch",
+        count = ids.len(),
+        "dead letters purged through the admin API"
+    );
+    Ok(Json(IdsResponse { ids }))
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
@@ -100,11 +222,12 @@ pub async fn serve(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    dispatcher: Option<Dispatcher>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
-    let app = router(metrics, health);
+    let app = router(metrics, health, dispatcher);
     let handle = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -236,13 +236,54 @@ struct RawChannel {
     password_env: Option<String>,
     password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    // smtp, webhook
     timeout: Option<String>,
     // file
     dir: Option<PathBuf>,
-    // delivery stage, every channel
+    // webhook
+    url: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    format: Option<String>,
+    // kafka
+    topic: Option<String>,
+    brokers: Option<String>,
+    properties: Option<BTreeMap<String, String>>,
+    // the dispatcher, every channel
     max_attempts: Option<u32>,
     retry_initial: Option<String>,
     retry_max: Option<String>,
+    max_age: Option<String>,
+    concurrency: Option<usize>,
+    rate_limit: Option<String>,
+}
+
+impl RawChannel {
+    /// The type-specific keys that are set, for "does not apply" checks.
+    fn set_keys(&self) -> Vec<&'static str> {
+        [
+            ("host", self.host.is_some()),
+            ("port", self.port.is_some()),
+            ("tls", self.tls.is_some()),
+            ("from", self.from.is_some()),
+            ("username", self.username.is_some()),
+            ("password_env", self.password_env.is_some()),
+            ("password_file", self.password_file.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("dir", self.dir.is_some()),
+            ("url", self.url.is_some()),
+            ("secret_env", self.secret_env.is_some()),
+            ("secret_file", self.secret_file.is_some()),
+            ("format", self.format.is_some()),
+            ("topic", self.topic.is_some()),
+            ("brokers", self.brokers.is_some()),
+            ("properties", self.properties.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
+    }
 }
 
 // ---------------------------------------------------------------- typed shape
@@ -284,12 +325,18 @@ pub struct ChannelConfig {
     pub name: String,
     pub kind: ChannelKind,
     pub retry: RetryPolicy,
+    /// Sends in flight at once on this channel.
+    pub concurrency: usize,
+    /// At most this many sends per second (token bucket), if set.
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone)]
 pub enum ChannelKind {
     Smtp(SmtpConfig),
     File(FileConfig),
+    Webhook(WebhookConfig),
+    Kafka(KafkaChannelConfig),
 }
 
 impl ChannelKind {
@@ -297,6 +344,36 @@ impl ChannelKind {
         match self {
             ChannelKind::Smtp(_) => "smtp",
             ChannelKind::File(_) => "file",
+            ChannelKind::Webhook(_) => "webhook",
+            ChannelKind::Kafka(_) => "kafka",
+        }
+    }
+
+    /// Email channels need a recipient address; the others carry the
+    /// notification to a system that knows the customer by id.
+    pub fn needs_address(&self) -> bool {
+        matches!(self, ChannelKind::Smtp(_) | ChannelKind::File(_))
+    }
+
+    /// Keys of `[channels.NAME]` this type understands, besides `type` and
+    /// the dispatcher's keys.
+    fn keys(type_name: &str) -> &'static [&'static str] {
+        match type_name {
+            "smtp" => &[
+                "host",
+                "port",
+                "tls",
+                "from",
+                "username",
+                "password_env",
+                "password_file",
+                "ca_file",
+                "timeout",
+            ],
+            "file" => &["dir", "from"],
+            "webhook" => &["url", "secret_env", "secret_file", "format", "timeout"],
+            "kafka" => &["topic", "brokers", "properties", "timeout"],
+            _ => &[],
         }
     }
 }
@@ -325,12 +402,49 @@ pub struct FileConfig {
     pub from: lettre::message::Mailbox,
 }
 
-/// How the delivery stage retries a channel's transient failures.
+/// The body a webhook carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// The notification as JSON, in a Standard Webhooks envelope.
+    Standard,
+    /// `{"text": …}`, which Slack incoming webhooks (and Mattermost, Rocket.Chat) accept.
+    Slack,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// The Standard Webhooks signing key (the bytes after `whsec_`, decoded).
+    pub secret: Option<Secret>,
+    pub format: WebhookFormat,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaChannelConfig {
+    pub topic: String,
+    pub brokers: String,
+    /// Handed to librdkafka as-is, over `[kafka.properties]`.
+    pub properties: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+/// At most `count` sends per `per` (a token bucket: `count` may go at once
+/// after a quiet spell).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: Duration,
+}
+
+/// How the dispatcher retries a channel's transient failures.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub initial: Duration,
     pub max: Duration,
+    /// A notification older than this is dead-lettered instead of retried.
+    pub max_age: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -339,6 +453,7 @@ impl Default for RetryPolicy {
             max_attempts: 5,
             initial: Duration::from_millis(500),
             max: Duration::from_secs(30),
+            max_age: Duration::from_secs(3600),
         }
     }
 }
@@ -474,7 +589,7 @@ impl Config {
             p.push("no [channels.NAME] section: define at least one channel, e.g. [channels.outbox] type = \"file\", dir = \"./outbox\"".into());
         }
         for (name, ch) in raw.channels {
-            if let Some(c) = channel(&mut p, &name, ch) {
+            if let Some(c) = channel(&mut p, &name, ch, &raw.kafka) {
                 channels.insert(name, c);
             }
         }
@@ -542,9 +657,90 @@ fn mailbox(p: &mut Vec<String>, key: &str, v: &str) -> Option<lettre::message::M
     }
 }
 
-fn channel(p: &mut Vec<String>, name: &str, ch: RawChannel) -> Option<ChannelConfig> {
+/// Reads a secret from an environment variable or a file (never from the
+/// config text itself), pushing a problem when it is unusable.
+fn secret(
+    p: &mut Vec<String>,
+    key: &dyn Fn(&str) -> String,
+    (env_key, env): (&str, &Option<String>),
+    (file_key, file): (&str, &Option<PathBuf>),
+    what: &str,
+) -> Option<Secret> {
+    match (env, file) {
+        (Some(_), Some(_)) => {
+            p.push(format!(
+                "{} and {}: set at most one of them",
+                key(env_key),
+                key(file_key)
+            ));
+            None
+        }
+        (Some(var), None) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => {
+                p.push(format!("{} = {var:?}, but that environment variable is not set or empty: export it before starting forewarn", key(env_key)));
+                None
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(v) => Some(Secret::new(v.trim_end_matches(['\r', '\n']))),
+            Err(e) => {
+                p.push(format!("{} = {:?} cannot be read ({e}): point it at a readable file holding only the {what}", key(file_key), path.display()));
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+/// `"20/s"`, `"100/min"`, `"5000/h"`.
+fn rate_limit(p: &mut Vec<String>, key: &str, v: &str) -> Option<RateLimit> {
+    let parsed = v.split_once('/').and_then(|(n, unit)| {
+        let count: u32 = n.trim().parse().ok().filter(|&c| c > 0)?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return None,
+        };
+        Some(RateLimit { count, per })
+    });
+    if parsed.is_none() {
+        p.push(format!(
+            "{key} = {v:?} is not a rate: write COUNT/UNIT with a count above 0 and a unit of s, min or h, e.g. \"20/s\""
+        ));
+    }
+    parsed
+}
+
+fn channel(
+    p: &mut Vec<String>,
+    name: &str,
+    ch: RawChannel,
+    kafka: &RawKafka,
+) -> Option<ChannelConfig> {
     let key = |k: &str| format!("channels.{name}.{k}");
     let before = p.len();
+    let kind_name = ch.kind.as_str();
+    let known = ["smtp", "file", "webhook", "kafka"];
+    if !known.contains(&kind_name) {
+        p.push(format!(
+            "{} = {kind_name:?} is not a channel type: use \"smtp\", \"webhook\", \"kafka\" or \"file\"",
+            key("type")
+        ));
+        return None;
+    }
+    let allowed = ChannelKind::keys(kind_name);
+    for field in ch.set_keys() {
+        if !allowed.contains(&field) {
+            p.push(format!(
+                "{} does not apply to a {kind_name} channel: remove it (it takes {})",
+                key(field),
+                allowed.join(", ")
+            ));
+        }
+    }
+
     let mut retry = RetryPolicy::default();
     if let Some(n) = ch.max_attempts {
         if n == 0 {
@@ -561,18 +757,36 @@ fn channel(p: &mut Vec<String>, name: &str, ch: RawChannel) -> Option<ChannelCon
     if let Some(v) = &ch.retry_max {
         retry.max = duration(p, &key("retry_max"), v).unwrap_or(retry.max);
     }
-    let from = mailbox(p, &key("from"), ch.from.as_deref().unwrap_or(DEFAULT_FROM));
-    let misplaced = |p: &mut Vec<String>, field: &str, present: bool, kind: &str| {
-        if present {
+    if let Some(v) = &ch.max_age {
+        retry.max_age = duration(p, &key("max_age"), v).unwrap_or(retry.max_age);
+    }
+    let concurrency = match ch.concurrency {
+        Some(0) => {
             p.push(format!(
-                "{} does not apply to a {kind} channel: remove it",
-                key(field)
+                "{} = 0: use at least 1 (sends in flight at once)",
+                key("concurrency")
             ));
+            1
         }
+        Some(n) => n,
+        None => match kind_name {
+            "file" => 1,
+            "smtp" => 4,
+            _ => 8,
+        },
     };
-    let kind = match ch.kind.as_str() {
+    let rate_limit = ch
+        .rate_limit
+        .as_deref()
+        .and_then(|v| rate_limit(p, &key("rate_limit"), v));
+    let timeout = match &ch.timeout {
+        Some(v) => duration(p, &key("timeout"), v),
+        None => Some(Duration::from_secs(10)),
+    };
+
+    let kind = match kind_name {
         "smtp" => {
-            misplaced(p, "dir", ch.dir.is_some(), "smtp");
+            let from = mailbox(p, &key("from"), ch.from.as_deref().unwrap_or(DEFAULT_FROM));
             let host = ch.host.clone().unwrap_or_default();
             if host.trim().is_empty() {
                 p.push(format!(
@@ -597,31 +811,13 @@ fn channel(p: &mut Vec<String>, name: &str, ch: RawChannel) -> Option<ChannelCon
                 TlsMode::StartTls => 587,
                 TlsMode::None => 25,
             });
-            let password = match (&ch.password_env, &ch.password_file) {
-                (Some(_), Some(_)) => {
-                    p.push(format!(
-                        "{} and {}: set at most one of them",
-                        key("password_env"),
-                        key("password_file")
-                    ));
-                    None
-                }
-                (Some(var), None) => match std::env::var(var) {
-                    Ok(v) if !v.is_empty() => Some(Secret::new(v)),
-                    _ => {
-                        p.push(format!("{} = {var:?}, but that environment variable is not set or empty: export it before starting forewarn", key("password_env")));
-                        None
-                    }
-                },
-                (None, Some(file)) => match std::fs::read_to_string(file) {
-                    Ok(v) => Some(Secret::new(v.trim_end_matches(['\r', '\n']))),
-                    Err(e) => {
-                        p.push(format!("{} = {:?} cannot be read ({e}): point it at a readable file holding only the password", key("password_file"), file.display()));
-                        None
-                    }
-                },
-                (None, None) => None,
-            };
+            let password = secret(
+                p,
+                &key,
+                ("password_env", &ch.password_env),
+                ("password_file", &ch.password_file),
+                "password",
+            );
             let credentials = match (&ch.username, password) {
                 (Some(u), Some(pw)) => Some((u.clone(), pw)),
                 (Some(_), None) if ch.password_env.is_none() && ch.password_file.is_none() => {
@@ -643,11 +839,7 @@ fn channel(p: &mut Vec<String>, name: &str, ch: RawChannel) -> Option<ChannelCon
             if credentials.is_some() && tls == TlsMode::None {
                 p.push(format!("{} = \"none\" with a username: forewarn will not send credentials in clear text; use tls = \"starttls\" or \"implicit\"", key("tls")));
             }
-            let timeout = match &ch.timeout {
-                Some(v) => duration(p, &key("timeout"), v),
-                None => Some(Duration::from_secs(10)),
-            };
-            from.clone().zip(timeout).map(|(from, timeout)| {
+            from.zip(timeout).map(|(from, timeout)| {
                 ChannelKind::Smtp(SmtpConfig {
                     host,
                     port,
@@ -660,27 +852,83 @@ fn channel(p: &mut Vec<String>, name: &str, ch: RawChannel) -> Option<ChannelCon
             })
         }
         "file" => {
-            for (field, present) in [
-                ("host", ch.host.is_some()),
-                ("port", ch.port.is_some()),
-                ("tls", ch.tls.is_some()),
-                ("username", ch.username.is_some()),
-                ("password_env", ch.password_env.is_some()),
-                ("password_file", ch.password_file.is_some()),
-                ("ca_file", ch.ca_file.is_some()),
-                ("timeout", ch.timeout.is_some()),
-            ] {
-                misplaced(p, field, present, "file");
-            }
+            let from = mailbox(p, &key("from"), ch.from.as_deref().unwrap_or(DEFAULT_FROM));
             let dir = ch.dir.clone().unwrap_or_else(|| "./outbox".into());
             from.map(|from| ChannelKind::File(FileConfig { dir, from }))
         }
-        other => {
-            p.push(format!(
-                "{} = {other:?} is not a channel type: use \"smtp\" or \"file\"",
-                key("type")
-            ));
-            None
+        "webhook" => {
+            let url = ch.url.clone().unwrap_or_default();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.push(format!(
+                    "{} = {url:?}: give the http:// or https:// address to POST to",
+                    key("url")
+                ));
+            }
+            let format = match ch.format.as_deref().unwrap_or("standard") {
+                "standard" => WebhookFormat::Standard,
+                "slack" => WebhookFormat::Slack,
+                other => {
+                    p.push(format!(
+                        "{} = {other:?}: use \"standard\" (the notification as JSON) or \"slack\" (a {{\"text\": …}} message)",
+                        key("format")
+                    ));
+                    WebhookFormat::Standard
+                }
+            };
+            let secret = secret(
+                p,
+                &key,
+                ("secret_env", &ch.secret_env),
+                ("secret_file", &ch.secret_file),
+                "signing secret",
+            )
+            .and_then(|s| match webhook_key(s.expose()) {
+                Ok(k) => Some(Secret(k)),
+                Err(why) => {
+                    let from = if ch.secret_env.is_some() {
+                        "secret_env"
+                    } else {
+                        "secret_file"
+                    };
+                    p.push(format!("{}: the signing secret {why}", key(from)));
+                    None
+                }
+            });
+            timeout.map(|timeout| {
+                ChannelKind::Webhook(WebhookConfig {
+                    url,
+                    secret,
+                    format,
+                    timeout,
+                })
+            })
+        }
+        _ => {
+            let topic = ch.topic.clone().unwrap_or_default();
+            if topic.trim().is_empty() {
+                p.push(format!(
+                    "{} is missing: name the output topic, e.g. topic = \"forewarn-notifications\"",
+                    key("topic")
+                ));
+            }
+            let mut properties = kafka.properties.clone();
+            for (k, v) in ch.properties.clone().unwrap_or_default() {
+                if matches!(
+                    k.as_str(),
+                    "bootstrap.servers" | "enable.idempotence" | "acks"
+                ) {
+                    p.push(format!("{}.\"{k}\" is managed by forewarn (idempotent producer): use {} for the brokers, or remove it", key("properties"), key("brokers")));
+                }
+                properties.insert(k, v);
+            }
+            timeout.map(|timeout| {
+                ChannelKind::Kafka(KafkaChannelConfig {
+                    topic,
+                    brokers: ch.brokers.clone().unwrap_or_else(|| kafka.brokers.clone()),
+                    properties,
+                    timeout,
+                })
+            })
         }
     };
     if p.len() > before {
@@ -690,7 +938,28 @@ fn channel(p: &mut Vec<String>, name: &str, ch: RawChannel) -> Option<ChannelCon
         name: name.to_string(),
         kind,
         retry,
+        concurrency,
+        rate_limit,
     })
+}
+
+/// Standard Webhooks secrets are `whsec_` + base64 of the key bytes.
+fn webhook_key(s: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    let b64 = s.trim().strip_prefix("whsec_").ok_or(
+        "must start with whsec_ (Standard Webhooks format); make one with: echo \"whsec_$(openssl rand -base64 32)\"",
+    )?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("is not whsec_ followed by base64 ({e})"))?;
+    if bytes.len() < 24 {
+        return Err(format!(
+            "is only {} bytes long: use at least 24 random bytes, e.g. whsec_$(openssl rand -base64 32)",
+            bytes.len()
+        ));
+    }
+    // Kept as hex so that `Secret` stays a string.
+    Ok(hex::encode(bytes))
 }
 
 /// Turns the `config` crate's error into a sentence that names the key.

@@ -1,11 +1,15 @@
 //! Wiring: rules, channels, admin HTTP, the Kafka source and the event
 //! pipeline, under one cancellation token.
 //!
-//! Shutdown story: the token stops the consumer loop between events; an
-//! in-flight send finishes (bounded by the channel timeout); a retry that
-//! is waiting is abandoned and its event left uncommitted, so it is read
-//! again after a restart; then every done position is committed
-//! synchronously and `run` returns.
+//! An event's position is marked done once its notifications are in the
+//! durable outbox (or it decided none); delivery runs beside the consumer
+//! in the dispatcher, so a slow or failing channel never stalls reading.
+//!
+//! Shutdown story: the token stops the consumer loop between events and
+//! the dispatcher's workers; sends in flight finish (bounded by the channel
+//! timeout); pending notifications and waiting retries stay in the outbox
+//! for the next start; then every done position is committed synchronously
+//! and `run` returns.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -23,7 +27,8 @@ use crate::config::Config;
 use crate::engine::{Clock, Engine, EngineConfig, Output, PartitionId};
 use crate::event::{EventSchema, FieldPath, Millis};
 use crate::metrics::Metrics;
-use crate::notify::deliver::{Delivered, Dispatcher};
+use crate::notify::dispatcher::{Dispatcher, Settled};
+use crate::notify::outbox::{Enqueued, Outbox};
 use crate::notify::template::Templates;
 use crate::pipeline::{prepare, Prepared};
 use crate::rules::{load_rules, Diagnostics, LoadOptions};
@@ -35,6 +40,8 @@ pub enum DaemonError {
     Rules { dir: String, diags: Diagnostics },
     #[error("cannot set up delivery: {0}")]
     Delivery(String),
+    #[error(transparent)]
+    Store(#[from] crate::state::StoreError),
     #[error("cannot listen on admin.listen = {addr}: {error}; choose a free port or stop the other process")]
     Admin {
         addr: SocketAddr,
@@ -83,10 +90,26 @@ impl Daemon {
         health.rules_loaded.store(true, Ordering::Relaxed);
         tracing::info!(rules = loaded.rules.len(), dir = %config.rules_dir.display(), "rules loaded");
 
-        let dispatcher = Dispatcher::new(
+        let store = crate::state::Store::open(&config.state_dir)?;
+        let outbox = Outbox::open(store)?;
+        let retention = config.ledger_retention.as_millis() as Millis;
+        match outbox.prune_done(wall_millis() - retention) {
+            Ok(n) if n > 0 => tracing::info!(
+                forgotten = n,
+                "outbox: settled ids past state.ledger_retention forgotten"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error_code = "outbox_prune_failed", stage = "dispatch", error = %e, "could not prune settled ids; retried at the next start")
+            }
+        }
+        // The dispatcher stops with the daemon, or when consuming fails.
+        let delivery_stop = shutdown.child_token();
+        let (dispatcher, settled, workers) = Dispatcher::start(
             &config.channels,
-            config.state_dir.join("dead-letters"),
+            outbox,
             Arc::clone(&metrics),
+            delivery_stop.clone(),
         )
         .map_err(DaemonError::Delivery)?;
 
@@ -94,6 +117,7 @@ impl Daemon {
             config.admin_listen,
             Arc::clone(&metrics),
             Arc::clone(&health),
+            Some(dispatcher.clone()),
             shutdown.clone(),
         )
         .await
@@ -101,7 +125,8 @@ impl Daemon {
             addr: config.admin_listen,
             error,
         })?;
-        tracing::info!(%admin_addr, "admin HTTP listening (/metrics, /healthz, /readyz)");
+        tracing::info!(%admin_addr, "admin HTTP listening (/metrics, /healthz, /readyz, /dead-letters)");
+        let metrics_for_task = Arc::clone(&metrics);
 
         let pipeline = Pipeline {
             engine: Engine::new(
@@ -109,23 +134,40 @@ impl Daemon {
                 EngineConfig {
                     allowed_lateness: config.allowed_lateness.as_millis() as Millis,
                     ledger_retention: config.ledger_retention.as_millis() as Millis,
+                    send_time_guard: true,
                 },
                 std::slice::from_ref(&config.customers.email),
             ),
             templates: loaded.templates,
             dispatcher,
+            settled,
+            addressless: config
+                .channels
+                .iter()
+                .filter(|(_, c)| !c.kind.needs_address())
+                .map(|(n, _)| n.clone())
+                .collect(),
             schema: config.events.clone(),
             email: config.customers.email.clone(),
             metrics: Arc::clone(&metrics),
             log_customer_ids: config.log_customer_ids,
         };
-        let task = tokio::spawn(consume(
-            config,
-            pipeline,
-            Arc::clone(&health),
-            Arc::clone(&metrics),
-            shutdown,
-        ));
+        let health_for_task = Arc::clone(&health);
+        let task = tokio::spawn(async move {
+            let consumed = consume(
+                config,
+                pipeline,
+                health_for_task,
+                metrics_for_task,
+                shutdown,
+            )
+            .await;
+            // Sends in flight finish; pending ones stay in the outbox.
+            delivery_stop.cancel();
+            let mut workers = workers;
+            while workers.join_next().await.is_some() {}
+            consumed
+        });
         Ok(Daemon {
             admin_addr,
             metrics,
@@ -179,6 +221,9 @@ async fn consume(
     // Wall-clock time of the last record per partition, for idleness.
     let mut last_seen: HashMap<PartitionId, Instant> = HashMap::new();
     let mut last_recv_error: Option<Instant> = None;
+    // A store failure: the event's effects are not durable, so its position
+    // is not committed and the daemon stops (its supervisor restarts it).
+    let mut stop: Option<DaemonError> = None;
     loop {
         tokio::select! {
             biased;
@@ -208,7 +253,11 @@ async fn consume(
                         pipeline.engine.on_idle(*p, now, Clock::Wall(now), &mut out);
                     }
                 }
-                if !pipeline.apply(out, &shutdown).await {
+                for s in std::iter::from_fn(|| pipeline.settled.try_recv().ok()) {
+                    pipeline.engine.settle(&s.id);
+                }
+                if let Err(e) = pipeline.apply(out) {
+                    stop = Some(e);
                     break;
                 }
                 pipeline.update_gauges();
@@ -216,10 +265,16 @@ async fn consume(
             received = source.recv() => match received {
                 Ok(msg) => {
                     last_seen.insert(msg.partition(), Instant::now());
-                    if !pipeline.handle(&source, &msg, &shutdown).await {
-                        break;
+                    match pipeline.handle(&source, &msg, &shutdown).await {
+                        Ok(true) => source.mark_done(msg.topic(), msg.partition(), msg.offset()),
+                        // Shutdown while copying an invalid record to the
+                        // dead-letter topic: read it again next time.
+                        Ok(false) => break,
+                        Err(e) => {
+                            stop = Some(e);
+                            break;
+                        }
                     }
-                    source.mark_done(msg.topic(), msg.partition(), msg.offset());
                 }
                 Err(e) => {
                     // librdkafka reconnects by itself; log at most every 5 s.
@@ -243,18 +298,28 @@ async fn consume(
         }
     }
     probe.abort();
-    Ok(())
+    match stop {
+        Some(e) => {
+            tracing::error!(error_code = "state_store_failed", stage = "dispatch", error = %e, "stopping: decided notifications could not be made durable; their events will be read again after a restart");
+            Err(e)
+        }
+        None => Ok(()),
+    }
 }
 
 fn wall_millis() -> Millis {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// Decode → engine → prepare → deliver.
+/// Decode → engine → prepare → outbox (the dispatcher delivers).
 struct Pipeline {
     engine: Engine,
     templates: Templates,
     dispatcher: Dispatcher,
+    /// Final outcomes from the dispatcher, for the engine's send-time guard.
+    settled: tokio::sync::mpsc::UnboundedReceiver<Settled>,
+    /// Channels that need no email address (webhook, kafka).
+    addressless: BTreeSet<String>,
     schema: EventSchema,
     email: FieldPath,
     metrics: Arc<Metrics>,
@@ -262,14 +327,15 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    /// Handles one record. `false` means shutdown interrupted it and its
-    /// position must not be committed.
+    /// Handles one record. `Ok(false)`: shutdown interrupted it and its
+    /// position must not be committed; `Err`: the outbox could not be
+    /// written, likewise.
     async fn handle(
         &mut self,
         source: &KafkaSource,
         msg: &OwnedMessage,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Result<bool, DaemonError> {
         let topic = msg.topic();
         let engine = &self.engine;
         let event = match self
@@ -298,9 +364,9 @@ impl Pipeline {
                     error = %invalid,
                     "invalid event skipped"
                 );
-                return source
+                return Ok(source
                     .dead_letter(msg, &invalid.to_string(), &self.metrics, shutdown)
-                    .await;
+                    .await);
             }
         };
         self.metrics
@@ -311,11 +377,12 @@ impl Pipeline {
         let now = wall_millis();
         self.engine
             .on_event(msg.partition(), &event, Clock::Wall(now), &mut out);
-        self.apply(out, shutdown).await
+        self.apply(out).map(|()| true)
     }
 
-    /// Counts what the engine reported and delivers its firings.
-    async fn apply(&self, out: Output, shutdown: &CancellationToken) -> bool {
+    /// Counts what the engine reported, puts its notifications in the
+    /// outbox, and applies the send-time guard.
+    fn apply(&mut self, out: Output) -> Result<(), DaemonError> {
         let m = &self.metrics;
         if out.late_events > 0 {
             m.late_events.inc_by(out.late_events);
@@ -327,6 +394,10 @@ impl Pipeline {
             m.rule_errors.with_label_values(&[&err.rule_id]).inc();
             tracing::warn!(error_code = "rule_eval_error", stage = "engine", rule = %err.rule_id, error = %err.message, "condition could not be evaluated; treated as not matching");
         }
+        if !out.resolved.is_empty() {
+            self.dispatcher.resolve(&out.resolved);
+        }
+        let mut batch = Vec::new();
         for decision in &out.decisions {
             let firing = &decision.firing;
             let rule = &firing.rule;
@@ -335,8 +406,12 @@ impl Pipeline {
             let customer = self
                 .log_customer_ids
                 .then_some(firing.event.customer.as_str());
-            let prepared = prepare(decision, &self.templates, &self.email);
-            let outcome = match prepared {
+            let needs_address = !self.addressless.contains(channel);
+            let outcome = match prepare(decision, &self.templates, &self.email, needs_address) {
+                Prepared::Send(n) => {
+                    batch.push(n);
+                    continue;
+                }
                 Prepared::Skip { outcome, detail } => {
                     tracing::info!(stage = "decide", rule = %rule.id, notification_id = %firing.notification_id, customer, outcome, detail, "notification not sent");
                     outcome
@@ -345,29 +420,31 @@ impl Pipeline {
                     tracing::info!(stage = "decide", rule = %rule.id, notification_id = %firing.notification_id, customer, "shadow mode: decided, not sent");
                     "shadow"
                 }
-                Prepared::Send(n) => {
-                    let delivered = self.dispatcher.deliver(&n, shutdown).await;
-                    match &delivered {
-                        Delivered::Interrupted => return false,
-                        Delivered::Sent { attempts } => {
-                            if let Some(deadline) = firing.deadline {
-                                let delay = (wall_millis() - deadline).max(0) as f64 / 1000.0;
-                                m.detection_delay
-                                    .with_label_values(&[&rule.id])
-                                    .observe(delay);
-                            }
-                            tracing::info!(stage = "deliver", rule = %rule.id, channel, notification_id = %n.id, customer, attempts, "notification sent");
-                        }
-                        Delivered::DeadLettered { .. } => {}
-                    }
-                    delivered.outcome()
-                }
             };
+            self.engine.settle(&firing.notification_id);
             m.notifications
                 .with_label_values(&[&rule.id, channel, outcome])
                 .inc();
         }
-        true
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let rules: Vec<(String, String)> = batch
+            .iter()
+            .map(|n| (n.rule_id.clone(), n.channel.clone()))
+            .collect();
+        for ((id, how), (rule, channel)) in self.dispatcher.enqueue(batch)?.into_iter().zip(rules) {
+            if how == Enqueued::Duplicate {
+                // Decided before (the event was read again after a
+                // restart): the outbox already has it, or it was sent.
+                tracing::info!(stage = "decide", rule = %rule, notification_id = %id, "already in the outbox or sent: not queued again");
+                self.engine.settle(&id);
+                m.notifications
+                    .with_label_values(&[&rule, &channel, "duplicate"])
+                    .inc();
+            }
+        }
+        Ok(())
     }
 
     fn update_gauges(&self) {

@@ -9,11 +9,14 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod dead_letters;
 pub mod engine;
 pub mod event;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;
+pub mod render;
 pub mod replay;
 pub mod rules;
 pub mod source;
+pub mod state;

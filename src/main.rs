@@ -70,6 +70,29 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Preview a rule's message exactly as its channel would send it, from one sample event.
+    Render {
+        /// The rule id.
+        #[arg(long)]
+        rule: String,
+        /// One event as JSON (the shape the topic carries).
+        #[arg(long)]
+        event: PathBuf,
+        /// The rules folder. Default: rules.dir from --config, else ./rules.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// The daemon config: event field paths and the channels (without it, every rule previews as an email).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// List, show, re-drive or purge dead letters (notifications that failed for good).
+    DeadLetters {
+        /// The daemon config (state.dir, admin.listen).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Produce JSON events (one per line) from a file to a Kafka topic: for demos and tests.
     Produce {
         #[arg(long, default_value = "127.0.0.1:9092")]
@@ -88,6 +111,28 @@ enum Command {
         /// Time fields shifted by --rebase-time; the first is the event time.
         #[arg(long = "time-field", default_values_t = vec!["ts".to_string()])]
         time_fields: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// One line per dead letter, oldest first.
+    List,
+    /// Everything about one dead letter, with its message.
+    Show { id: String },
+    /// Put dead letters back in the outbox for a fresh round of attempts.
+    Redrive {
+        /// Notification ids.
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
     },
 }
 
@@ -124,6 +169,13 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::Render {
+                rule,
+                event,
+                rules,
+                config,
+            } => render(rule, event, rules, config),
+            Command::DeadLetters { config, action } => dead_letters(config, action).await,
             Command::Produce {
                 brokers,
                 topic,
@@ -181,6 +233,160 @@ fn rebase_times(lines: &mut [String], fields: &[String]) -> Result<i64, String> 
         *line = v.to_string();
     }
     Ok(shift)
+}
+
+/// The config at `path`, or exit code 2 after printing why.
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn render(
+    rule: String,
+    event: PathBuf,
+    rules: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    use forewarn::event::{EventSchema, FieldPath};
+    use forewarn::render::{render, RenderOptions};
+    let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
+    let opts = match config {
+        Some(path) => match load_config(&path) {
+            Ok(c) => RenderOptions {
+                rule,
+                event,
+                rules_dir: rules.unwrap_or(c.rules_dir.clone()),
+                schema: c.events.clone(),
+                email: c.customers.email.clone(),
+                channels: Some(c.channels.clone()),
+            },
+            Err(code) => return code,
+        },
+        None => RenderOptions {
+            rule,
+            event,
+            rules_dir: rules.unwrap_or_else(|| PathBuf::from("rules")),
+            schema: EventSchema {
+                kind: p("type"),
+                customer: p("customer_id"),
+                time: p("ts"),
+                id: Some(p("event_id")),
+            },
+            email: p("customer.email"),
+            channels: None,
+        },
+    };
+    if opts.channels.is_none() {
+        eprintln!("note: no --config, so every rule previews as an email from {}; pass --config to see the configured channel", forewarn::config::DEFAULT_FROM);
+    }
+    match render(&opts) {
+        Ok(previews) => {
+            let many = previews.len() > 1;
+            for (i, p) in previews.iter().enumerate() {
+                if many || p.outcome != "sent" {
+                    eprintln!(
+                        "--- message {} of {}: channel {:?}, notification {}{}",
+                        i + 1,
+                        previews.len(),
+                        p.channel,
+                        p.notification_id,
+                        if p.outcome == "shadow" {
+                            " (shadow mode: rendered, never sent)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                print!("{}", p.wire);
+                if !p.wire.ends_with('\n') {
+                    println!();
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dead_letters(config: Option<PathBuf>, action: DeadLetterAction) -> ExitCode {
+    use forewarn::dead_letters::Access;
+    let Some(path) = config else {
+        eprintln!("error: pass --config FILE: dead letters live in that config's state.dir");
+        return ExitCode::from(2);
+    };
+    let cfg = match load_config(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let access = match Access::open(&cfg.state_dir, cfg.admin_listen) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ids = |ids: Vec<String>, all: bool| -> Option<Vec<String>> {
+        if ids.is_empty() && !all {
+            eprintln!("error: name the notification ids, or pass --all");
+            None
+        } else {
+            Some(ids)
+        }
+    };
+    let result = match action {
+        DeadLetterAction::List => access.list().await.map(|list| {
+            if list.is_empty() {
+                println!("no dead letters ({})", access.describe());
+            }
+            for d in list {
+                println!(
+                    "{}  {}  rule={} channel={} attempts={}  {:?}\n    reason: {}",
+                    d.id, d.dead_at, d.rule, d.channel, d.attempts, d.subject, d.reason
+                );
+            }
+        }),
+        DeadLetterAction::Show { id } => access.show(&id).await.map(|d| {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&d).unwrap_or_else(|e| e.to_string())
+            );
+        }),
+        DeadLetterAction::Redrive { ids: given, all } => {
+            let Some(given) = ids(given, all) else {
+                return ExitCode::from(2);
+            };
+            access.redrive(&given).await.map(|moved| {
+                println!(
+                    "re-driven through {}: {} notification(s)",
+                    access.describe(),
+                    moved.len()
+                );
+                for id in moved {
+                    println!("  {id}");
+                }
+            })
+        }
+        DeadLetterAction::Purge { ids: given, all } => {
+            let Some(given) = ids(given, all) else {
+                return ExitCode::from(2);
+            };
+            access.purge(&given).await.map(|gone| {
+                println!("purged: {} dead letter(s)", gone.len());
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -310,7 +516,7 @@ async fn replay(
     };
     use forewarn::event::{format_time, EventSchema, FieldPath};
     use forewarn::replay::{replay, ReplayOptions};
-    let (schema, email, engine, rules_dir) = match config {
+    let (schema, email, engine, rules_dir, addressless_channels) = match config {
         Some(path) => match Config::load(&path) {
             Ok(c) => (
                 c.events.clone(),
@@ -318,8 +524,14 @@ async fn replay(
                 EngineConfig {
                     allowed_lateness: c.allowed_lateness.as_millis() as i64,
                     ledger_retention: c.ledger_retention.as_millis() as i64,
+                    send_time_guard: false,
                 },
                 c.rules_dir.clone(),
+                c.channels
+                    .iter()
+                    .filter(|(_, ch)| !ch.kind.needs_address())
+                    .map(|(name, _)| name.clone())
+                    .collect(),
             ),
             Err(e) => {
                 eprint!("{e}");
@@ -338,6 +550,7 @@ async fn replay(
                 p("customer.email"),
                 EngineConfig::default(),
                 PathBuf::from("rules"),
+                Default::default(),
             )
         }
     };
@@ -352,6 +565,7 @@ async fn replay(
             .parse()
             .expect("valid default sender"),
         until,
+        addressless_channels,
     };
     let report = match replay(&opts).await {
         Ok(r) => r,

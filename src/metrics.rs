@@ -22,13 +22,19 @@ pub struct Metrics {
     pub rule_firings: IntCounterVec,
     /// Conditions that could not be evaluated, by rule.
     pub rule_errors: IntCounterVec,
-    /// Notifications by rule, channel and outcome (`sent`, `shadow`,
-    /// `no_address`, `render_failed`, `dead_letter`).
+    /// Notifications by rule, channel and final outcome (`sent`, `shadow`,
+    /// `cooldown`, `duplicate`, `stale`, `no_address`, `render_failed`,
+    /// `resolved`, `dead_letter`).
     pub notifications: IntCounterVec,
     /// Channel send attempts by channel and result (`ok`, `transient`, `permanent`).
     pub delivery_attempts: IntCounterVec,
-    /// Time from the first attempt to acceptance by the channel.
+    /// Delivery latency: from the decision (entry into the outbox) to
+    /// acceptance by the channel, by rule and channel.
     pub delivery_duration: HistogramVec,
+    /// Notifications in the outbox waiting for a first attempt or a retry, by channel.
+    pub outbox_pending: IntGaugeVec,
+    /// Dead letters kept in the store (list and re-drive with `forewarn dead-letters`).
+    pub dead_letters: IntGauge,
     /// Send time − deadline for absence rules: how late "before they complain" was.
     pub detection_delay: HistogramVec,
     /// Events older than their partition's watermark (still processed).
@@ -102,12 +108,13 @@ impl Metrics {
         let delivery_duration = HistogramVec::new(
             HistogramOpts::new(
                 "forewarn_delivery_duration_seconds",
-                "Time from the first send attempt to acceptance by the channel.",
+                "Delivery latency: from the decision (entry into the outbox) to acceptance by the channel.",
             )
             .buckets(vec![
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                900.0, 3600.0,
             ]),
-            &["channel"],
+            &["rule", "channel"],
         )
         .expect("metric definitions are static and valid");
         registry
@@ -127,6 +134,21 @@ impl Metrics {
         registry
             .register(Box::new(detection_delay.clone()))
             .expect("each metric is registered once");
+        let outbox_pending = IntGaugeVec::new(
+            Opts::new(
+                "forewarn_outbox_pending",
+                "Notifications in the outbox waiting for a first attempt or a retry, by channel.",
+            ),
+            &["channel"],
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(outbox_pending.clone()))
+            .expect("each metric is registered once");
+        let dead_letters = gauge(
+            "forewarn_dead_letters",
+            "Dead letters kept in the store; list and re-drive them with `forewarn dead-letters`.",
+        );
         let late_events = prometheus::IntCounter::new(
             "forewarn_late_events_total",
             "Events older than their partition's watermark (still processed).",
@@ -187,6 +209,8 @@ impl Metrics {
             notifications,
             delivery_attempts,
             delivery_duration,
+            outbox_pending,
+            dead_letters,
             detection_delay,
             late_events,
             rule_missing_key,

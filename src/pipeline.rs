@@ -16,6 +16,7 @@ pub enum Prepared {
     Shadow(Notification),
     /// Not sent: the outcome says why (`cooldown`, `duplicate`, `stale`,
     /// `no_address`, `render_failed`), with details for the log.
+    /// (`resolved` and `dead_letter` are decided later, by the dispatcher.)
     Skip {
         outcome: &'static str,
         detail: Option<String>,
@@ -32,14 +33,21 @@ impl Prepared {
     }
 }
 
-pub fn prepare(decision: &Decision, templates: &Templates, email: &FieldPath) -> Prepared {
+/// `needs_address`: the rule's channel delivers email, so an event
+/// without a usable address yields `no_address`.
+pub fn prepare(
+    decision: &Decision,
+    templates: &Templates,
+    email: &FieldPath,
+    needs_address: bool,
+) -> Prepared {
     if decision.outcome != Outcome::Fire {
         return Prepared::Skip {
             outcome: decision.outcome.as_str(),
             detail: None,
         };
     }
-    match compose(&decision.firing, templates, email) {
+    match compose(&decision.firing, templates, email, needs_address) {
         Err(e) => Prepared::Skip {
             outcome: e.outcome(),
             detail: Some(e.to_string()),

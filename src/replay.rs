@@ -33,6 +33,10 @@ pub struct ReplayOptions {
     pub from: lettre::message::Mailbox,
     /// Let time run on to here after the last event (default: the last event).
     pub until: Option<Millis>,
+    /// Channels that carry notifications without an email address
+    /// (webhook, kafka in the daemon config): their rules never yield
+    /// `no_address`, and their would-be messages are written as JSON.
+    pub addressless_channels: std::collections::BTreeSet<String>,
 }
 
 /// One decision of the replay, in the order they were made.
@@ -121,14 +125,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         report.last_event = Some(report.last_event.map_or(event.time, |l| l.max(event.time)));
         let mut out = Output::default();
         engine.on_event(0, &event, Clock::Virtual, &mut out);
-        record(
-            &mut report,
-            out,
-            &loaded.templates,
-            &opts.email,
-            channel.as_ref(),
-        )
-        .await?;
+        record(&mut report, out, &loaded.templates, opts, channel.as_ref()).await?;
     }
     let end = match (opts.until, report.last_event) {
         (Some(u), Some(l)) => Some(u.max(l)),
@@ -137,14 +134,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     if let Some(end) = end {
         let mut out = Output::default();
         engine.advance_to(end, Clock::Virtual, &mut out);
-        record(
-            &mut report,
-            out,
-            &loaded.templates,
-            &opts.email,
-            channel.as_ref(),
-        )
-        .await?;
+        record(&mut report, out, &loaded.templates, opts, channel.as_ref()).await?;
     }
     report.still_open = engine.stats().open_episodes;
     Ok(report)
@@ -154,7 +144,7 @@ async fn record(
     report: &mut ReplayReport,
     out: Output,
     templates: &Templates,
-    email: &FieldPath,
+    opts: &ReplayOptions,
     channel: Option<&FileChannel>,
 ) -> Result<(), ReplayError> {
     report.late_events += out.late_events;
@@ -165,11 +155,26 @@ async fn record(
         *report.rule_errors.entry(e.rule_id).or_default() += 1;
     }
     for d in &out.decisions {
-        let prepared = prepare(d, templates, email);
+        let addressless = opts
+            .addressless_channels
+            .contains(&d.firing.rule.notify.channel);
+        let prepared = prepare(d, templates, &opts.email, !addressless);
         if let (Prepared::Send(n), Some(ch)) = (&prepared, channel) {
-            ch.send(n)
+            if addressless {
+                // What a webhook or Kafka channel would carry.
+                let body = serde_json::to_vec_pretty(&n.to_json()).unwrap_or_default();
+                crate::notify::channel::file::write_atomically(
+                    ch.dir(),
+                    &format!("{}.json", n.id),
+                    &body,
+                )
                 .await
                 .map_err(|e| ReplayError::Write(e.to_string()))?;
+            } else {
+                ch.send(n)
+                    .await
+                    .map_err(|e| ReplayError::Write(e.to_string()))?;
+            }
             report.written += 1;
         }
         // "sent" in a replay means "would have been sent".

@@ -233,6 +233,7 @@ fn engine_for(w: Millis, n: usize, allowed_lateness: Millis) -> Engine {
         EngineConfig {
             allowed_lateness,
             ledger_retention: 1_000_000_000,
+            send_time_guard: false,
         },
         &[FieldPath::parse("customer.email").unwrap()],
     )

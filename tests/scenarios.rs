@@ -244,6 +244,7 @@ async fn seed_scenarios_send_exactly_the_expected_mails_and_replay_agrees() {
         out_dir: None,
         from: "a@b.example".parse().unwrap(),
         until: None,
+        addressless_channels: Default::default(),
     })
     .await
     .unwrap();

@@ -14,11 +14,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::{
     event_key_hash, key_hash, matcher::trigger_holds, notification_id, record, Clock, Cx,
-    EngineConfig, Firing, Output, Partition, PartitionId, RuleError,
+    EngineConfig, Firing, Outcome, Output, Partition, PartitionId, RuleError,
 };
 use crate::event::{parse_time, Event, Millis};
 use crate::rules::expr::to_cel;
-use crate::rules::{Absence, DeadlineSpec, OnRepeat, RuleKind, RuleSet};
+use crate::rules::{Absence, DeadlineSpec, Mode, OnRepeat, RuleKind, RuleSet};
 
 const NIL: u32 = u32::MAX;
 type Key = [u64; 2];
@@ -49,8 +49,52 @@ struct Slot {
     trigger: Box<[u8]>,
 }
 
+/// Fired episodes whose notification is not yet delivered, for the
+/// send-time guard: an `until`/`cancel_on` event for one of them reports
+/// its notification id as resolved. Few at a time (the outbox's backlog);
+/// the caller settles each one when its notification's fate is known.
+#[derive(Debug, Default)]
+pub(crate) struct Guard {
+    by_key: HashMap<Key, Vec<Fired>>,
+    keys: HashMap<String, Key>,
+}
+
+#[derive(Debug)]
+struct Fired {
+    id: String,
+    start: Millis,
+    rule: u32,
+    trigger: Box<[u8]>,
+}
+
+impl Guard {
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn insert(&mut self, key: Key, fired: Fired) {
+        self.keys.insert(fired.id.clone(), key);
+        self.by_key.entry(key).or_default().push(fired);
+    }
+
+    /// Forgets `id`; true when it was guarded here.
+    pub(crate) fn settle(&mut self, id: &str) -> bool {
+        let Some(key) = self.keys.remove(id) else {
+            return false;
+        };
+        if let Some(list) = self.by_key.get_mut(&key) {
+            list.retain(|f| f.id != id);
+            if list.is_empty() {
+                self.by_key.remove(&key);
+            }
+        }
+        true
+    }
+}
+
 /// An episode taken out of the slab.
 struct Episode {
+    key: Key,
     start: Millis,
     deadline: Millis,
     rule: u32,
@@ -124,6 +168,7 @@ impl Episodes {
         let s = &mut self.slots[at as usize];
         s.next = NIL;
         Episode {
+            key: s.key,
             start: s.start,
             deadline: s.deadline,
             rule: s.rule,
@@ -207,7 +252,8 @@ pub(super) fn on_closer(
     };
     let k = key_of(hash);
     let chain = part.episodes.chain(&k);
-    if chain.is_empty() {
+    let guarded = part.guard.by_key.contains_key(&k);
+    if chain.is_empty() && !guarded {
         return;
     }
     let conditions: Vec<_> = a
@@ -222,17 +268,13 @@ pub(super) fn on_closer(
             .as_ref()
             .is_some_and(|w| w.source().contains("trigger"))
     });
-    for at in chain {
-        let slot = &part.episodes.slots[at as usize];
-        if slot.start > event.time || event.time > slot.deadline {
-            continue;
-        }
-        // Conditions that name `trigger` run in CEL with the stored
-        // trigger decoded; the others may take the fast path.
+    // Conditions that name `trigger` run in CEL with the stored trigger
+    // decoded; the others may take the fast path.
+    let closes = |trigger: &[u8], start: Millis, out: &mut Output| {
         let inner;
         let scope: &cel::Context<'_, 'static> = if needs_trigger {
             let mut s = cx.scope.get().new_inner_scope();
-            if let Some(t) = decode_trigger(&slot.trigger, &rule.trigger.event, slot.start) {
+            if let Some(t) = decode_trigger(trigger, &rule.trigger.event, start) {
                 s.add_variable_from_value("trigger", to_cel(&t.payload));
             }
             inner = s;
@@ -240,11 +282,31 @@ pub(super) fn on_closer(
         } else {
             cx.scope.get()
         };
-        if conditions
+        conditions
             .iter()
             .any(|c| trigger_holds(rule, &event.payload, || scope, c, out))
-        {
+    };
+    for at in chain {
+        let slot = &part.episodes.slots[at as usize];
+        if slot.start > event.time || event.time > slot.deadline {
+            continue;
+        }
+        if closes(&slot.trigger, slot.start, out) {
             part.episodes.remove(at);
+        }
+    }
+    if guarded {
+        // Fired, not yet delivered: a closer at or after the episode's
+        // start resolves it, however late (SPEC 2, absence point 6).
+        let mut resolved = Vec::new();
+        for f in &part.guard.by_key[&k] {
+            if f.rule == idx && f.start <= event.time && closes(&f.trigger, f.start, out) {
+                resolved.push(f.id.clone());
+            }
+        }
+        for id in resolved {
+            part.guard.settle(&id);
+            out.resolved.push(id);
         }
     }
 }
@@ -270,6 +332,12 @@ pub(super) fn fire_due(
             continue;
         };
         let key = rule.key_values(&trigger).unwrap_or_default();
+        let guard = (cfg.send_time_guard && rule.mode == Mode::Live).then(|| Fired {
+            id: String::new(),
+            start: ep.start,
+            rule: ep.rule,
+            trigger: ep.trigger,
+        });
         let firing = Firing {
             notification_id: notification_id(&rule.id, &key, ep.start),
             rule: Arc::clone(rule),
@@ -281,6 +349,15 @@ pub(super) fn fire_due(
             fired_at: ep.deadline,
             partition: pid,
         };
+        let id = firing.notification_id.clone();
         record(firing, clock, cfg, &mut part.ledger, out);
+        let fired = out
+            .decisions
+            .last()
+            .is_some_and(|d| d.outcome == Outcome::Fire);
+        if let (true, Some(mut g)) = (fired, guard) {
+            g.id = id;
+            part.guard.insert(ep.key, g);
+        }
     }
 }

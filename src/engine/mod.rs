@@ -36,6 +36,11 @@ pub struct EngineConfig {
     pub allowed_lateness: Millis,
     /// How long once_per entries are remembered.
     pub ledger_retention: Millis,
+    /// Keep fired absence episodes until [`Engine::settle`] so that an
+    /// `until`/`cancel_on` event can still resolve their notification
+    /// (reported in [`Output::resolved`]). On where sending takes time
+    /// (the daemon); off where it is instant (replay, tests).
+    pub send_time_guard: bool,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +48,7 @@ impl Default for EngineConfig {
         EngineConfig {
             allowed_lateness: 5_000,
             ledger_retention: 90 * 24 * 3_600_000,
+            send_time_guard: false,
         }
     }
 }
@@ -121,6 +127,9 @@ pub struct Output {
     pub missing_key: Vec<String>,
     /// Events older than their partition's watermark (still processed).
     pub late_events: u64,
+    /// Notification ids of fired, undelivered absence episodes that an
+    /// `until`/`cancel_on` event has resolved (send-time guard).
+    pub resolved: Vec<String>,
 }
 
 /// Sizes of the engine's state, for metrics and benchmarks.
@@ -129,6 +138,8 @@ pub struct Stats {
     pub open_episodes: usize,
     pub threshold_windows: usize,
     pub ledger_entries: usize,
+    /// Fired absence episodes awaiting delivery (send-time guard).
+    pub guarded: usize,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +147,7 @@ pub(crate) struct Partition {
     max_event: Option<Millis>,
     idle_floor: Option<Millis>,
     episodes: absence::Episodes,
+    guard: absence::Guard,
     windows: HashMap<u128, threshold::Window>,
     /// Watermark at which threshold windows are next swept.
     next_window_sweep: Millis,
@@ -250,8 +262,19 @@ impl Engine {
             s.open_episodes += p.episodes.len();
             s.threshold_windows += p.windows.len();
             s.ledger_entries += p.ledger.len();
+            s.guarded += p.guard.len();
         }
         s
+    }
+
+    /// The notification `id` has a final outcome (sent, dead-lettered,
+    /// resolved, suppressed): the send-time guard forgets its episode.
+    pub fn settle(&mut self, id: &str) {
+        for part in self.partitions.values_mut() {
+            if part.guard.settle(id) {
+                return;
+            }
+        }
     }
 
     /// Processes one event read from partition `p`.

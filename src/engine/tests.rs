@@ -12,6 +12,10 @@ use crate::rules::{load_rules, LoadOptions};
 const MIN: Millis = 60_000;
 
 fn engine_for(rules_toml: &str, catalog: Option<&str>) -> Engine {
+    engine_with(rules_toml, catalog, false)
+}
+
+fn engine_with(rules_toml: &str, catalog: Option<&str>, send_time_guard: bool) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("templates")).unwrap();
     std::fs::write(dir.path().join("templates/t.subject"), "Hi").unwrap();
@@ -31,6 +35,7 @@ fn engine_for(rules_toml: &str, catalog: Option<&str>) -> Engine {
         EngineConfig {
             allowed_lateness: 0,
             ledger_retention: 1_000 * MIN,
+            send_time_guard,
         },
         &[FieldPath::parse("customer.email").unwrap()],
     )
@@ -144,6 +149,63 @@ fn until_before_the_deadline_closes_silently_even_in_a_backlog() {
         Clock::Virtual,
     );
     assert!(fired.is_empty(), "{fired:?}");
+}
+
+#[test]
+fn send_time_guard_reports_a_closer_that_comes_after_the_firing() {
+    let mut e = engine_with(DROPOFF, None, true);
+    let mut out = Output::default();
+    for x in [
+        checkout("c1", 0),
+        checkout("c2", 0),
+        ev("page_view", "c9", 31 * MIN, json!({})),
+    ] {
+        e.on_event(0, &x, Clock::Virtual, &mut out);
+    }
+    assert_eq!(out.decisions.len(), 2, "both fired");
+    let id = |c: &str| {
+        out.decisions
+            .iter()
+            .find(|d| d.firing.event.customer == c)
+            .unwrap()
+            .firing
+            .notification_id
+            .clone()
+    };
+    let (id1, id2) = (id("c1"), id("c2"));
+    assert_eq!(e.stats().guarded, 2, "held until settled");
+    // c1 orders after the deadline, while its mail still waits to go out.
+    let mut later = Output::default();
+    e.on_event(
+        0,
+        &ev("order_placed", "c1", 40 * MIN, json!({})),
+        Clock::Virtual,
+        &mut later,
+    );
+    assert_eq!(later.resolved, vec![id1.clone()]);
+    assert!(later.decisions.is_empty());
+    // c2's mail went out; a later order resolves nothing.
+    e.settle(&id2);
+    assert_eq!(e.stats().guarded, 0);
+    let mut after = Output::default();
+    e.on_event(
+        0,
+        &ev("support_ticket_opened", "c2", 41 * MIN, json!({})),
+        Clock::Virtual,
+        &mut after,
+    );
+    assert!(after.resolved.is_empty());
+    // Without the guard nothing is held.
+    let mut plain = engine_for(DROPOFF, None);
+    run(
+        &mut plain,
+        &[
+            checkout("c1", 0),
+            ev("page_view", "c9", 31 * MIN, json!({})),
+        ],
+        Clock::Virtual,
+    );
+    assert_eq!(plain.stats().guarded, 0);
 }
 
 #[test]

@@ -11,9 +11,16 @@ use super::Notification;
 pub const MESSAGE_ID_DOMAIN: &str = "forewarn";
 
 pub fn build(n: &Notification, from: &Mailbox) -> Result<Message, ChannelError> {
+    let to: Mailbox = n
+        .recipient
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| {
+            ChannelError::permanent("the notification has no valid recipient address")
+        })?;
     let builder = Message::builder()
         .from(from.clone())
-        .to(n.recipient.clone())
+        .to(to)
         .subject(n.message.subject.clone())
         .message_id(Some(format!("<{}@{MESSAGE_ID_DOMAIN}>", n.id)));
     let text = SinglePart::builder()

@@ -1,37 +1,86 @@
 //! From a firing to a delivered message.
 //!
 //! `compose` resolves the recipient and renders the template into a
-//! [`Notification`]; `deliver` is the stage around the channels that retries
-//! transient failures with backoff and jitter and dead-letters the rest;
-//! `channel/` holds the channels themselves, which only send and classify
-//! their errors. To add a channel: a file in `channel/`, a variant in
+//! [`Notification`]; the `outbox` keeps every decided notification durably
+//! (redb) until it is sent or dead-lettered; the `dispatcher` runs one
+//! worker per channel that applies concurrency and rate limits, the
+//! send-time guard, retries with backoff, and dead letters; `channel/`
+//! holds the channels themselves, which only send and classify their
+//! errors. To add a channel: a file in `channel/`, a variant in
 //! [`channel::Channel`], a type in `config::ChannelKind`.
 
 pub mod channel;
-pub mod deliver;
+pub mod dispatcher;
 pub mod email;
+pub mod outbox;
 pub mod template;
 
-use lettre::message::Mailbox;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::engine::Firing;
-use crate::event::{format_time, FieldPath};
+use crate::event::{format_time, FieldPath, Millis};
 use crate::rules::Class;
 use template::{RenderError, Rendered, Templates};
 
 /// A decided, rendered message for one customer, ready for a channel.
-#[derive(Debug, Clone)]
+/// Serialized into the outbox as it is, so what is retried after a restart
+/// is byte-for-byte what was decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     /// Deterministic: hash(rule, key values, episode start). The email
-    /// Message-ID, so a resend after a crash is recognisable downstream.
+    /// Message-ID, the webhook-id and the Kafka record key, so a resend
+    /// after a crash is recognisable downstream.
     pub id: String,
     pub rule_id: String,
     pub channel: String,
     pub class: Class,
     pub customer: String,
-    pub recipient: Mailbox,
+    /// A valid address, when the event carries one (email channels need it).
+    pub recipient: Option<String>,
     pub message: Rendered,
+    pub episode: EpisodeInfo,
+    /// The trigger (absence) or firing event payload, and the catalog
+    /// entry: what webhook and Kafka consumers get besides the text.
+    pub event: Value,
+    pub entry: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeInfo {
+    pub key: Vec<String>,
+    pub start: Millis,
+    pub deadline: Option<Millis>,
+    pub partition: i32,
+}
+
+impl Notification {
+    /// The JSON that webhook and Kafka channels carry: a Standard Webhooks
+    /// style envelope (`type`, `timestamp`, `data`). `timestamp` is the
+    /// episode time, so the body is the same on every attempt.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "type": "forewarn.notification",
+            "timestamp": format_time(self.episode.deadline.unwrap_or(self.episode.start)),
+            "data": {
+                "id": self.id,
+                "rule": self.rule_id,
+                "class": self.class,
+                "channel": self.channel,
+                "customer": { "id": self.customer, "email": self.recipient },
+                "subject": self.message.subject,
+                "text": self.message.text,
+                "html": self.message.html,
+                "episode": {
+                    "key": self.episode.key,
+                    "start": format_time(self.episode.start),
+                    "deadline": self.episode.deadline.map(format_time),
+                },
+                "event": self.event,
+                "entry": self.entry,
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -84,21 +133,23 @@ pub fn template_context(firing: &Firing, email: Option<&str>) -> Value {
     })
 }
 
-/// Resolves the recipient and renders the rule's template.
+/// Resolves the recipient and renders the rule's template. `needs_address`:
+/// the rule's channel is an email channel, so no address means no message.
 pub fn compose(
     firing: &Firing,
     templates: &Templates,
     email_path: &FieldPath,
+    needs_address: bool,
 ) -> Result<Notification, ComposeError> {
     let address = email_path
         .get(&firing.event.payload)
         .and_then(Value::as_str)
         .map(str::trim)
-        .filter(|s| !s.is_empty());
-    let recipient: Mailbox = address
-        .and_then(|a| a.parse::<lettre::Address>().ok())
-        .map(|a| Mailbox::new(None, a))
-        .ok_or_else(|| ComposeError::NoAddress(email_path.to_string()))?;
+        .filter(|s| !s.is_empty())
+        .filter(|a| a.parse::<lettre::Address>().is_ok());
+    if needs_address && address.is_none() {
+        return Err(ComposeError::NoAddress(email_path.to_string()));
+    }
     let ctx = template_context(firing, address);
     let message = templates.render(&firing.rule.notify.template, &ctx)?;
     Ok(Notification {
@@ -107,7 +158,15 @@ pub fn compose(
         channel: firing.rule.notify.channel.clone(),
         class: firing.rule.class,
         customer: firing.event.customer.clone(),
-        recipient,
+        recipient: address.map(str::to_string),
         message,
+        episode: EpisodeInfo {
+            key: firing.key.clone(),
+            start: firing.episode_start,
+            deadline: firing.deadline,
+            partition: firing.partition,
+        },
+        event: firing.event.payload.clone(),
+        entry: firing.entry.as_ref().map(|e| e.fields.clone()),
     })
 }

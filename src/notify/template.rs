@@ -43,7 +43,7 @@ impl fmt::Debug for Templates {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rendered {
     pub subject: String,
     pub text: String,

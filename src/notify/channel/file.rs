@@ -25,6 +25,10 @@ impl FileChannel {
         })
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub async fn send(&self, n: &Notification) -> Result<(), ChannelError> {
         let bytes = email::build(n, &self.from)?.formatted();
         write_atomically(&self.dir, &format!("{}.eml", n.id), &bytes)

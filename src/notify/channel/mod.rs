@@ -1,9 +1,14 @@
 //! Channels are dumb: each one sends a notification and classifies its
-//! failure as transient (worth retrying) or permanent. Retries, dead letters
-//! and metrics are the delivery stage's job (`notify::deliver`).
+//! failure as transient (worth retrying, perhaps after a server-given
+//! delay) or permanent. Retries, rate limits, dead letters and metrics are
+//! the dispatcher's job (`notify::dispatcher`).
 
 pub mod file;
+pub mod kafka;
 pub mod smtp;
+pub mod webhook;
+
+use std::time::Duration;
 
 use crate::config::{ChannelConfig, ChannelKind};
 
@@ -11,9 +16,9 @@ use super::Notification;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
-    /// Timeouts, refused connections, SMTP 4xx: try again later.
+    /// Timeouts, refused connections, SMTP 4xx, HTTP 5xx and 429: try again later.
     Transient,
-    /// SMTP 5xx, a message that cannot be built: retrying will not help.
+    /// SMTP 5xx, HTTP 4xx, a message that cannot be built: retrying will not help.
     Permanent,
 }
 
@@ -22,6 +27,8 @@ pub enum Retry {
 pub struct ChannelError {
     pub retry: Retry,
     pub message: String,
+    /// The server asked to wait this long (HTTP `Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 impl ChannelError {
@@ -29,12 +36,14 @@ impl ChannelError {
         ChannelError {
             retry: Retry::Transient,
             message: message.into(),
+            retry_after: None,
         }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
         ChannelError {
             retry: Retry::Permanent,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -44,6 +53,8 @@ impl ChannelError {
 pub enum Channel {
     Smtp(smtp::SmtpChannel),
     File(file::FileChannel),
+    Webhook(webhook::WebhookChannel),
+    Kafka(kafka::KafkaChannel),
 }
 
 impl Channel {
@@ -51,6 +62,8 @@ impl Channel {
         Ok(match &cfg.kind {
             ChannelKind::Smtp(c) => Channel::Smtp(smtp::SmtpChannel::new(c)?),
             ChannelKind::File(c) => Channel::File(file::FileChannel::new(c)?),
+            ChannelKind::Webhook(c) => Channel::Webhook(webhook::WebhookChannel::new(c)?),
+            ChannelKind::Kafka(c) => Channel::Kafka(kafka::KafkaChannel::new(c)?),
         })
     }
 
@@ -58,6 +71,31 @@ impl Channel {
         match self {
             Channel::Smtp(c) => c.send(n).await,
             Channel::File(c) => c.send(n).await,
+            Channel::Webhook(c) => c.send(n).await,
+            Channel::Kafka(c) => c.send(n).await,
         }
     }
+}
+
+/// What the channel configured as `cfg` would put on the wire for `n`,
+/// for `forewarn render`: the RFC 5322 message, the signed HTTP request,
+/// or the Kafka record. Connects to nothing.
+pub fn preview(cfg: &ChannelConfig, n: &Notification) -> Result<String, ChannelError> {
+    match &cfg.kind {
+        ChannelKind::Smtp(c) => email_preview(n, &c.from),
+        ChannelKind::File(c) => email_preview(n, &c.from),
+        ChannelKind::Webhook(c) => webhook::WebhookChannel::new(c)
+            .map_err(ChannelError::permanent)?
+            .preview(n),
+        ChannelKind::Kafka(c) => kafka::preview(&c.topic, n),
+    }
+}
+
+/// The RFC 5322 message, as the smtp and file channels send it.
+pub fn email_preview(
+    n: &Notification,
+    from: &lettre::message::Mailbox,
+) -> Result<String, ChannelError> {
+    let bytes = super::email::build(n, from)?.formatted();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -59,13 +59,27 @@ impl SmtpChannel {
         let message = email::build(n, &self.from)?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
-            Err(e) if e.is_permanent() => Err(ChannelError::permanent(format!(
-                "SMTP server refused the message: {e}"
-            ))),
-            // 4xx, timeouts, refused connections, TLS hiccups: worth another try.
-            Err(e) => Err(ChannelError::transient(format!(
-                "SMTP delivery failed: {e}"
-            ))),
+            Err(e) => Err(classify(&e)),
         }
+    }
+}
+
+/// SMTP 5xx, a server without the STARTTLS that `tls = "starttls"`
+/// requires, and a certificate that does not verify are permanent: trying
+/// again sends nothing but the same refusal, and nothing ever goes out in
+/// clear text. 4xx, timeouts and dropped connections are transient.
+fn classify(e: &lettre::transport::smtp::Error) -> ChannelError {
+    if e.is_permanent() {
+        ChannelError::permanent(format!("SMTP server refused the message: {e}"))
+    } else if e.is_client() {
+        ChannelError::permanent(format!(
+            "SMTP session refused by forewarn: {e} (with tls = \"starttls\" the server must offer STARTTLS; nothing was sent in clear text)"
+        ))
+    } else if e.is_tls() {
+        ChannelError::permanent(format!(
+            "TLS with the SMTP server failed: {e} (check ca_file and that host matches the server certificate)"
+        ))
+    } else {
+        ChannelError::transient(format!("SMTP delivery failed: {e}"))
     }
 }

@@ -1,0 +1,388 @@
+//! The outbox: every decided notification is written here, durably,
+//! before its event's position may be committed, and stays until it is
+//! sent, resolved by the send-time guard, or dead-lettered. A crash at any
+//! moment loses nothing: pending notifications (with their attempt counts
+//! and next-attempt times) are read back at start-up.
+//!
+//! Three tables in the state store, keyed by notification id:
+//! - `outbox_pending`: waiting for a first attempt or a retry;
+//! - `outbox_dead`: dead letters, listed and re-driven from the CLI;
+//! - `outbox_done`: ids already settled (sent or resolved) with the time,
+//!   so that a notification decided again after a restart (its event read
+//!   again) is recognised as a duplicate instead of sent twice. Pruned
+//!   after `state.ledger_retention`.
+//!
+//! Values are JSON: readable with any redb tool, and tolerant of new
+//! optional fields.
+
+use serde::{Deserialize, Serialize};
+
+use super::Notification;
+use crate::event::Millis;
+use crate::state::{
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, Store, StoreError, TableDefinition,
+};
+
+const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox_pending");
+const DEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox_dead");
+const DONE: TableDefinition<&str, u64> = TableDefinition::new("outbox_done");
+
+/// A notification waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub notification: Notification,
+    /// Wall-clock time it entered the outbox (ms); `max_age` counts from here.
+    pub enqueued_at: Millis,
+    pub attempts: u32,
+    /// Not before this wall-clock time (ms).
+    pub next_at: Millis,
+    pub last_error: Option<String>,
+}
+
+/// A notification that will not be retried by itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub notification: Notification,
+    pub enqueued_at: Millis,
+    pub attempts: u32,
+    pub reason: String,
+    pub dead_at: Millis,
+}
+
+/// What became of an enqueued notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Already pending, sent, resolved or dead-lettered: not queued again.
+    Duplicate,
+}
+
+/// The end of a pending notification's life in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    Sent,
+    Resolved,
+    Dead(DeadLetter),
+    /// Back to pending, for a later attempt.
+    Retry(Pending),
+}
+
+#[derive(Clone)]
+pub struct Outbox {
+    store: Store,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("outbox records serialize")
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Db(format!("an outbox record cannot be read: {e}")))
+}
+
+impl Outbox {
+    /// Opens the outbox tables (creating them on first use).
+    pub fn open(store: Store) -> Result<Outbox, StoreError> {
+        let tx = store.db().begin_write()?;
+        tx.open_table(PENDING)?;
+        tx.open_table(DEAD)?;
+        tx.open_table(DONE)?;
+        tx.commit()?;
+        Ok(Outbox { store })
+    }
+
+    /// Writes new notifications in one transaction. Each one already
+    /// known (pending, done or dead) is reported as a duplicate and left
+    /// as it is.
+    pub fn enqueue(
+        &self,
+        notifications: Vec<Notification>,
+        now: Millis,
+    ) -> Result<Vec<(Enqueued, Pending)>, StoreError> {
+        let tx = self.store.db().begin_write()?;
+        let mut out = Vec::with_capacity(notifications.len());
+        {
+            let mut pending = tx.open_table(PENDING)?;
+            let dead = tx.open_table(DEAD)?;
+            let done = tx.open_table(DONE)?;
+            for n in notifications {
+                let id = n.id.clone();
+                let p = Pending {
+                    notification: n,
+                    enqueued_at: now,
+                    attempts: 0,
+                    next_at: now,
+                    last_error: None,
+                };
+                let known = pending.get(id.as_str())?.is_some()
+                    || done.get(id.as_str())?.is_some()
+                    || dead.get(id.as_str())?.is_some();
+                if known {
+                    out.push((Enqueued::Duplicate, p));
+                    continue;
+                }
+                pending.insert(id.as_str(), encode(&p).as_slice())?;
+                out.push((Enqueued::Queued, p));
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Every pending notification, for the dispatcher at start-up.
+    pub fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let table = tx.open_table(PENDING)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Records how attempts on `id` ended, in one transaction for many.
+    pub fn settle(&self, batch: &[(String, Settle)], now: Millis) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.store.db().begin_write()?;
+        {
+            let mut pending = tx.open_table(PENDING)?;
+            let mut dead = tx.open_table(DEAD)?;
+            let mut done = tx.open_table(DONE)?;
+            for (id, how) in batch {
+                let id = id.as_str();
+                match how {
+                    Settle::Sent | Settle::Resolved => {
+                        pending.remove(id)?;
+                        done.insert(id, now as u64)?;
+                    }
+                    Settle::Dead(d) => {
+                        pending.remove(id)?;
+                        dead.insert(id, encode(d).as_slice())?;
+                    }
+                    Settle::Retry(p) => {
+                        pending.insert(id, encode(p).as_slice())?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Dead letters, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let table = tx.open_table(DEAD)?;
+        let mut out: Vec<DeadLetter> = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            out.push(decode(v.value())?);
+        }
+        out.sort_by(|a, b| {
+            a.dead_at
+                .cmp(&b.dead_at)
+                .then(a.notification.id.cmp(&b.notification.id))
+        });
+        Ok(out)
+    }
+
+    /// Moves dead letters back to pending, due now, with a fresh attempt
+    /// count and age (`ids` empty: all of them). Returns what was moved.
+    pub fn redrive(&self, ids: &[String], now: Millis) -> Result<Vec<Pending>, StoreError> {
+        let tx = self.store.db().begin_write()?;
+        let mut moved = Vec::new();
+        {
+            let mut pending = tx.open_table(PENDING)?;
+            let mut dead = tx.open_table(DEAD)?;
+            let wanted: Vec<String> = if ids.is_empty() {
+                let mut all = Vec::new();
+                for row in dead.iter()? {
+                    all.push(row?.0.value().to_string());
+                }
+                all
+            } else {
+                ids.to_vec()
+            };
+            for id in wanted {
+                let Some(d) = dead.remove(id.as_str())? else {
+                    continue;
+                };
+                let d: DeadLetter = decode(d.value())?;
+                let p = Pending {
+                    notification: d.notification,
+                    enqueued_at: now,
+                    attempts: 0,
+                    next_at: now,
+                    last_error: Some(format!("re-driven after: {}", d.reason)),
+                };
+                pending.insert(id.as_str(), encode(&p).as_slice())?;
+                moved.push(p);
+            }
+        }
+        tx.commit()?;
+        Ok(moved)
+    }
+
+    /// Deletes dead letters for good (`ids` empty: all). Returns the ids
+    /// deleted.
+    pub fn purge_dead(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let tx = self.store.db().begin_write()?;
+        let mut gone = Vec::new();
+        {
+            let mut dead = tx.open_table(DEAD)?;
+            let wanted: Vec<String> = if ids.is_empty() {
+                let mut all = Vec::new();
+                for row in dead.iter()? {
+                    all.push(row?.0.value().to_string());
+                }
+                all
+            } else {
+                ids.to_vec()
+            };
+            for id in wanted {
+                if dead.remove(id.as_str())?.is_some() {
+                    gone.push(id);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(gone)
+    }
+
+    /// Forgets settled ids older than `before` (ms). Returns how many.
+    pub fn prune_done(&self, before: Millis) -> Result<usize, StoreError> {
+        let tx = self.store.db().begin_write()?;
+        let removed;
+        {
+            let mut done = tx.open_table(DONE)?;
+            let len = done.len()?;
+            done.retain(|_, at| (at as i64) >= before)?;
+            removed = (len - done.len()?) as usize;
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::template::Rendered;
+    use crate::notify::EpisodeInfo;
+    use crate::rules::Class;
+
+    pub(crate) fn sample(id: &str) -> Notification {
+        Notification {
+            id: id.into(),
+            rule_id: "checkout-dropoff".into(),
+            channel: "email".into(),
+            class: Class::Marketing,
+            customer: "c-1".into(),
+            recipient: Some("ada@example.com".into()),
+            message: Rendered {
+                subject: "Your cart".into(),
+                text: "Hi".into(),
+                html: None,
+            },
+            episode: EpisodeInfo {
+                key: vec!["c-1".into()],
+                start: 1,
+                deadline: Some(2),
+                partition: 0,
+            },
+            event: serde_json::json!({"cart": {"total": 42.0}}),
+            entry: None,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_never_queues_an_id_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+            let r = outbox.enqueue(vec![sample("a"), sample("b")], 10).unwrap();
+            assert!(r.iter().all(|(e, _)| *e == Enqueued::Queued));
+            outbox.settle(&[("a".into(), Settle::Sent)], 11).unwrap();
+        }
+        let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+        let pending = outbox.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].notification, sample("b"));
+        // "a" was sent, "b" is pending: both are duplicates now.
+        let again = outbox
+            .enqueue(vec![sample("a"), sample("b"), sample("c")], 12)
+            .unwrap();
+        let kinds: Vec<Enqueued> = again.iter().map(|(e, _)| *e).collect();
+        assert_eq!(
+            kinds,
+            [Enqueued::Duplicate, Enqueued::Duplicate, Enqueued::Queued]
+        );
+    }
+
+    #[test]
+    fn dead_letters_are_listed_redriven_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+        outbox.enqueue(vec![sample("a"), sample("b")], 10).unwrap();
+        let dead = |id: &str, at| DeadLetter {
+            notification: sample(id),
+            enqueued_at: 10,
+            attempts: 3,
+            reason: "HTTP 400".into(),
+            dead_at: at,
+        };
+        outbox
+            .settle(
+                &[
+                    ("b".into(), Settle::Dead(dead("b", 20))),
+                    ("a".into(), Settle::Dead(dead("a", 30))),
+                ],
+                30,
+            )
+            .unwrap();
+        assert!(outbox.pending().unwrap().is_empty());
+        let listed: Vec<String> = outbox
+            .dead_letters()
+            .unwrap()
+            .iter()
+            .map(|d| d.notification.id.clone())
+            .collect();
+        assert_eq!(listed, ["b", "a"], "oldest first");
+        let moved = outbox.redrive(&["a".into()], 40).unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!((moved[0].attempts, moved[0].next_at), (0, 40));
+        assert_eq!(outbox.pending().unwrap().len(), 1);
+        assert_eq!(outbox.purge_dead(&[]).unwrap(), ["b"]);
+        assert!(outbox.dead_letters().unwrap().is_empty());
+    }
+
+    #[test]
+    fn settled_ids_are_pruned_after_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+        outbox.enqueue(vec![sample("a"), sample("b")], 10).unwrap();
+        outbox.settle(&[("a".into(), Settle::Sent)], 100).unwrap();
+        outbox
+            .settle(&[("b".into(), Settle::Resolved)], 200)
+            .unwrap();
+        assert_eq!(outbox.prune_done(150).unwrap(), 1);
+        let again = outbox.enqueue(vec![sample("a"), sample("b")], 300).unwrap();
+        assert_eq!(again[0].0, Enqueued::Queued, "forgotten after retention");
+        assert_eq!(again[1].0, Enqueued::Duplicate);
+    }
+
+    #[test]
+    fn a_second_process_is_told_the_store_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        match Store::open(dir.path()) {
+            Err(StoreError::Locked { .. }) => {}
+            Err(e) => panic!("expected Locked, got {e}"),
+            Ok(_) => panic!("expected Locked, opened twice"),
+        }
+    }
+}

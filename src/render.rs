@@ -1,0 +1,197 @@
+//! `forewarn render --rule ID --event FILE.json`: previews a rule's message
+//! exactly as its channel would send it, from one sample event.
+//!
+//! The event goes through the same decoding, engine, prepare stage and
+//! templates as live mode, in virtual time: a match or threshold rule fires
+//! on it if its trigger holds (a threshold rule with count > 1 needs the
+//! event that many times: render repeats it), an absence rule fires at its
+//! deadline as if nothing followed. When the rule does not fire, the
+//! report says why, so a CX lead can fix the sample or the condition.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{ChannelConfig, ChannelKind, FileConfig, RetryPolicy, DEFAULT_FROM};
+use crate::engine::{Clock, Engine, EngineConfig, Output};
+use crate::event::{EventSchema, FieldPath};
+use crate::notify::channel;
+use crate::pipeline::{prepare, Prepared};
+use crate::rules::{load_rules, Diagnostics, LoadOptions, RuleKind};
+
+pub struct RenderOptions {
+    pub rule: String,
+    pub event: PathBuf,
+    pub rules_dir: PathBuf,
+    pub schema: EventSchema,
+    pub email: FieldPath,
+    /// The daemon's channels; `None` previews every rule as an email.
+    pub channels: Option<BTreeMap<String, ChannelConfig>>,
+}
+
+/// One message as it would go out.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub notification_id: String,
+    pub channel: String,
+    /// `sent`, or `shadow` (rendered, not sent in live mode).
+    pub outcome: &'static str,
+    /// What goes on the wire.
+    pub wire: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("the rules are invalid:\n{0}")]
+    Rules(Diagnostics),
+    #[error("no rule has id {id:?}{hint}")]
+    NoSuchRule { id: String, hint: String },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: String },
+    #[error("{path} is not a valid event: {error}")]
+    BadEvent { path: String, error: String },
+    #[error("rule {rule:?} does not fire on this event: {why}")]
+    NoFiring { rule: String, why: String },
+    #[error("rule {rule:?} fired but nothing would be sent ({outcome}): {detail}")]
+    NotSent {
+        rule: String,
+        outcome: &'static str,
+        detail: String,
+    },
+    #[error("the {channel:?} channel cannot build the message: {error}")]
+    Channel { channel: String, error: String },
+}
+
+pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
+    let load = LoadOptions {
+        channels: opts.channels.as_ref().map(|c| c.keys().cloned().collect()),
+    };
+    let loaded = load_rules(&opts.rules_dir, &load).map_err(RenderError::Rules)?;
+    let Some(rule) = loaded.rules.get(&opts.rule).cloned() else {
+        let ids: Vec<&str> = loaded.rules.rules.iter().map(|r| r.id.as_str()).collect();
+        let hint = match ids.is_empty() {
+            true => format!(" (no rules in {})", opts.rules_dir.display()),
+            false => format!("; the rules are: {}", ids.join(", ")),
+        };
+        return Err(RenderError::NoSuchRule {
+            id: opts.rule.clone(),
+            hint,
+        });
+    };
+    let bytes = std::fs::read(&opts.event).map_err(|e| RenderError::Read {
+        path: opts.event.display().to_string(),
+        error: e.to_string(),
+    })?;
+    let event = opts
+        .schema
+        .decode(&bytes)
+        .map_err(|e| RenderError::BadEvent {
+            path: opts.event.display().to_string(),
+            error: e.to_string(),
+        })?;
+    if event.kind != rule.trigger.event {
+        return Err(RenderError::NoFiring {
+            rule: rule.id.clone(),
+            why: format!(
+                "its trigger is a {:?} event, and this event's type is {:?}; use a sample {:?} event",
+                rule.trigger.event, event.kind, rule.trigger.event
+            ),
+        });
+    }
+    let event = Arc::new(event);
+    let mut engine = Engine::new(
+        Arc::new(loaded.rules.clone()),
+        EngineConfig::default(),
+        std::slice::from_ref(&opts.email),
+    );
+    engine.assign(0);
+    let repeats = match &rule.kind {
+        RuleKind::Threshold(t) => t.count.max(1),
+        _ => 1,
+    };
+    let mut out = Output::default();
+    for _ in 0..repeats {
+        engine.on_event(0, &event, Clock::Virtual, &mut out);
+    }
+    engine.flush(Clock::Virtual, &mut out);
+    let decisions: Vec<_> = out
+        .decisions
+        .iter()
+        .filter(|d| d.firing.rule.id == rule.id)
+        .collect();
+    if decisions.is_empty() {
+        let why = if out.missing_key.iter().any(|r| *r == rule.id) {
+            let keys: Vec<String> = rule
+                .key
+                .iter()
+                .map(|k| match k {
+                    crate::rules::KeyField::Customer => "the customer field".to_string(),
+                    crate::rules::KeyField::Path(p) => p.to_string(),
+                })
+                .collect();
+            format!(
+                "the event lacks a key field ({}) or its deadline field",
+                keys.join(", ")
+            )
+        } else if let Some(e) = out.errors.iter().find(|e| e.rule_id == rule.id) {
+            format!("a condition could not be evaluated: {}", e.message)
+        } else if matches!(rule.kind, RuleKind::Match { catalog: Some(_) }) {
+            "its trigger condition is false, or no catalog entry matches the event".into()
+        } else {
+            let cond = rule
+                .trigger
+                .when
+                .as_ref()
+                .map_or("(none)".to_string(), |w| w.source().to_string());
+            format!("its trigger condition is false for this event: {cond}")
+        };
+        return Err(RenderError::NoFiring {
+            rule: rule.id.clone(),
+            why,
+        });
+    }
+    let channel_cfg = |name: &str| -> ChannelConfig {
+        opts.channels
+            .as_ref()
+            .and_then(|c| c.get(name).cloned())
+            .unwrap_or_else(|| ChannelConfig {
+                name: name.to_string(),
+                kind: ChannelKind::File(FileConfig {
+                    dir: Path::new("outbox").to_path_buf(),
+                    from: DEFAULT_FROM.parse().expect("valid default sender"),
+                }),
+                retry: RetryPolicy::default(),
+                concurrency: 1,
+                rate_limit: None,
+            })
+    };
+    let mut previews = Vec::new();
+    for d in decisions {
+        let cfg = channel_cfg(&d.firing.rule.notify.channel);
+        let n = match prepare(d, &loaded.templates, &opts.email, cfg.kind.needs_address()) {
+            Prepared::Send(n) | Prepared::Shadow(n) => n,
+            Prepared::Skip { outcome, detail } => {
+                return Err(RenderError::NotSent {
+                    rule: rule.id.clone(),
+                    outcome,
+                    detail: detail.unwrap_or_else(|| outcome.to_string()),
+                })
+            }
+        };
+        let wire = channel::preview(&cfg, &n).map_err(|e| RenderError::Channel {
+            channel: cfg.name.clone(),
+            error: e.to_string(),
+        })?;
+        previews.push(Preview {
+            notification_id: n.id.clone(),
+            channel: cfg.name.clone(),
+            outcome: if d.firing.rule.mode == crate::rules::Mode::Shadow {
+                "shadow"
+            } else {
+                "sent"
+            },
+            wire,
+        });
+    }
+    Ok(previews)
+}
