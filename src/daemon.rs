@@ -185,6 +185,9 @@ impl Daemon {
         // The admin server stops on the same token; a failed consumer task
         // must not leave it serving a dead daemon.
         self.admin.abort();
+        // Wait for it to go, so the state store is closed when `wait`
+        // returns (the admin API holds a dispatcher handle).
+        let _ = self.admin.await;
         result
     }
 }

@@ -294,21 +294,125 @@ async fn a_permanently_refused_mail_is_dead_lettered_not_dropped() {
         Some(1.0),
         "no retry of a 5xx"
     );
-    let dead_dir = dir.path().join("state/dead-letters");
-    let files: Vec<String> = std::fs::read_dir(&dead_dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    assert!(files.iter().any(|f| f.ends_with(".eml")), "{files:?}");
-    let meta = files
-        .iter()
-        .find(|f| f.ends_with(".json"))
-        .expect("a reason file");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dead_dir.join(meta)).unwrap()).unwrap();
-    assert_eq!(meta["rule"], "carrier-delay");
-    assert!(meta["reason"].as_str().unwrap().contains("550"), "{meta}");
+    // The dead letter is kept in the state store. While the daemon runs,
+    // the CLI reads it through the admin API.
+    let config = dir.path().join("forewarn.toml");
+    let listed = forewarn_cli(&["dead-letters", "list", "--config"], &config, &admin);
+    assert!(listed.contains("rule=carrier-delay"), "{listed}");
+    assert!(listed.contains("550"), "the reason is kept: {listed}");
     assert!(smtp.messages().is_empty());
+    shutdown.cancel();
+    daemon.wait().await.unwrap();
+
+    // Stopped: the CLI opens the store itself. Re-drive it, and a daemon
+    // pointed at a working server delivers it.
+    let listed = forewarn_cli(&["dead-letters", "list", "--config"], &config, &admin);
+    let id = listed.split_whitespace().next().unwrap().to_string();
+    let redriven = forewarn_cli(
+        &["dead-letters", "redrive", &id, "--config"],
+        &config,
+        &admin,
+    );
+    assert!(
+        redriven.contains("the state store (daemon not running)"),
+        "{redriven}"
+    );
+    assert!(redriven.contains("1 notification"), "{redriven}");
+    let good = SmtpSink::start().await;
+    let (daemon, admin, shutdown) = start_daemon(
+        dir.path(),
+        &broker.brokers,
+        &[&topic],
+        None,
+        &smtp_channel(good.port),
+    )
+    .await;
+    let mails = good.wait_for_count(1, Duration::from_secs(60)).await;
+    assert_eq!(mails[0].message_id, format!("<{id}@forewarn>"));
+    let listed = forewarn_cli(&["dead-letters", "list", "--config"], &config, &admin);
+    assert!(listed.contains("no dead letters"), "{listed}");
+    shutdown.cancel();
+    daemon.wait().await.unwrap();
+}
+
+/// Runs the `forewarn` binary with `args` followed by `config`; its
+/// stdout. `admin`: the running daemon's admin address (the config says
+/// port 0), passed the way ops would, as an environment override.
+fn forewarn_cli(args: &[&str], config: &std::path::Path, admin: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(args)
+        .arg(config)
+        .env("FOREWARN__ADMIN__LISTEN", admin)
+        .output()
+        .expect("the forewarn binary runs");
+    assert!(
+        out.status.success(),
+        "forewarn {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_after_the_deadline_stops_the_waiting_nudge() {
+    // The send-time guard: the drop-off mail is decided but the SMTP server
+    // defers it; the order arrives meanwhile; the mail is never sent.
+    let broker = Broker::start().await;
+    let smtp = SmtpSink::start_with(&["--fail-first", "1"]).await;
+    let topic = format!("events-{}", free_port());
+    broker.create_topic(&topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let channel = format!(
+        "[channels.email]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"5s\"\nretry_initial = \"10s\"\n",
+        smtp.port
+    );
+    let (daemon, admin, shutdown) =
+        start_daemon(dir.path(), &broker.brokers, &[&topic], None, &channel).await;
+    let now = jiff::Timestamp::now();
+    let at = |mins: i64| (now - jiff::SignedDuration::from_mins(mins)).to_string();
+    let checkout = format!(
+        r#"{{"type":"checkout_started","event_id":"g-1","customer_id":"c-9","ts":"{}","customer":{{"email":"ida@example.com"}},"cart":{{"total":80.0,"currency":"EUR","items":[{{"name":"Lamp","qty":1}}]}}}}"#,
+        at(45)
+    );
+    // Something later on the partition moves the watermark past the deadline.
+    let later = format!(
+        r#"{{"type":"page_view","event_id":"g-2","customer_id":"c-8","ts":"{}","page":"/"}}"#,
+        at(1)
+    );
+    broker.produce(&topic, Some("c-9"), &checkout).await;
+    broker.produce(&topic, Some("c-9"), &later).await;
+    wait_for("a deferred first attempt", Duration::from_secs(60), || {
+        let (_, body) = http_get(&admin, "/metrics").ok()?;
+        metric(
+            &body,
+            "forewarn_delivery_attempts_total",
+            &[("result", "transient")],
+        )
+    })
+    .await;
+    let order = format!(
+        r#"{{"type":"order_placed","event_id":"g-3","customer_id":"c-9","ts":"{}","order_id":"A-1"}}"#,
+        at(0)
+    );
+    broker.produce(&topic, Some("c-9"), &order).await;
+    let body = wait_for("the resolved outcome", Duration::from_secs(30), || {
+        let (_, body) = http_get(&admin, "/metrics").ok()?;
+        metric(
+            &body,
+            "forewarn_notifications_total",
+            &[("rule", "checkout-dropoff"), ("outcome", "resolved")],
+        )
+        .map(|_| body)
+    })
+    .await;
+    assert_eq!(
+        metric(&body, "forewarn_outbox_pending", &[("channel", "email")]),
+        Some(0.0)
+    );
+    // Taken out of the outbox: no retry is left to send it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(smtp.messages().is_empty(), "the nudge must not go out");
     shutdown.cancel();
     daemon.wait().await.unwrap();
 }

@@ -158,9 +158,18 @@ impl Dispatcher {
             }
         }
         let mut workers = JoinSet::new();
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         for name in me.shared.routes.keys() {
-            workers.spawn(worker(me.clone(), name.clone(), shutdown.clone()));
+            workers.spawn(worker(
+                me.clone(),
+                name.clone(),
+                settle_tx.clone(),
+                shutdown.clone(),
+            ));
         }
+        // Ends once the workers (the senders) are gone and all is written.
+        drop(settle_tx);
+        workers.spawn(settler(me.clone(), settle_rx));
         Ok((me, rx, workers))
     }
 
@@ -332,7 +341,7 @@ impl Dispatcher {
     }
 
     /// One attempt on `p`, then its settlement in the outbox and the queue.
-    async fn attempt(&self, route: &Route, mut p: Pending) {
+    async fn attempt(&self, route: &Route, mut p: Pending, settle_tx: &SettleTx) {
         let n = &p.notification;
         let m = &self.shared.metrics;
         let result = route.channel.send(n).await;
@@ -400,41 +409,87 @@ impl Dispatcher {
                 }
             }
         };
-        let id = p.notification.id.clone();
-        if let Err(e) = self
-            .shared
-            .outbox
-            .settle(&[(id.clone(), settle.clone())], now)
+        let _ = settle_tx.send((p.notification, settle));
+    }
+
+    /// Applies settled attempts to the queue and reports their outcomes,
+    /// after `settler` has made them durable.
+    fn apply_settled(&self, batch: Vec<(Notification, Settle)>) {
+        let m = &self.shared.metrics;
+        let mut retried = BTreeSet::new();
+        let mut done = Vec::new();
         {
-            // The queue still moves on; a restart re-reads the old state
-            // (at worst one more attempt of an already sent message).
-            tracing::error!(error_code = "outbox_write_failed", stage = "dispatch", notification_id = %id, error = %e, "could not record a delivery result");
-        }
-        let mut q = self.shared.queue.lock().expect("queue lock");
-        q.in_flight.remove(&id);
-        match settle {
-            Settle::Retry(p) => q.put(p),
-            other => {
-                q.entries.remove(&id);
-                drop(q);
-                let outcome = match other {
-                    Settle::Sent => "sent",
-                    Settle::Resolved => "resolved",
-                    _ => "dead_letter",
-                };
-                if outcome == "dead_letter" {
-                    m.dead_letters.inc();
+            let mut q = self.shared.queue.lock().expect("queue lock");
+            for (n, settle) in batch {
+                q.in_flight.remove(&n.id);
+                match settle {
+                    Settle::Retry(p) => {
+                        retried.insert(p.notification.channel.clone());
+                        q.put(p);
+                    }
+                    other => {
+                        q.entries.remove(&n.id);
+                        let outcome = match other {
+                            Settle::Sent => "sent",
+                            Settle::Resolved => "resolved",
+                            _ => "dead_letter",
+                        };
+                        done.push((n, outcome));
+                    }
                 }
-                self.report(&p.notification, outcome);
             }
+        }
+        // A worker asleep until "the next due time" must see the retry.
+        for c in retried {
+            if let Some(r) = self.shared.routes.get(&c) {
+                r.wake.notify_one();
+            }
+        }
+        for (n, outcome) in done {
+            if outcome == "dead_letter" {
+                m.dead_letters.inc();
+            }
+            self.report(&n, outcome);
         }
         self.update_gauges();
     }
 }
 
+/// Records attempt results in the outbox in batches: whatever has
+/// arrived while the previous transaction was being written goes into the
+/// next one, so a busy dispatcher pays one disk flush per batch, not per
+/// message, and the flush runs off the async threads. Ends when every
+/// worker has stopped and the last results are written.
+async fn settler(d: Dispatcher, mut rx: mpsc::UnboundedReceiver<(Notification, Settle)>) {
+    let mut buf = Vec::new();
+    while rx.recv_many(&mut buf, 512).await > 0 {
+        let batch = std::mem::take(&mut buf);
+        let rows: Vec<(String, Settle)> = batch
+            .iter()
+            .map(|(n, s)| (n.id.clone(), s.clone()))
+            .collect();
+        let outbox = d.shared.outbox.clone();
+        let written = tokio::task::spawn_blocking(move || outbox.settle(&rows, now_ms())).await;
+        match written {
+            Ok(Ok(())) => {}
+            // The queue still moves on; a restart re-reads the old state
+            // (at worst one more attempt of an already sent message).
+            Ok(Err(e)) => {
+                tracing::error!(error_code = "outbox_write_failed", stage = "dispatch", error = %e, count = batch.len(), "could not record delivery results")
+            }
+            Err(e) => {
+                tracing::error!(error_code = "outbox_write_failed", stage = "dispatch", error = %e, count = batch.len(), "recording delivery results failed")
+            }
+        }
+        d.apply_settled(batch);
+    }
+}
+
+type SettleTx = mpsc::UnboundedSender<(Notification, Settle)>;
+
 /// One channel's loop: wait for a free slot, a due notification and a
 /// rate-limit token, then attempt it in the background.
-async fn worker(d: Dispatcher, name: String, shutdown: CancellationToken) {
+async fn worker(d: Dispatcher, name: String, settle_tx: SettleTx, shutdown: CancellationToken) {
     let route = d.shared.routes.get(&name).expect("a worker per route");
     let slots = Arc::new(Semaphore::new(route.concurrency));
     let mut sends = JoinSet::new();
@@ -469,9 +524,10 @@ async fn worker(d: Dispatcher, name: String, shutdown: CancellationToken) {
         }
         let d2 = d.clone();
         let name2 = name.clone();
+        let tx = settle_tx.clone();
         sends.spawn(async move {
             let route = d2.shared.routes.get(&name2).expect("a worker per route");
-            d2.attempt(route, p).await;
+            d2.attempt(route, p, &tx).await;
             drop(permit);
         });
     }
