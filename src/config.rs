@@ -1090,4 +1090,71 @@ type = "carrier-pigeon"
         };
         assert_eq!(smtp.credentials.as_ref().unwrap().1.expose(), "hunter2");
     }
+
+    #[test]
+    fn webhook_kafka_and_dispatcher_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("whsec");
+        std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+        let body = format!(
+            "{MINIMAL}\n[channels.cx]\ntype = \"webhook\"\nurl = \"https://hooks.example.com/x\"\nsecret_file = {:?}\nformat = \"slack\"\nrate_limit = \"100/min\"\nconcurrency = 2\nmax_age = \"30m\"\n[channels.stream]\ntype = \"kafka\"\ntopic = \"notifications\"\n",
+            secret.display().to_string()
+        );
+        let cfg = Config::load_with_env(&write(dir.path(), &body), vec![]).unwrap();
+        let cx = &cfg.channels["cx"];
+        let ChannelKind::Webhook(w) = &cx.kind else {
+            panic!("webhook expected")
+        };
+        assert_eq!(w.format, WebhookFormat::Slack);
+        assert!(w.secret.is_some());
+        assert!(!cx.kind.needs_address());
+        assert_eq!(cx.concurrency, 2);
+        assert_eq!(cx.retry.max_age, Duration::from_secs(1800));
+        assert_eq!(
+            cx.rate_limit,
+            Some(RateLimit {
+                count: 100,
+                per: Duration::from_secs(60)
+            })
+        );
+        let ChannelKind::Kafka(k) = &cfg.channels["stream"].kind else {
+            panic!("kafka expected")
+        };
+        assert_eq!(k.brokers, "127.0.0.1:9092", "defaults to kafka.brokers");
+        assert_eq!(cfg.channels["outbox"].concurrency, 1);
+    }
+
+    #[test]
+    fn channel_mistakes_are_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = format!(
+            "{MINIMAL}\n[channels.cx]\ntype = \"webhook\"\nurl = \"hooks.example.com\"\nsecret_env = \"FOREWARN_TEST_SHORT_SECRET\"\nhost = \"x\"\nrate_limit = \"fast\"\n[channels.stream]\ntype = \"kafka\"\nconcurrency = 0\n[channels.stream.properties]\nacks = \"1\"\n"
+        );
+        let err = Config::load_with_env(&write(dir.path(), &body), vec![])
+            .map(|_| ())
+            .unwrap_err();
+        // The secret env var is unset in tests: that is reported too.
+        let text = err.to_string();
+        for needle in [
+            "channels.cx.url = \"hooks.example.com\": give the http:// or https:// address",
+            "channels.cx.secret_env = \"FOREWARN_TEST_SHORT_SECRET\", but that environment variable is not set",
+            "channels.cx.host does not apply to a webhook channel",
+            "channels.cx.rate_limit = \"fast\" is not a rate",
+            "channels.stream.topic is missing",
+            "channels.stream.concurrency = 0",
+            "channels.stream.properties.\"acks\" is managed by forewarn",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn webhook_secrets_must_be_standard_webhooks_keys() {
+        assert!(webhook_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+        assert!(webhook_key("hunter2").unwrap_err().contains("whsec_"));
+        assert!(webhook_key("whsec_c2hvcnQ=")
+            .unwrap_err()
+            .contains("bytes long"));
+        assert!(webhook_key("whsec_!!!").unwrap_err().contains("base64"));
+    }
 }
