@@ -162,7 +162,47 @@ impl InvalidEvent {
 }
 
 /// A JSON object's members, borrowed from the raw bytes.
-type RawMembers<'a> = std::collections::HashMap<&'a str, &'a serde_json::value::RawValue>;
+/// The members of a JSON object, borrowed from the record and unparsed.
+/// A list, not a hash map: events have a handful of members, and a linear
+/// scan beats hashing every key of every record.
+struct RawMembers<'a>(smallvec::SmallVec<[(&'a str, &'a serde_json::value::RawValue); 16]>);
+
+impl<'a> RawMembers<'a> {
+    /// The last member named `key` (JSON objects with repeated keys mean
+    /// the last one, as serde_json's own map decides).
+    fn get(&self, key: &str) -> Option<&'a serde_json::value::RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RawMembers<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = RawMembers<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = smallvec::SmallVec::new();
+                while let Some(entry) =
+                    map.next_entry::<&'de str, &'de serde_json::value::RawValue>()?
+                {
+                    out.push(entry);
+                }
+                Ok(RawMembers(out))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
 
 impl EventSchema {
     /// Decodes only what every event needs (type, customer, time, id) and
@@ -181,7 +221,7 @@ impl EventSchema {
         };
         let field = |path: &FieldPath| -> Option<Value> {
             let (first, rest) = path.segments().split_first()?;
-            let mut raw = *top.get(first.as_str())?;
+            let mut raw = top.get(first.as_str())?;
             for (i, seg) in rest.iter().enumerate() {
                 match serde_json::from_str::<RawMembers<'_>>(raw.get()) {
                     Ok(m) => raw = m.get(seg.as_str())?,
