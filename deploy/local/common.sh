@@ -32,6 +32,16 @@ ensure_aiosmtpd() {
   export FOREWARN_TEST_PYTHON=/usr/bin/python3
 }
 
+# The openssl command: the delivery tests make a throwaway TLS certificate
+# with it for the STARTTLS cases.
+ensure_openssl() {
+  if command -v openssl >/dev/null 2>&1; then
+    return
+  fi
+  log "installing openssl (the command) with apt-get"
+  apt-get update -qq && apt-get install -y -qq openssl
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

@@ -4,10 +4,15 @@
 //!   it), on a free port; or any real Kafka when `FOREWARN_TEST_BROKERS` is set.
 //! - [`SmtpSink`]: aiosmtpd (`smtp_sink.py` beside this file), storing each
 //!   received message as a file.
+//! - [`webhook::WebhookReceiver`]: an HTTP server (axum) with scripted answers.
+//! - [`tls::TestCert`]: a self-signed certificate made with `openssl`.
 //! - Helpers to produce and consume records, fetch admin endpoints, and run
 //!   the `forewarn` binary as a child process.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod tls;
+pub mod webhook;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -328,10 +333,14 @@ impl SmtpSink {
     }
 
     pub async fn start_with(extra: &[&str]) -> SmtpSink {
+        Self::start_on(free_port(), extra).await
+    }
+
+    /// On a given port (e.g. one a client already tried while nothing listened).
+    pub async fn start_on(port: u16, extra: &[&str]) -> SmtpSink {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("mail");
         std::fs::create_dir_all(&dir).expect("mail dir");
-        let port = free_port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/smtp_sink.py");
         let python = std::env::var("FOREWARN_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut child = Command::new(&python)
