@@ -4,17 +4,6 @@
 //! server), to an HTTP receiver (axum) with scripted answers, and to a
 //! Kafka-compatible broker (Tansu). Each test asserts what the server
 //! received, what the outbox kept, and what the metrics counted.
-//!
-//! Known bugs in src/ (as of commit cbb7580), each keeping a test below
-//! `#[ignore]`d until it is fixed (then delete the `ignore` line):
-//! - SMTP_TLS_TRANSIENT: lettre reports a certificate that does not verify
-//!   during STARTTLS as a connection error, not `is_tls()`, so `classify`
-//!   (src/notify/channel/smtp.rs:71-85) calls it transient and retries it
-//!   `max_attempts` times instead of dead-lettering it at once.
-//! - SMTP_NO_SESSION_TIMEOUT: lettre's async transport applies `timeout` to
-//!   the TCP connect only; a server that accepts and then stops answering
-//!   makes `SmtpChannel::send` (src/notify/channel/smtp.rs:58-64) wait
-//!   forever, and shutdown with it.
 
 mod harness;
 
@@ -312,7 +301,6 @@ fn smtp_starttls_with_a_trusted_self_signed_certificate() {
 }
 
 #[test]
-#[ignore = "src bug SMTP_TLS_TRANSIENT (see the file header)"]
 fn smtp_starttls_with_an_untrusted_certificate_sends_nothing_and_dead_letters() {
     run(async {
         let cert = TestCert::generate();
@@ -466,7 +454,6 @@ fn smtp_temporary_refusals_are_retried_until_accepted() {
 }
 
 #[test]
-#[ignore = "src bug SMTP_NO_SESSION_TIMEOUT (see the file header)"]
 fn smtp_hanging_server_times_out_retries_and_dead_letters() {
     run(async {
         let sink = SmtpSink::start_with(&["--hang"]).await;

@@ -13,6 +13,10 @@ use crate::notify::{email, Notification};
 pub struct SmtpChannel {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    /// The whole exchange for one message (lettre's own timeout covers
+    /// only the connect): a server that greets and then goes silent must
+    /// not hold a send, or shutdown, forever.
+    timeout: std::time::Duration,
 }
 
 impl SmtpChannel {
@@ -52,14 +56,19 @@ impl SmtpChannel {
         Ok(SmtpChannel {
             transport: builder.build(),
             from: cfg.from.clone(),
+            timeout: cfg.timeout,
         })
     }
 
     pub async fn send(&self, n: &Notification) -> Result<(), ChannelError> {
         let message = email::build(n, &self.from)?;
-        match self.transport.send(message).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(classify(&e)),
+        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(ChannelError::transient(format!(
+                "the SMTP server did not complete the session within {} (timeout)",
+                humantime::format_duration(self.timeout)
+            ))),
         }
     }
 }
@@ -75,11 +84,25 @@ fn classify(e: &lettre::transport::smtp::Error) -> ChannelError {
         ChannelError::permanent(format!(
             "SMTP session refused by forewarn: {e} (with tls = \"starttls\" the server must offer STARTTLS; nothing was sent in clear text)"
         ))
-    } else if e.is_tls() {
+    } else if e.is_tls() || tls_failure(e) {
         ChannelError::permanent(format!(
             "TLS with the SMTP server failed: {e} (check ca_file and that host matches the server certificate)"
         ))
     } else {
         ChannelError::transient(format!("SMTP delivery failed: {e}"))
     }
+}
+
+/// lettre reports a STARTTLS handshake that fails (an untrusted or
+/// mismatched certificate) as a connection error; the TLS error is in the
+/// source chain.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if c.is::<native_tls::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
