@@ -37,6 +37,9 @@
 //! `FOREWARN_BENCH_WORKERS=1,4,16` the worker counts, and
 //! `FOREWARN_BENCH_ONLY=outbox|dispatcher|channel|file` runs one part.
 
+mod common;
+use common::group;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -298,18 +301,6 @@ fn cpu_delta(after: Option<Duration>, before: Option<Duration>) -> String {
 
 fn rate(n: usize, d: Duration) -> String {
     group(n as f64 / d.as_secs_f64().max(1e-9))
-}
-
-fn group(n: f64) -> String {
-    let s = format!("{:.0}", n);
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 && ch.is_ascii_digit() {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 fn per_message(d: Duration, n: usize) -> String {

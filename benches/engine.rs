@@ -24,6 +24,9 @@
 //! For profiling: `FOREWARN_BENCH_ONLY=memory|throughput` runs one part,
 //! `FOREWARN_BENCH_EVENTS=N` shrinks the stream and the episode count.
 
+mod common;
+use common::group;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -847,18 +850,6 @@ fn per_sec(n: usize, d: Duration) -> f64 {
 
 fn ns_per(n: usize, d: Duration) -> f64 {
     d.as_nanos() as f64 / n as f64
-}
-
-fn group(n: f64) -> String {
-    let s = format!("{:.0}", n);
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 && ch.is_ascii_digit() {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 fn verdict(ok: bool) -> &'static str {

@@ -198,15 +198,7 @@ impl Outbox {
         {
             let mut pending = tx.open_table(PENDING)?;
             let mut dead = tx.open_table(DEAD)?;
-            let wanted: Vec<String> = if ids.is_empty() {
-                let mut all = Vec::new();
-                for row in dead.iter()? {
-                    all.push(row?.0.value().to_string());
-                }
-                all
-            } else {
-                ids.to_vec()
-            };
+            let wanted = given_or_all(&dead, ids)?;
             for id in wanted {
                 let Some(d) = dead.remove(id.as_str())? else {
                     continue;
@@ -234,15 +226,7 @@ impl Outbox {
         let mut gone = Vec::new();
         {
             let mut dead = tx.open_table(DEAD)?;
-            let wanted: Vec<String> = if ids.is_empty() {
-                let mut all = Vec::new();
-                for row in dead.iter()? {
-                    all.push(row?.0.value().to_string());
-                }
-                all
-            } else {
-                ids.to_vec()
-            };
+            let wanted = given_or_all(&dead, ids)?;
             for id in wanted {
                 if dead.remove(id.as_str())?.is_some() {
                     gone.push(id);
@@ -266,6 +250,21 @@ impl Outbox {
         tx.commit()?;
         Ok(removed)
     }
+}
+
+/// `ids`, or every key of `table` when `ids` is empty.
+fn given_or_all(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    ids: &[String],
+) -> Result<Vec<String>, StoreError> {
+    if !ids.is_empty() {
+        return Ok(ids.to_vec());
+    }
+    let mut all = Vec::new();
+    for row in table.iter()? {
+        all.push(row?.0.value().to_string());
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
