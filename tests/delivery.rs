@@ -660,6 +660,72 @@ fn webhook_retry_after_overrides_the_backoff() {
 }
 
 #[test]
+fn retries_stop_at_max_age_and_the_notification_is_dead_lettered() {
+    run(async {
+        // Always 503: only max_age (not max_attempts = 100) can end it.
+        let receiver = WebhookReceiver::start(vec![Reply::status(503); 100]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut rig = Rig::start(
+            dir.path(),
+            &webhook(
+                "hook",
+                &receiver.url,
+                "max_attempts = 100\nmax_age = \"1500ms\"",
+            ),
+        );
+        let started = Instant::now();
+        rig.enqueue(notification("ca1b2c3d4e5f6071", "hook"));
+        let s = rig.next_settled(Duration::from_secs(10)).await;
+        assert_eq!(s.outcome, "dead_letter");
+        assert!(
+            started.elapsed() <= Duration::from_millis(1500) + Duration::from_millis(500),
+            "no attempt is scheduled past max_age: {:?}",
+            started.elapsed()
+        );
+        let dead = rig.dispatcher.outbox().dead_letters().unwrap();
+        assert!(dead[0].reason.contains("max_age"), "{}", dead[0].reason);
+        let n = receiver.requests().len();
+        assert!(n >= 2, "retried first: {n}");
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn a_rate_limited_channel_spaces_its_sends() {
+    run(async {
+        let receiver = WebhookReceiver::start(vec![]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut rig = Rig::start(
+            dir.path(),
+            &webhook(
+                "hook",
+                &receiver.url,
+                "rate_limit = \"4/s\"\nconcurrency = 8",
+            ),
+        );
+        for i in 0..8 {
+            rig.enqueue(notification(&format!("da1b2c3d4e5f60{i:02}"), "hook"));
+        }
+        for _ in 0..8 {
+            assert_eq!(
+                rig.next_settled(Duration::from_secs(10)).await.outcome,
+                "sent"
+            );
+        }
+        let reqs = receiver.requests();
+        assert_eq!(reqs.len(), 8);
+        // A burst of 4, then one every 250 ms: the 8th comes ~1 s after the first.
+        let span = reqs[7].at - reqs[0].at;
+        assert!(
+            span >= Duration::from_millis(900),
+            "8 sends at 4/s took {span:?}"
+        );
+        assert!(span < Duration::from_secs(3), "{span:?}");
+        rig.stop().await;
+    });
+}
+
+#[test]
 fn webhook_slack_format_posts_a_text_message() {
     run(async {
         let receiver = WebhookReceiver::start(vec![]).await;
