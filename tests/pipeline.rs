@@ -108,7 +108,17 @@ async fn events_become_emails_and_invalid_records_are_dead_lettered() {
             "forewarn_events_total",
             &[("topic", &topic), ("outcome", "invalid")],
         )?;
-        (accepted == 4.0 && invalid == 3.0).then_some(body)
+        // Outcomes are recorded once the outbox has them, a moment after
+        // the server accepted each mail.
+        let sent = ["carrier-delay", "card-declined"].iter().all(|rule| {
+            metric(
+                &body,
+                "forewarn_notifications_total",
+                &[("rule", rule), ("outcome", "sent")],
+            )
+            .is_some()
+        });
+        (accepted == 4.0 && invalid == 3.0 && sent).then_some(body)
     })
     .await;
     assert_eq!(
@@ -232,7 +242,18 @@ async fn a_failing_smtp_server_is_retried_then_the_mail_goes_through() {
     broker.produce(&topic, Some("c-1"), CARRIER_DELAY).await;
     let mails = smtp.wait_for_count(1, Duration::from_secs(60)).await;
     assert_eq!(mails.len(), 1);
-    let body = http_get(&admin, "/metrics").unwrap().1;
+    // The outcome is recorded once the outbox has it, a moment after the
+    // server accepted the mail.
+    let body = wait_for("the sent outcome", Duration::from_secs(10), || {
+        let (_, body) = http_get(&admin, "/metrics").ok()?;
+        metric(
+            &body,
+            "forewarn_notifications_total",
+            &[("outcome", "sent")],
+        )
+        .map(|_| body)
+    })
+    .await;
     assert_eq!(
         metric(
             &body,
