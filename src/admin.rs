@@ -158,9 +158,9 @@ async fn show_dead(
     Path(id): Path<String>,
 ) -> Result<Json<DeadLetter>, ApiError> {
     let d = dispatcher(&s)?;
-    let all = d.outbox().dead_letters().map_err(internal)?;
-    all.into_iter()
-        .find(|x| x.notification.id == id)
+    d.outbox()
+        .dead_letter(&id)
+        .map_err(internal)?
         .map(Json)
         .ok_or((StatusCode::NOT_FOUND, format!("no dead letter {id:?}\n")))
 }

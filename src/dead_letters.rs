@@ -96,9 +96,7 @@ impl Access {
     pub async fn show(&self, id: &str) -> Result<DeadLetter, AccessError> {
         match self {
             Access::Store(o) => o
-                .dead_letters()?
-                .into_iter()
-                .find(|d| d.notification.id == id)
+                .dead_letter(id)?
                 .ok_or_else(|| AccessError::NotFound(id.to_string())),
             Access::Admin(url) => Self::call(url, &format!("/dead-letters/{id}"), None).await,
         }

@@ -100,7 +100,7 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
     }
     let event = Arc::new(event);
     let mut engine = Engine::new(
-        Arc::new(loaded.rules.clone()),
+        Arc::new(loaded.rules),
         EngineConfig::default(),
         std::slice::from_ref(&opts.email),
     );

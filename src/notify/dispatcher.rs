@@ -127,7 +127,7 @@ impl Dispatcher {
         for p in outbox.pending().map_err(|e| e.to_string())? {
             queue.put(p);
         }
-        let dead = outbox.dead_letters().map_err(|e| e.to_string())?.len();
+        let dead = outbox.dead_count().map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             outbox,
@@ -271,8 +271,8 @@ impl Dispatcher {
     }
 
     fn refresh_dead_gauge(&self) {
-        if let Ok(d) = self.shared.outbox.dead_letters() {
-            self.shared.metrics.dead_letters.set(d.len() as i64);
+        if let Ok(n) = self.shared.outbox.dead_count() {
+            self.shared.metrics.dead_letters.set(n as i64);
         }
     }
 
@@ -319,25 +319,19 @@ impl Dispatcher {
             Some(key) => {
                 due.remove(&key);
                 q.in_flight.insert(key.1.clone());
-                let p = q
-                    .entries
-                    .get(&key.1)
-                    .cloned()
-                    .expect("due and entries agree");
-                Ok(p)
+                // Out of `entries` while in flight: `resolve` skips it, and
+                // the settlement puts a retry back.
+                Ok(q.entries.remove(&key.1).expect("due and entries agree"))
             }
         }
     }
 
     /// Puts a notification taken by `take_due` back, untouched (shutdown
     /// while waiting for the rate limiter).
-    fn untake(&self, p: &Pending) {
+    fn untake(&self, p: Pending) {
         let mut q = self.shared.queue.lock().expect("queue lock");
         q.in_flight.remove(&p.notification.id);
-        q.due
-            .entry(p.notification.channel.clone())
-            .or_default()
-            .insert((p.next_at, p.notification.id.clone()));
+        q.put(p);
     }
 
     /// One attempt on `p`, then its settlement in the outbox and the queue.
@@ -428,7 +422,6 @@ impl Dispatcher {
                         q.put(p);
                     }
                     other => {
-                        q.entries.remove(&n.id);
                         let outcome = match other {
                             Settle::Sent => "sent",
                             Settle::Resolved => "resolved",
@@ -517,7 +510,7 @@ async fn worker(d: Dispatcher, name: String, settle_tx: SettleTx, shutdown: Canc
             tokio::select! {
                 _ = l.until_ready() => {}
                 _ = shutdown.cancelled() => {
-                    d.untake(&p);
+                    d.untake(p);
                     break;
                 }
             }

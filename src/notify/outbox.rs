@@ -190,6 +190,20 @@ impl Outbox {
         Ok(out)
     }
 
+    /// One dead letter by id.
+    pub fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let table = tx.open_table(DEAD)?;
+        let found = table.get(id)?;
+        found.map(|v| decode(v.value())).transpose()
+    }
+
+    /// How many dead letters there are.
+    pub fn dead_count(&self) -> Result<u64, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        Ok(tx.open_table(DEAD)?.len()?)
+    }
+
     /// Moves dead letters back to pending, due now, with a fresh attempt
     /// count and age (`ids` empty: all of them). Returns what was moved.
     pub fn redrive(&self, ids: &[String], now: Millis) -> Result<Vec<Pending>, StoreError> {
