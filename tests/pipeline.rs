@@ -244,15 +244,12 @@ async fn a_failing_smtp_server_is_retried_then_the_mail_goes_through() {
     assert_eq!(mails.len(), 1);
     // The outcome is recorded once the outbox has it, a moment after the
     // server accepted the mail.
-    let body = wait_for("the sent outcome", Duration::from_secs(10), || {
-        let (_, body) = http_get(&admin, "/metrics").ok()?;
-        metric(
-            &body,
-            "forewarn_notifications_total",
-            &[("outcome", "sent")],
-        )
-        .map(|_| body)
-    })
+    let body = wait_for_metric(
+        &admin,
+        "forewarn_notifications_total",
+        &[("outcome", "sent")],
+        Duration::from_secs(10),
+    )
     .await;
     assert_eq!(
         metric(
@@ -292,18 +289,11 @@ async fn a_permanently_refused_mail_is_dead_lettered_not_dropped() {
     .await;
 
     broker.produce(&topic, Some("c-1"), CARRIER_DELAY).await;
-    let body = wait_for(
-        "a dead-lettered notification",
+    let body = wait_for_metric(
+        &admin,
+        "forewarn_notifications_total",
+        &[("outcome", "dead_letter")],
         Duration::from_secs(60),
-        || {
-            let (_, body) = http_get(&admin, "/metrics").ok()?;
-            metric(
-                &body,
-                "forewarn_notifications_total",
-                &[("outcome", "dead_letter")],
-            )
-            .map(|_| body)
-        },
     )
     .await;
     assert_eq!(
@@ -403,29 +393,25 @@ async fn an_order_after_the_deadline_stops_the_waiting_nudge() {
     );
     broker.produce(&topic, Some("c-9"), &checkout).await;
     broker.produce(&topic, Some("c-9"), &later).await;
-    wait_for("a deferred first attempt", Duration::from_secs(60), || {
-        let (_, body) = http_get(&admin, "/metrics").ok()?;
-        metric(
-            &body,
-            "forewarn_delivery_attempts_total",
-            &[("result", "transient")],
-        )
-    })
+    // A deferred first attempt.
+    wait_for_metric(
+        &admin,
+        "forewarn_delivery_attempts_total",
+        &[("result", "transient")],
+        Duration::from_secs(60),
+    )
     .await;
     let order = format!(
         r#"{{"type":"order_placed","event_id":"g-3","customer_id":"c-9","ts":"{}","order_id":"A-1"}}"#,
         at(0)
     );
     broker.produce(&topic, Some("c-9"), &order).await;
-    let body = wait_for("the resolved outcome", Duration::from_secs(30), || {
-        let (_, body) = http_get(&admin, "/metrics").ok()?;
-        metric(
-            &body,
-            "forewarn_notifications_total",
-            &[("rule", "checkout-dropoff"), ("outcome", "resolved")],
-        )
-        .map(|_| body)
-    })
+    let body = wait_for_metric(
+        &admin,
+        "forewarn_notifications_total",
+        &[("rule", "checkout-dropoff"), ("outcome", "resolved")],
+        Duration::from_secs(30),
+    )
     .await;
     assert_eq!(
         metric(&body, "forewarn_outbox_pending", &[("channel", "email")]),

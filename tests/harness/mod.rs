@@ -465,6 +465,21 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// Polls the daemon's `/metrics` at `admin` until the sample `name{labels}`
+/// exists; returns the whole exposition of that moment.
+pub async fn wait_for_metric(
+    admin: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    timeout: Duration,
+) -> String {
+    wait_for(&format!("{name} {labels:?}"), timeout, || {
+        let (_, body) = http_get(admin, "/metrics").ok()?;
+        metric(&body, name, labels).map(|_| body)
+    })
+    .await
+}
+
 /// The value of one sample in a Prometheus text exposition, matched by the
 /// metric name and a set of `label="value"` pairs.
 pub fn metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
