@@ -273,10 +273,7 @@ fn smtp_plain_delivery_is_one_multipart_message() {
 fn smtp_starttls_with_a_trusted_self_signed_certificate() {
     run(async {
         let cert = TestCert::generate();
-        let args = cert.sink_args();
-        let mut extra: Vec<&str> = args.iter().map(String::as_str).collect();
-        extra.push("--require-starttls");
-        let sink = SmtpSink::start_with(&extra).await;
+        let sink = cert.start_sink(&["--require-starttls"]).await;
         let dir = tempfile::tempdir().unwrap();
         let tls = format!(
             "tls = \"starttls\"\nca_file = {:?}",
@@ -304,9 +301,7 @@ fn smtp_starttls_with_a_trusted_self_signed_certificate() {
 fn smtp_starttls_with_an_untrusted_certificate_sends_nothing_and_dead_letters() {
     run(async {
         let cert = TestCert::generate();
-        let args = cert.sink_args();
-        let extra: Vec<&str> = args.iter().map(String::as_str).collect();
-        let sink = SmtpSink::start_with(&extra).await;
+        let sink = cert.start_sink(&[]).await;
         let dir = tempfile::tempdir().unwrap();
         // No ca_file: the self-signed certificate is not trusted.
         // max_attempts = 1, so that a misclassified (transient) failure
@@ -336,22 +331,29 @@ fn smtp_starttls_with_an_untrusted_certificate_sends_nothing_and_dead_letters() 
     });
 }
 
+/// A STARTTLS sink that wants user "forewarn" with password "s3cret-pw",
+/// and a rig whose channel logs in with `password` (from a file). The
+/// certificate and the temp dir must outlive the test.
+async fn auth_rig(password: &str) -> (SmtpSink, Rig, (TestCert, tempfile::TempDir)) {
+    let cert = TestCert::generate();
+    let sink = cert
+        .start_sink(&["--auth-user", "forewarn", "--auth-password", "s3cret-pw"])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write_secret(dir.path(), "smtp-password", password);
+    let cfg = format!(
+        "tls = \"starttls\"\nca_file = {:?}\nusername = \"forewarn\"\npassword_file = {:?}",
+        cert.cert.display().to_string(),
+        pw.display().to_string()
+    );
+    let rig = Rig::start(dir.path(), &smtp("email", sink.port, &cfg));
+    (sink, rig, (cert, dir))
+}
+
 #[test]
 fn smtp_auth_with_the_right_password_delivers() {
     run(async {
-        let cert = TestCert::generate();
-        let mut args = cert.sink_args();
-        args.extend(["--auth-user", "forewarn", "--auth-password", "s3cret-pw"].map(String::from));
-        let extra: Vec<&str> = args.iter().map(String::as_str).collect();
-        let sink = SmtpSink::start_with(&extra).await;
-        let dir = tempfile::tempdir().unwrap();
-        let pw = write_secret(dir.path(), "smtp-password", "s3cret-pw");
-        let cfg = format!(
-            "tls = \"starttls\"\nca_file = {:?}\nusername = \"forewarn\"\npassword_file = {:?}",
-            cert.cert.display().to_string(),
-            pw.display().to_string()
-        );
-        let mut rig = Rig::start(dir.path(), &smtp("email", sink.port, &cfg));
+        let (sink, mut rig, _keep) = auth_rig("s3cret-pw").await;
         rig.enqueue(notification("3a1b2c3d4e5f6071", "email"));
 
         let s = rig.next_settled(Duration::from_secs(10)).await;
@@ -372,19 +374,7 @@ fn smtp_auth_with_the_right_password_delivers() {
 #[test]
 fn smtp_auth_with_a_wrong_password_dead_letters() {
     run(async {
-        let cert = TestCert::generate();
-        let mut args = cert.sink_args();
-        args.extend(["--auth-user", "forewarn", "--auth-password", "s3cret-pw"].map(String::from));
-        let extra: Vec<&str> = args.iter().map(String::as_str).collect();
-        let sink = SmtpSink::start_with(&extra).await;
-        let dir = tempfile::tempdir().unwrap();
-        let pw = write_secret(dir.path(), "smtp-password", "not-the-password");
-        let cfg = format!(
-            "tls = \"starttls\"\nca_file = {:?}\nusername = \"forewarn\"\npassword_file = {:?}",
-            cert.cert.display().to_string(),
-            pw.display().to_string()
-        );
-        let mut rig = Rig::start(dir.path(), &smtp("email", sink.port, &cfg));
+        let (sink, mut rig, _keep) = auth_rig("not-the-password").await;
         let id = "4a1b2c3d4e5f6071";
         rig.enqueue(notification(id, "email"));
 

@@ -53,13 +53,13 @@ impl TestCert {
         }
     }
 
-    /// The smtp_sink.py arguments that serve this certificate (STARTTLS).
-    pub fn sink_args(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            self.cert.display().to_string(),
-            "--tls-key".into(),
-            self.key.display().to_string(),
-        ]
+    /// An SMTP sink that offers STARTTLS with this certificate, with
+    /// `more` smtp_sink.py arguments.
+    pub async fn start_sink(&self, more: &[&str]) -> super::SmtpSink {
+        let cert = self.cert.display().to_string();
+        let key = self.key.display().to_string();
+        let mut args = vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+        args.extend_from_slice(more);
+        super::SmtpSink::start_with(&args).await
     }
 }
