@@ -93,7 +93,7 @@ impl Daemon {
         let store = crate::state::Store::open(&config.state_dir)?;
         let outbox = Outbox::open(store)?;
         let retention = config.ledger_retention.as_millis() as Millis;
-        match outbox.prune_done(wall_millis() - retention) {
+        match outbox.prune_done(crate::event::now_millis() - retention) {
             Ok(n) if n > 0 => tracing::info!(
                 forgotten = n,
                 "outbox: settled ids past state.ledger_retention forgotten"
@@ -249,7 +249,7 @@ async fn consume(
                 }
                 // A partition with nothing to read for idle_timeout follows
                 // the wall clock, so deadlines fire without further events.
-                let now = wall_millis();
+                let now = crate::event::now_millis();
                 let mut out = Output::default();
                 for (p, seen) in &last_seen {
                     if seen.elapsed() >= idle_timeout {
@@ -308,10 +308,6 @@ async fn consume(
         }
         None => Ok(()),
     }
-}
-
-fn wall_millis() -> Millis {
-    jiff::Timestamp::now().as_millisecond()
 }
 
 /// Decode → engine → prepare → outbox (the dispatcher delivers).
@@ -377,7 +373,7 @@ impl Pipeline {
             .with_label_values(&[topic, "accepted"])
             .inc();
         let mut out = Output::default();
-        let now = wall_millis();
+        let now = crate::event::now_millis();
         self.engine
             .on_event(msg.partition(), &event, Clock::Wall(now), &mut out);
         self.apply(out).map(|()| true)

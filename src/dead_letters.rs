@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::admin::{DeadLetterSummary, IdsRequest, IdsResponse};
-use crate::event::Millis;
 use crate::notify::outbox::{DeadLetter, Outbox};
 use crate::state::{Store, StoreError};
 
@@ -28,10 +27,6 @@ pub enum AccessError {
     Admin { url: String, error: String },
     #[error("no dead letter {0:?}; `forewarn dead-letters list` shows them")]
     NotFound(String),
-}
-
-fn now_ms() -> Millis {
-    jiff::Timestamp::now().as_millisecond()
 }
 
 impl Access {
@@ -106,7 +101,7 @@ impl Access {
     pub async fn redrive(&self, ids: &[String]) -> Result<Vec<String>, AccessError> {
         match self {
             Access::Store(o) => Ok(o
-                .redrive(ids, now_ms())?
+                .redrive(ids, crate::event::now_millis())?
                 .into_iter()
                 .map(|p| p.notification.id)
                 .collect()),

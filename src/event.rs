@@ -89,6 +89,12 @@ pub struct EventSchema {
 /// Event time in milliseconds since the Unix epoch (UTC).
 pub type Millis = i64;
 
+/// The wall clock, in epoch milliseconds: the one place forewarn reads it
+/// (the engine never does; it is handed `Clock::Wall(now_millis())`).
+pub fn now_millis() -> Millis {
+    jiff::Timestamp::now().as_millisecond()
+}
+
 #[derive(Debug, Clone)]
 pub struct Event {
     /// The event type, e.g. `checkout_started`.

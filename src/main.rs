@@ -216,7 +216,7 @@ fn rebase_times(lines: &mut [String], fields: &[String]) -> Result<i64, String> 
         .filter_map(|v| event_time.get(v).and_then(parse_time))
         .max()
         .ok_or_else(|| format!("no line has a `{event_time}` time"))?;
-    let shift = jiff::Timestamp::now().as_millisecond() - latest;
+    let shift = forewarn::event::now_millis() - latest;
     for (line, value) in lines.iter_mut().zip(parsed.iter_mut()) {
         let Some(v) = value else { continue };
         for p in &paths {
@@ -505,7 +505,7 @@ async fn replay(
     use forewarn::engine::EngineConfig;
     let until = match until.as_deref() {
         None => None,
-        Some("now") => Some(jiff::Timestamp::now().as_millisecond()),
+        Some("now") => Some(forewarn::event::now_millis()),
         Some(t) => match t.parse::<jiff::Timestamp>() {
             Ok(ts) => Some(ts.as_millisecond()),
             Err(e) => {

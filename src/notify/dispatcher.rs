@@ -36,10 +36,6 @@ use crate::event::Millis;
 use crate::metrics::Metrics;
 use crate::state::StoreError;
 
-fn now_ms() -> Millis {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 /// A final outcome, reported to whoever needs to know (the engine drops
 /// its send-time guard entry).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +175,10 @@ impl Dispatcher {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let results = self.shared.outbox.enqueue(batch, now_ms())?;
+        let results = self
+            .shared
+            .outbox
+            .enqueue(batch, crate::event::now_millis())?;
         let mut out = Vec::with_capacity(results.len());
         let mut wake = BTreeSet::new();
         {
@@ -227,7 +226,11 @@ impl Dispatcher {
             .iter()
             .map(|p| (p.notification.id.clone(), Settle::Resolved))
             .collect();
-        if let Err(e) = self.shared.outbox.settle(&batch, now_ms()) {
+        if let Err(e) = self
+            .shared
+            .outbox
+            .settle(&batch, crate::event::now_millis())
+        {
             // Still dropped from the queue: at worst a restart re-reads it
             // and sends what the customer has already resolved.
             tracing::error!(error_code = "outbox_write_failed", stage = "dispatch", error = %e, "could not record resolved notifications");
@@ -242,7 +245,10 @@ impl Dispatcher {
 
     /// Dead letters back to pending (`ids` empty: all); wakes the workers.
     pub fn redrive(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        let moved = self.shared.outbox.redrive(ids, now_ms())?;
+        let moved = self
+            .shared
+            .outbox
+            .redrive(ids, crate::event::now_millis())?;
         let mut out = Vec::new();
         {
             let mut q = self.shared.queue.lock().expect("queue lock");
@@ -308,7 +314,7 @@ impl Dispatcher {
     /// Takes the next due notification of `channel` and marks it in
     /// flight, or says how long until the next one is due.
     fn take_due(&self, channel: &str) -> Result<Pending, Option<Duration>> {
-        let now = now_ms();
+        let now = crate::event::now_millis();
         let mut q = self.shared.queue.lock().expect("queue lock");
         let Some(due) = q.due.get_mut(channel) else {
             return Err(None);
@@ -351,7 +357,7 @@ impl Dispatcher {
             .with_label_values(&[&n.channel, label])
             .inc();
         p.attempts += 1;
-        let now = now_ms();
+        let now = crate::event::now_millis();
         let settle = match result {
             Ok(()) => {
                 m.delivery_duration
@@ -462,7 +468,9 @@ async fn settler(d: Dispatcher, mut rx: mpsc::UnboundedReceiver<(Notification, S
             .map(|(n, s)| (n.id.clone(), s.clone()))
             .collect();
         let outbox = d.shared.outbox.clone();
-        let written = tokio::task::spawn_blocking(move || outbox.settle(&rows, now_ms())).await;
+        let written =
+            tokio::task::spawn_blocking(move || outbox.settle(&rows, crate::event::now_millis()))
+                .await;
         match written {
             Ok(Ok(())) => {}
             // The queue still moves on; a restart re-reads the old state
