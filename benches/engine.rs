@@ -160,6 +160,7 @@ fn engine_config() -> EngineConfig {
         allowed_lateness: 5_000,
         ledger_retention: 90 * 24 * 3_600_000,
         send_time_guard: false,
+        durable: false,
     }
 }
 

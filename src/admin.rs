@@ -30,6 +30,8 @@ pub struct Health {
     pub rules_loaded: AtomicBool,
     pub broker_reachable: AtomicBool,
     pub assigned_partitions: AtomicUsize,
+    /// The engine state of every assigned partition is restored from the store.
+    pub state_restored: AtomicBool,
     pub broker_error: Mutex<Option<String>>,
 }
 
@@ -51,6 +53,8 @@ impl Health {
         }
         if self.assigned_partitions.load(Ordering::Relaxed) == 0 {
             why.push("no partition is assigned to this instance yet".to_string());
+        } else if !self.state_restored.load(Ordering::Relaxed) {
+            why.push("the state of the assigned partitions is being restored".to_string());
         }
         if why.is_empty() {
             Ok(())

@@ -169,9 +169,29 @@ struct RawState {
     dir: PathBuf,
     #[serde(default = "d_retention")]
     ledger_retention: String,
+    #[serde(default = "d_dead_retention")]
+    dead_letter_retention: String,
+    #[serde(default = "d_commit_interval")]
+    commit_interval: String,
+    #[serde(default = "d_commit_max_events")]
+    commit_max_events: usize,
+    #[serde(default = "d_compact_every")]
+    compact_every: String,
 }
 fn d_retention() -> String {
     "90d".into()
+}
+fn d_dead_retention() -> String {
+    "30d".into()
+}
+fn d_commit_interval() -> String {
+    "100ms".into()
+}
+fn d_commit_max_events() -> usize {
+    5_000
+}
+fn d_compact_every() -> String {
+    "10m".into()
 }
 fn d_state_dir() -> PathBuf {
     "./data".into()
@@ -181,6 +201,10 @@ impl Default for RawState {
         RawState {
             dir: d_state_dir(),
             ledger_retention: d_retention(),
+            dead_letter_retention: d_dead_retention(),
+            commit_interval: d_commit_interval(),
+            commit_max_events: d_commit_max_events(),
+            compact_every: d_compact_every(),
         }
     }
 }
@@ -296,8 +320,18 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub customers: CustomersConfig,
     pub state_dir: PathBuf,
-    /// How long once_per remembers a notification.
+    /// How long once_per remembers a notification (and the outbox a
+    /// settled id).
     pub ledger_retention: Duration,
+    /// How long a dead letter is kept before compaction deletes it.
+    pub dead_letter_retention: Duration,
+    /// Durable progress is committed at least this often while events
+    /// flow (the most a decision waits before it can be sent)…
+    pub commit_interval: Duration,
+    /// …or after this many events, whichever comes first.
+    pub commit_max_events: usize,
+    /// How often retention is enforced in the background.
+    pub compact_every: Duration,
     pub rules_dir: PathBuf,
     pub admin_listen: SocketAddr,
     pub log_customer_ids: bool,
@@ -572,6 +606,19 @@ impl Config {
             "state.ledger_retention",
             &raw.state.ledger_retention,
         );
+        let dead_letter_retention = duration(
+            &mut p,
+            "state.dead_letter_retention",
+            &raw.state.dead_letter_retention,
+        );
+        let commit_interval = duration(&mut p, "state.commit_interval", &raw.state.commit_interval);
+        let compact_every = duration(&mut p, "state.compact_every", &raw.state.compact_every);
+        if raw.state.commit_max_events == 0 {
+            p.push("state.commit_max_events = 0: use at least 1 (5000 is the default)".into());
+        }
+        if compact_every.is_some_and(|d| d.is_zero()) {
+            p.push("state.compact_every = 0: use a positive duration, e.g. \"10m\"".into());
+        }
 
         let admin_listen = match raw.admin.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -625,6 +672,10 @@ impl Config {
             },
             state_dir: raw.state.dir,
             ledger_retention: ledger_retention.unwrap_or_default(),
+            dead_letter_retention: dead_letter_retention.unwrap_or_default(),
+            commit_interval: commit_interval.unwrap_or_default(),
+            commit_max_events: raw.state.commit_max_events,
+            compact_every: compact_every.unwrap_or_default(),
             rules_dir: raw.rules.dir,
             admin_listen,
             log_customer_ids: raw.logging.log_customer_ids,

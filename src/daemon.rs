@@ -1,17 +1,30 @@
 //! Wiring: rules, channels, admin HTTP, the Kafka source and the event
 //! pipeline, under one cancellation token.
 //!
-//! An event's position is marked done once its notifications are in the
-//! durable outbox (or it decided none); delivery runs beside the consumer
-//! in the dispatcher, so a slow or failing channel never stalls reading.
+//! Durable progress: events are processed in batches. A batch's engine
+//! state changes, its new outbox entries and the partition positions after
+//! it commit in one store transaction ([`Pipeline::flush`]), every
+//! `state.commit_interval` or `state.commit_max_events` events. Only then
+//! are the notifications handed to the dispatcher and the positions
+//! committed to Kafka (for monitoring). A `kill -9` anywhere loses at most
+//! an uncommitted batch, whose events are read again from the stored
+//! positions and decide the same things (notification ids are
+//! deterministic). Delivery runs beside the consumer in the dispatcher, so
+//! a slow or failing channel never stalls reading.
+//!
+//! Partitions: on assignment, a partition's state is restored from the
+//! store before any of its events is processed, and consumption starts at
+//! its stored position (see `source::kafka`). On revoke, the batch is
+//! committed and the partition's state dropped from memory (the store
+//! keeps it for the next owner).
 //!
 //! Shutdown story: the token stops the consumer loop between events and
-//! the dispatcher's workers; sends in flight finish (bounded by the channel
-//! timeout); pending notifications and waiting retries stay in the outbox
-//! for the next start; then every done position is committed synchronously
-//! and `run` returns.
+//! the dispatcher's workers; the last batch is committed; sends in flight
+//! finish (bounded by the channel timeout); pending notifications and
+//! waiting retries stay in the outbox for the next start; then the
+//! positions are committed to Kafka synchronously and `run` returns.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,9 +43,11 @@ use crate::metrics::Metrics;
 use crate::notify::dispatcher::{Dispatcher, Settled};
 use crate::notify::outbox::{Enqueued, Outbox};
 use crate::notify::template::Templates;
+use crate::notify::Notification;
 use crate::pipeline::{prepare, Prepared};
 use crate::rules::{load_rules, Diagnostics, LoadOptions};
 use crate::source::kafka::{KafkaSource, SourceError};
+use crate::state::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -42,6 +57,14 @@ pub enum DaemonError {
     Delivery(String),
     #[error(transparent)]
     Store(#[from] crate::state::StoreError),
+    #[error("the state store in {dir} has no consumer positions, but consumer group {group:?} has committed offsets (e.g. {example}): the state of a previous run is missing, so its open deadlines and sent-notification records are lost. Point state.dir at the right directory (or restore it from a backup); or, to accept the loss, start once with `forewarn run --reset-state`, which resumes from the group's committed offsets with empty state")]
+    StateMissing {
+        dir: String,
+        group: String,
+        example: String,
+    },
+    #[error("cannot read consumer group {group:?}'s committed offsets to check the state store against them: {error}")]
+    Offsets { group: String, error: String },
     #[error("cannot listen on admin.listen = {addr}: {error}; choose a free port or stop the other process")]
     Admin {
         addr: SocketAddr,
@@ -62,16 +85,41 @@ pub struct Daemon {
     admin: tokio::task::JoinHandle<()>,
 }
 
+/// How to start, beyond the config file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// `--reset-state`: move a damaged store aside, and accept a state
+    /// store without positions although the group has committed offsets.
+    pub reset_state: bool,
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    Daemon::start(config, shutdown).await?.wait().await
+pub async fn run(
+    config: Config,
+    options: StartOptions,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    Daemon::start_with(config, options, shutdown)
+        .await?
+        .wait()
+        .await
 }
 
 impl Daemon {
-    /// Loads and checks everything that can be checked without the brokers,
-    /// binds the admin listener, then consumes in a background task. The
-    /// brokers may come later: /readyz says so meanwhile.
+    /// [`Daemon::start_with`] with default options.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Daemon, DaemonError> {
+        Daemon::start_with(config, StartOptions::default(), shutdown).await
+    }
+
+    /// Loads and checks everything that can be checked without the brokers,
+    /// opens the state store, binds the admin listener, then consumes in a
+    /// background task. The brokers may come later: /readyz says so
+    /// meanwhile.
+    pub async fn start_with(
+        config: Config,
+        options: StartOptions,
+        shutdown: CancellationToken,
+    ) -> Result<Daemon, DaemonError> {
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::default());
 
@@ -90,19 +138,18 @@ impl Daemon {
         health.rules_loaded.store(true, Ordering::Relaxed);
         tracing::info!(rules = loaded.rules.len(), dir = %config.rules_dir.display(), "rules loaded");
 
-        let store = crate::state::Store::open(&config.state_dir)?;
-        let outbox = Outbox::open(store)?;
-        let retention = config.ledger_retention.as_millis() as Millis;
-        match outbox.prune_done(crate::event::now_millis() - retention) {
-            Ok(n) if n > 0 => tracing::info!(
-                forgotten = n,
-                "outbox: settled ids past state.ledger_retention forgotten"
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error_code = "outbox_prune_failed", stage = "dispatch", error = %e, "could not prune settled ids; retried at the next start")
+        let store = if options.reset_state {
+            let (store, moved) = Store::open_or_reset(&config.state_dir)?;
+            if let Some(aside) = moved {
+                tracing::warn!(moved_to = %aside.display(), "--reset-state: the damaged state store was moved aside; starting with empty state (open deadlines in it are lost)");
             }
-        }
+            store
+        } else {
+            Store::open(&config.state_dir)?
+        };
+        crate::state::engine::open(&store)?;
+        let fresh_state = crate::state::engine::positions(&store)?.is_empty();
+        let outbox = Outbox::open(store.clone())?;
         // The dispatcher stops with the daemon, or when consuming fails.
         let delivery_stop = shutdown.child_token();
         let (dispatcher, settled, workers) = Dispatcher::start(
@@ -127,6 +174,17 @@ impl Daemon {
         })?;
         tracing::info!(%admin_addr, "admin HTTP listening (/metrics, /healthz, /readyz, /dead-letters)");
         let metrics_for_task = Arc::clone(&metrics);
+        let mut workers = workers;
+        workers.spawn(compactor(
+            dispatcher.outbox().clone(),
+            Retention {
+                settled: config.ledger_retention,
+                dead_letters: config.dead_letter_retention,
+                every: config.compact_every,
+            },
+            Arc::clone(&metrics),
+            delivery_stop.clone(),
+        ));
 
         let pipeline = Pipeline {
             engine: Engine::new(
@@ -135,6 +193,7 @@ impl Daemon {
                     allowed_lateness: config.allowed_lateness.as_millis() as Millis,
                     ledger_retention: config.ledger_retention.as_millis() as Millis,
                     send_time_guard: true,
+                    durable: true,
                 },
                 std::slice::from_ref(&config.customers.email),
             ),
@@ -151,12 +210,17 @@ impl Daemon {
             email: config.customers.email.clone(),
             metrics: Arc::clone(&metrics),
             log_customer_ids: config.log_customer_ids,
+            store,
+            batch: Batch::default(),
+            applied: HashMap::new(),
         };
+        let check_state = fresh_state && !options.reset_state;
         let health_for_task = Arc::clone(&health);
         let task = tokio::spawn(async move {
             let consumed = consume(
                 config,
                 pipeline,
+                check_state,
                 health_for_task,
                 metrics_for_task,
                 shutdown,
@@ -164,7 +228,6 @@ impl Daemon {
             .await;
             // Sends in flight finish; pending ones stay in the outbox.
             delivery_stop.cancel();
-            let mut workers = workers;
             while workers.join_next().await.is_some() {}
             consumed
         });
@@ -195,12 +258,14 @@ impl Daemon {
 async fn consume(
     config: Config,
     pipeline: Pipeline,
+    check_state: bool,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let source = match KafkaSource::connect(
         &config.kafka,
+        Some(pipeline.store.clone()),
         Arc::clone(&health),
         Arc::clone(&metrics),
         &shutdown,
@@ -211,6 +276,29 @@ async fn consume(
         Err(SourceError::Cancelled) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
+    if check_state {
+        // Never a silent fresh start: empty state beside a group that has
+        // made progress means the state was lost (SPEC 6).
+        let group = config.kafka.group_id.clone();
+        match source.committed_offsets().await {
+            Ok(committed) => {
+                if let Some((topic, partition, offset)) = committed.first() {
+                    return Err(DaemonError::StateMissing {
+                        dir: config.state_dir.display().to_string(),
+                        group,
+                        example: format!("{topic}/{partition} at {offset}"),
+                    });
+                }
+            }
+            Err(e) => {
+                return Err(DaemonError::Offsets {
+                    group,
+                    error: e.to_string(),
+                })
+            }
+        }
+    }
+    source.subscribe()?;
     let probe = source.spawn_health_probe(
         Arc::clone(&health),
         Arc::clone(&metrics),
@@ -219,33 +307,38 @@ async fn consume(
     );
     let mut pipeline = pipeline;
     let idle_timeout = config.idle_timeout;
+    let commit_interval = config.commit_interval;
+    let commit_max_events = config.commit_max_events;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Wall-clock time of the last record per partition, for idleness.
     let mut last_seen: HashMap<PartitionId, Instant> = HashMap::new();
     let mut last_recv_error: Option<Instant> = None;
-    // A store failure: the event's effects are not durable, so its position
-    // is not committed and the daemon stops (its supervisor restarts it).
+    // A store failure: the batch's effects are not durable, so its
+    // positions are not committed and the daemon stops (its supervisor
+    // restarts it, and the batch is read again).
     let mut stop: Option<DaemonError> = None;
     loop {
+        let flush_at = pipeline
+            .batch
+            .since
+            .map(|t| tokio::time::Instant::from_std(t + commit_interval));
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = async { tokio::time::sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {
+                if let Err(e) = pipeline.flush(&source).await {
+                    stop = Some(e);
+                    break;
+                }
+            }
             _ = tick.tick() => {
                 if let Err(e) = source.commit(CommitMode::Async) {
                     tracing::debug!(error = %e, "periodic commit failed; retried on the next tick");
                 }
-                // Rebalances are picked up here, on the async side, rather
-                // than doing engine work inside librdkafka's callback.
-                let assigned = source.assigned_partitions();
-                let known: Vec<PartitionId> = pipeline.engine.partitions().collect();
-                for p in known.iter().filter(|p| !assigned.contains(p)) {
-                    pipeline.engine.revoke(*p);
-                    last_seen.remove(p);
-                }
-                for p in assigned.iter().filter(|p| !known.contains(p)) {
-                    pipeline.engine.assign(*p);
-                    last_seen.insert(*p, Instant::now());
+                if let Err(e) = pipeline.follow_assignment(&source, &health, &mut last_seen).await {
+                    stop = Some(e);
+                    break;
                 }
                 // A partition with nothing to read for idle_timeout follows
                 // the wall clock, so deadlines fire without further events.
@@ -259,58 +352,175 @@ async fn consume(
                 for s in std::iter::from_fn(|| pipeline.settled.try_recv().ok()) {
                     pipeline.engine.settle(&s.id);
                 }
-                if let Err(e) = pipeline.apply(out) {
+                pipeline.apply(out);
+                if let Err(e) = pipeline.flush(&source).await {
                     stop = Some(e);
                     break;
                 }
                 pipeline.update_gauges();
             }
-            received = source.recv() => match received {
-                Ok(msg) => {
-                    last_seen.insert(msg.partition(), Instant::now());
-                    match pipeline.handle(&source, &msg, &shutdown).await {
-                        Ok(true) => source.mark_done(msg.topic(), msg.partition(), msg.offset()),
-                        // Shutdown while copying an invalid record to the
-                        // dead-letter topic: read it again next time.
-                        Ok(false) => break,
-                        Err(e) => {
-                            stop = Some(e);
-                            break;
+            received = source.recv() => {
+                // A rebalance runs inside recv: commit and drop revoked
+                // partitions before anything else.
+                if let Err(e) = pipeline.on_revoked(&source, &mut last_seen).await {
+                    stop = Some(e);
+                    break;
+                }
+                match received {
+                    Ok(msg) => {
+                        let (topic, p, offset) = (msg.topic(), msg.partition(), msg.offset());
+                        if !source.is_assigned(topic, p) || pipeline.already_applied(topic, p, offset) {
+                            continue;
+                        }
+                        if !pipeline.engine.has_partition(p) {
+                            if let Err(e) = pipeline.restore(p).await {
+                                stop = Some(e);
+                                break;
+                            }
+                        }
+                        last_seen.insert(p, Instant::now());
+                        match pipeline.handle(&source, &msg, &shutdown).await {
+                            Ok(()) => {
+                                pipeline.batch.record(topic, p, offset);
+                                if pipeline.batch.events >= commit_max_events {
+                                    if let Err(e) = pipeline.flush(&source).await {
+                                        stop = Some(e);
+                                        break;
+                                    }
+                                }
+                            }
+                            // Shutdown while copying an invalid record to
+                            // the dead-letter topic: read it again next time.
+                            Err(None) => break,
+                            Err(Some(e)) => {
+                                stop = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // librdkafka reconnects by itself; log at most every 5 s.
+                        if last_recv_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                            tracing::warn!(error_code = "kafka_consume_error", stage = "source", error = %e, "consume error; retrying");
+                            last_recv_error = Some(Instant::now());
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            _ = shutdown.cancelled() => break,
                         }
                     }
                 }
-                Err(e) => {
-                    // librdkafka reconnects by itself; log at most every 5 s.
-                    if last_recv_error.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(error_code = "kafka_consume_error", stage = "source", error = %e, "consume error; retrying");
-                        last_recv_error = Some(Instant::now());
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
             }
+        }
+    }
+    if stop.is_none() {
+        tracing::info!("stopping: committing the last batch");
+        if let Err(e) = pipeline.flush(&source).await {
+            stop = Some(e);
         }
     }
     tracing::info!("stopping: committing positions");
     match source.commit(CommitMode::Sync) {
         Ok(n) => tracing::info!(partitions = n, "positions committed"),
         Err(e) => {
-            tracing::error!(error_code = "kafka_commit_failed", stage = "source", error = %e, "final commit failed; the events since the last commit will be read again")
+            tracing::warn!(error_code = "kafka_commit_failed", stage = "source", error = %e, "final commit to Kafka failed; the state store has the positions, Kafka's lag figures catch up at the next start")
         }
     }
     probe.abort();
     match stop {
         Some(e) => {
-            tracing::error!(error_code = "state_store_failed", stage = "dispatch", error = %e, "stopping: decided notifications could not be made durable; their events will be read again after a restart");
+            tracing::error!(error_code = "state_store_failed", stage = "dispatch", error = %e, "stopping: the last batch could not be made durable; its events will be read again after a restart");
             Err(e)
         }
         None => Ok(()),
     }
 }
 
-/// Decode → engine → prepare → outbox (the dispatcher delivers).
+/// Events processed since the last durable commit, and what they decided.
+#[derive(Default)]
+struct Batch {
+    /// Decided notifications, written to the outbox at the commit.
+    notifications: Vec<Notification>,
+    /// Next offset per (topic, partition) after the batch.
+    positions: HashMap<(String, i32), i64>,
+    events: usize,
+    /// When the first event of the batch was processed.
+    since: Option<Instant>,
+}
+
+impl Batch {
+    fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.positions
+            .insert((topic.to_string(), partition), offset + 1);
+        self.events += 1;
+        self.since.get_or_insert_with(Instant::now);
+    }
+}
+
+/// How long the store keeps what it no longer needs.
+struct Retention {
+    /// Settled notification ids (duplicate protection for re-read events).
+    settled: Duration,
+    dead_letters: Duration,
+    every: Duration,
+}
+
+/// Enforces retention in the background: settled outbox ids and dead
+/// letters past their time to live are deleted, so the store does not
+/// grow without bound. (Engine ledgers expire with the watermark, and
+/// their deletion is part of the regular commits.)
+async fn compactor(
+    outbox: Outbox,
+    retention: Retention,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        let ob = outbox.clone();
+        let settled = retention.settled.as_millis() as Millis;
+        let dead = retention.dead_letters.as_millis() as Millis;
+        let result = tokio::task::spawn_blocking(move || {
+            let now = crate::event::now_millis();
+            Ok::<_, StoreError>((ob.prune_done(now - settled)?, ob.prune_dead(now - dead)?))
+        })
+        .await;
+        match result {
+            Ok(Ok((done, dead))) => {
+                metrics
+                    .state_compacted
+                    .with_label_values(&["settled_ids"])
+                    .inc_by(done as u64);
+                metrics
+                    .state_compacted
+                    .with_label_values(&["dead_letters"])
+                    .inc_by(dead as u64);
+                if done + dead > 0 {
+                    tracing::info!(
+                        settled_ids = done,
+                        dead_letters = dead,
+                        "retention: old rows deleted from the state store"
+                    );
+                    if let Ok(n) = outbox.dead_count() {
+                        metrics.dead_letters.set(n as i64);
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error_code = "state_compaction_failed", stage = "state", error = %e, "retention could not run; retried later")
+            }
+            Err(e) => {
+                tracing::warn!(error_code = "state_compaction_failed", stage = "state", error = %e, "retention task failed; retried later")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retention.every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Decode → engine → prepare → batch; the batch commits to the store,
+/// then the dispatcher delivers.
 struct Pipeline {
     engine: Engine,
     templates: Templates,
@@ -323,18 +533,22 @@ struct Pipeline {
     email: FieldPath,
     metrics: Arc<Metrics>,
     log_customer_ids: bool,
+    store: Store,
+    batch: Batch,
+    /// Durable next offset per (topic, partition): records before it are
+    /// in the state already and are skipped should they come again.
+    applied: HashMap<(String, i32), i64>,
 }
 
 impl Pipeline {
-    /// Handles one record. `Ok(false)`: shutdown interrupted it and its
-    /// position must not be committed; `Err`: the outbox could not be
-    /// written, likewise.
+    /// Handles one record. `Err(None)`: shutdown interrupted it and its
+    /// position must not be recorded.
     async fn handle(
         &mut self,
         source: &KafkaSource,
         msg: &OwnedMessage,
         shutdown: &CancellationToken,
-    ) -> Result<bool, DaemonError> {
+    ) -> Result<(), Option<DaemonError>> {
         let topic = msg.topic();
         let engine = &self.engine;
         let event = match self
@@ -363,9 +577,10 @@ impl Pipeline {
                     error = %invalid,
                     "invalid event skipped"
                 );
-                return Ok(source
+                let written = source
                     .dead_letter(msg, &invalid.to_string(), &self.metrics, shutdown)
-                    .await);
+                    .await;
+                return if written { Ok(()) } else { Err(None) };
             }
         };
         self.metrics
@@ -376,12 +591,20 @@ impl Pipeline {
         let now = crate::event::now_millis();
         self.engine
             .on_event(msg.partition(), &event, Clock::Wall(now), &mut out);
-        self.apply(out).map(|()| true)
+        self.apply(out);
+        Ok(())
     }
 
-    /// Counts what the engine reported, puts its notifications in the
-    /// outbox, and applies the send-time guard.
-    fn apply(&mut self, out: Output) -> Result<(), DaemonError> {
+    /// Whether the record at `offset` is already part of the durable state.
+    fn already_applied(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        let key = (topic.to_string(), partition);
+        let done = |m: &HashMap<(String, i32), i64>| m.get(&key).is_some_and(|&n| offset < n);
+        done(&self.applied) || done(&self.batch.positions)
+    }
+
+    /// Counts what the engine reported, adds its notifications to the
+    /// batch, and applies the send-time guard.
+    fn apply(&mut self, out: Output) {
         let m = &self.metrics;
         if out.late_events > 0 {
             m.late_events.inc_by(out.late_events);
@@ -393,10 +616,6 @@ impl Pipeline {
             m.rule_errors.with_label_values(&[&err.rule_id]).inc();
             tracing::warn!(error_code = "rule_eval_error", stage = "engine", rule = %err.rule_id, error = %err.message, "condition could not be evaluated; treated as not matching");
         }
-        if !out.resolved.is_empty() {
-            self.dispatcher.resolve(&out.resolved);
-        }
-        let mut batch = Vec::new();
         for decision in &out.decisions {
             let firing = &decision.firing;
             let rule = &firing.rule;
@@ -408,7 +627,7 @@ impl Pipeline {
             let needs_address = !self.addressless.contains(channel);
             let outcome = match prepare(decision, &self.templates, &self.email, needs_address) {
                 Prepared::Send(n) => {
-                    batch.push(n);
+                    self.batch.notifications.push(n);
                     continue;
                 }
                 Prepared::Skip { outcome, detail } => {
@@ -425,22 +644,177 @@ impl Pipeline {
                 .with_label_values(&[&rule.id, channel, outcome])
                 .inc();
         }
-        if batch.is_empty() {
+        if !out.resolved.is_empty() {
+            // Decided in this batch: never reaches the outbox.
+            let mut elsewhere: HashSet<&str> = out.resolved.iter().map(String::as_str).collect();
+            self.batch.notifications.retain(|n| {
+                let gone = elsewhere.remove(n.id.as_str());
+                if gone {
+                    tracing::info!(stage = "decide", rule = %n.rule_id, notification_id = %n.id, "resolved before sending (send-time guard): not sent");
+                    m.notifications
+                        .with_label_values(&[&n.rule_id, &n.channel, "resolved"])
+                        .inc();
+                }
+                !gone
+            });
+            // Committed before: the dispatcher drops those not yet sent.
+            let elsewhere: Vec<String> = elsewhere.into_iter().map(str::to_string).collect();
+            if !elsewhere.is_empty() {
+                self.dispatcher.resolve(&elsewhere);
+            }
+        }
+    }
+
+    /// Commits the batch: engine changes, outbox entries and positions in
+    /// one store transaction. Then hands the notifications to the
+    /// dispatcher and the positions to Kafka.
+    async fn flush(&mut self, source: &KafkaSource) -> Result<(), DaemonError> {
+        let writes = self.engine.take_changes();
+        let batch = std::mem::take(&mut self.batch);
+        if writes.is_empty() && batch.notifications.is_empty() && batch.positions.is_empty() {
             return Ok(());
         }
-        let rules: Vec<(String, String)> = batch
+        let store = self.store.clone();
+        let started = Instant::now();
+        let Batch {
+            notifications,
+            positions,
+            events,
+            ..
+        } = batch;
+        let committed = tokio::task::spawn_blocking(move || {
+            let tx = store.db().begin_write()?;
+            crate::state::engine::apply(&tx, &writes)?;
+            let queued = Outbox::enqueue_in(&tx, notifications, crate::event::now_millis())?;
+            crate::state::engine::put_positions(&tx, &positions)?;
+            tx.commit()?;
+            Ok::<_, StoreError>((queued, positions))
+        })
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))?;
+        let (queued, positions) = committed?;
+        let m = &self.metrics;
+        m.state_commits.inc();
+        m.state_commit_duration
+            .observe(started.elapsed().as_secs_f64());
+        m.state_commit_events.observe(events as f64);
+        for ((topic, partition), next) in positions {
+            source.mark_position(&topic, partition, next);
+            self.applied.insert((topic, partition), next);
+        }
+        let duplicates: Vec<(String, String, String)> = queued
             .iter()
-            .map(|n| (n.rule_id.clone(), n.channel.clone()))
+            .filter(|(how, _)| *how == Enqueued::Duplicate)
+            .map(|(_, p)| {
+                let n = &p.notification;
+                (n.id.clone(), n.rule_id.clone(), n.channel.clone())
+            })
             .collect();
-        for ((id, how), (rule, channel)) in self.dispatcher.enqueue(batch)?.into_iter().zip(rules) {
-            if how == Enqueued::Duplicate {
-                // Decided before (the event was read again after a
-                // restart): the outbox already has it, or it was sent.
-                tracing::info!(stage = "decide", rule = %rule, notification_id = %id, "already in the outbox or sent: not queued again");
-                self.engine.settle(&id);
-                m.notifications
-                    .with_label_values(&[&rule, &channel, "duplicate"])
-                    .inc();
+        self.dispatcher.hand_over(queued);
+        for (id, rule, channel) in duplicates {
+            // Decided before (the event was read again after a restart):
+            // the outbox already has it, or it was sent.
+            tracing::info!(stage = "decide", rule = %rule, notification_id = %id, "already in the outbox or sent: not queued again");
+            self.engine.settle(&id);
+            m.notifications
+                .with_label_values(&[&rule, &channel, "duplicate"])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Rebuilds partition `p`'s engine state from the store.
+    async fn restore(&mut self, p: PartitionId) -> Result<(), DaemonError> {
+        let store = self.store.clone();
+        let outbox = self.dispatcher.outbox().clone();
+        let (rows, unsettled) = tokio::task::spawn_blocking(move || {
+            let rows = crate::state::engine::load_partition(&store, p)?;
+            let mut unsettled = HashSet::new();
+            for id in rows.iter().filter_map(crate::engine::persist::fired_id) {
+                if outbox.is_pending(id)? {
+                    unsettled.insert(id.to_string());
+                }
+            }
+            Ok::<_, StoreError>((rows, unsettled))
+        })
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))??;
+        let r = self.engine.restore(p, &rows, &|id| unsettled.contains(id));
+        let m = &self.metrics.state_restored;
+        for (kind, n) in [
+            ("episodes", r.episodes),
+            ("fired", r.fired),
+            ("windows", r.windows),
+            ("ledger", r.ledger),
+            ("dropped", r.dropped),
+        ] {
+            m.with_label_values(&[kind]).inc_by(n as u64);
+        }
+        tracing::info!(
+            partition = p,
+            episodes = r.episodes,
+            awaiting_delivery = r.fired,
+            windows = r.windows,
+            ledger = r.ledger,
+            dropped = r.dropped,
+            watermark = ?self.engine.partition_watermark(p),
+            "partition state restored"
+        );
+        if r.dropped > 0 {
+            tracing::warn!(partition = p, dropped = r.dropped, "stored state rows were dropped: their rule was removed, disabled or changed kind, or their notification is settled");
+        }
+        Ok(())
+    }
+
+    /// Restores newly assigned partitions and drops ones no longer
+    /// assigned; /readyz is ready once every assigned one is restored.
+    async fn follow_assignment(
+        &mut self,
+        source: &KafkaSource,
+        health: &Health,
+        last_seen: &mut HashMap<PartitionId, Instant>,
+    ) -> Result<(), DaemonError> {
+        self.on_revoked(source, last_seen).await?;
+        let assigned = source.assigned_partitions();
+        let known: Vec<PartitionId> = self.engine.partitions().collect();
+        if known.iter().any(|p| !assigned.contains(p)) {
+            self.flush(source).await?;
+            for p in known.iter().filter(|p| !assigned.contains(p)) {
+                self.engine.revoke(*p);
+                last_seen.remove(p);
+            }
+        }
+        for &p in assigned.iter().filter(|p| !known.contains(p)) {
+            self.restore(p).await?;
+            last_seen.insert(p, Instant::now());
+        }
+        health
+            .state_restored
+            .store(!assigned.is_empty(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Partitions revoked in a rebalance: commit what was done on them,
+    /// then forget their state (the store keeps it for the next owner).
+    async fn on_revoked(
+        &mut self,
+        source: &KafkaSource,
+        last_seen: &mut HashMap<PartitionId, Instant>,
+    ) -> Result<(), DaemonError> {
+        let revoked = source.take_revoked();
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        self.flush(source).await?;
+        let still = source.assigned_partitions();
+        for (_, p) in revoked {
+            if !still.contains(&p) && self.engine.has_partition(p) {
+                self.engine.revoke(p);
+                last_seen.remove(&p);
+                tracing::info!(
+                    partition = p,
+                    "partition revoked: its state is committed and dropped from memory"
+                );
             }
         }
         Ok(())

@@ -37,6 +37,11 @@ enum Command {
         /// The daemon config (TOML). Keys can be overridden with FOREWARN__SECTION__KEY.
         #[arg(long, short)]
         config: PathBuf,
+        /// Start even though the state store is damaged (it is moved aside,
+        /// never deleted) or missing while the consumer group has made
+        /// progress. Open deadlines in the lost state are lost.
+        #[arg(long)]
+        reset_state: bool,
     },
     /// Validate rules and templates (and the config, when given). Exit code 1 on any error.
     Check {
@@ -148,7 +153,10 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => run(config).await,
+            Command::Run {
+                config,
+                reset_state,
+            } => run(config, reset_state).await,
             Command::Check { dir, config } => check(dir, config),
             Command::Replay {
                 events,
@@ -402,7 +410,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(config: PathBuf) -> ExitCode {
+async fn run(config: PathBuf, reset_state: bool) -> ExitCode {
     let config = match Config::load(&config) {
         Ok(c) => c,
         Err(e) => {
@@ -412,7 +420,8 @@ async fn run(config: PathBuf) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    match forewarn::daemon::run(config, shutdown).await {
+    let options = forewarn::daemon::StartOptions { reset_state };
+    match forewarn::daemon::run(config, options, shutdown).await {
         Ok(()) => {
             tracing::info!("stopped cleanly");
             ExitCode::SUCCESS
@@ -525,6 +534,7 @@ async fn replay(
                     allowed_lateness: c.allowed_lateness.as_millis() as i64,
                     ledger_retention: c.ledger_retention.as_millis() as i64,
                     send_time_guard: false,
+                    durable: false,
                 },
                 c.rules_dir.clone(),
                 c.channels

@@ -43,6 +43,17 @@ pub struct Metrics {
     pub rule_missing_key: IntCounterVec,
     pub open_episodes: IntGauge,
     pub threshold_windows: IntGauge,
+    /// Durable commits of engine state + outbox entries + positions.
+    pub state_commits: prometheus::IntCounter,
+    /// How long one durable commit took (written and synced).
+    pub state_commit_duration: prometheus::Histogram,
+    /// Events per durable commit.
+    pub state_commit_events: prometheus::Histogram,
+    /// Rows read back from the store on partition assignment, by kind
+    /// (`episodes`, `fired`, `windows`, `ledger`, `dropped`).
+    pub state_restored: IntCounterVec,
+    /// Rows deleted by retention, by what (`settled_ids`, `dead_letters`).
+    pub state_compacted: IntCounterVec,
     /// The engine watermark, in Unix seconds.
     pub watermark: prometheus::Gauge,
     pub rules_loaded: IntGauge,
@@ -167,6 +178,45 @@ impl Metrics {
             "Open absence episodes waiting for their deadline.",
         );
         let threshold_windows = gauge("forewarn_threshold_windows", "Open threshold windows.");
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h =
+                prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                    .expect("metric definitions are static and valid");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("each metric is registered once");
+            h
+        };
+        let state_commits = prometheus::IntCounter::new(
+            "forewarn_state_commits_total",
+            "Durable commits of engine state, outbox entries and positions.",
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(state_commits.clone()))
+            .expect("each metric is registered once");
+        let state_commit_duration = histogram(
+            "forewarn_state_commit_duration_seconds",
+            "Time to write and sync one durable commit.",
+            vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ],
+        );
+        let state_commit_events = histogram(
+            "forewarn_state_commit_events",
+            "Events per durable commit.",
+            vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0],
+        );
+        let state_restored = counter(
+            "forewarn_state_restored_total",
+            "State rows read back from the store on partition assignment, by kind.",
+            &["kind"],
+        );
+        let state_compacted = counter(
+            "forewarn_state_compacted_total",
+            "Rows deleted by retention, by what.",
+            &["what"],
+        );
         let watermark = prometheus::Gauge::new(
             "forewarn_watermark_seconds",
             "The engine watermark (event time), in Unix seconds.",
@@ -216,6 +266,11 @@ impl Metrics {
             rule_missing_key,
             open_episodes,
             threshold_windows,
+            state_commits,
+            state_commit_duration,
+            state_commit_events,
+            state_restored,
+            state_compacted,
             watermark,
             rules_loaded,
             broker_up,

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
 use super::project::{decode_trigger, encode_trigger};
 use std::collections::{BTreeSet, HashMap};
 
@@ -27,6 +28,10 @@ fn key_of(hash: u128) -> Key {
     [hash as u64, (hash >> 64) as u64]
 }
 
+fn hash_of(key: &Key) -> u128 {
+    (u128::from(key[1]) << 64) | u128::from(key[0])
+}
+
 /// The open episodes of one partition, laid out for millions: a slab of
 /// small slots, an index from key to the newest slot of that key (older
 /// ones chain through `next`), and one sorted deadline index.
@@ -36,6 +41,8 @@ pub(crate) struct Episodes {
     slots: Vec<Slot>,
     free: Vec<u32>,
     timers: BTreeSet<(Millis, u32)>,
+    /// Episodes inserted or removed since the last flush: (key, start, deadline).
+    pub(crate) journal: Journal<(Key, Millis, Millis)>,
 }
 
 #[derive(Debug)]
@@ -57,6 +64,8 @@ struct Slot {
 pub(crate) struct Guard {
     by_key: HashMap<Key, Vec<Fired>>,
     keys: HashMap<String, Key>,
+    /// Notification ids guarded or settled since the last flush.
+    pub(crate) journal: Journal<String>,
 }
 
 #[derive(Debug)]
@@ -73,6 +82,7 @@ impl Guard {
     }
 
     fn insert(&mut self, key: Key, fired: Fired) {
+        self.journal.note(fired.id.clone());
         self.keys.insert(fired.id.clone(), key);
         self.by_key.entry(key).or_default().push(fired);
     }
@@ -82,6 +92,7 @@ impl Guard {
         let Some(key) = self.keys.remove(id) else {
             return false;
         };
+        self.journal.note(id.to_string());
         if let Some(list) = self.by_key.get_mut(&key) {
             list.retain(|f| f.id != id);
             if list.is_empty() {
@@ -118,6 +129,7 @@ impl Episodes {
     }
 
     fn insert(&mut self, key: Key, start: Millis, deadline: Millis, rule: u32, trigger: Box<[u8]>) {
+        self.journal.note((key, start, deadline));
         let next = self.index.get(&key).copied().unwrap_or(NIL);
         let slot = Slot {
             key,
@@ -166,6 +178,7 @@ impl Episodes {
         self.timers.remove(&(deadline, at));
         self.free.push(at);
         let s = &mut self.slots[at as usize];
+        self.journal.note((key, s.start, deadline));
         s.next = NIL;
         Episode {
             key: s.key,
@@ -359,5 +372,130 @@ pub(super) fn fire_due(
             g.id = id;
             part.guard.insert(ep.key, g);
         }
+    }
+}
+
+// Durable state: rows for the store (see `persist`).
+
+impl Episodes {
+    /// The slot holding exactly this episode, if it is open.
+    fn find(&self, key: &Key, start: Millis, deadline: Millis) -> Option<u32> {
+        let mut at = self.index.get(key).copied().unwrap_or(NIL);
+        while at != NIL {
+            let s = &self.slots[at as usize];
+            if s.start == start && s.deadline == deadline {
+                return Some(at);
+            }
+            at = s.next;
+        }
+        None
+    }
+
+    /// Rows for the episodes opened or closed since the last flush.
+    pub(crate) fn changes(&mut self, pid: PartitionId, rules: &RuleSet, out: &mut Vec<Write>) {
+        let noted: Vec<_> = self.journal.drain().collect();
+        for (key, start, deadline) in noted {
+            let value = self.find(&key, start, deadline).map(|at| {
+                let s = &self.slots[at as usize];
+                Enc::value()
+                    .str(&rules.rule(s.rule).id)
+                    .bytes(&s.trigger)
+                    .done()
+            });
+            out.push(Write {
+                table: StateTable::Episodes,
+                key: Enc::key(pid)
+                    .u128(hash_of(&key))
+                    .millis(start)
+                    .millis(deadline)
+                    .done(),
+                value,
+            });
+        }
+    }
+
+    /// Reopens a stored episode; false when the row is unreadable or its
+    /// rule is no longer an enabled absence rule.
+    pub(crate) fn restore(
+        &mut self,
+        row: &Row,
+        rule_index: &dyn Fn(&str) -> Option<u32>,
+        rules: &RuleSet,
+    ) -> bool {
+        let Some(mut k) = Dec::key(&row.key) else {
+            return false;
+        };
+        let (Some(hash), Some(start), Some(deadline)) = (k.u128(), k.millis(), k.millis()) else {
+            return false;
+        };
+        let mut v = Dec(&row.value);
+        let Some(idx) = v.str().and_then(rule_index) else {
+            return false;
+        };
+        let rule = rules.rule(idx);
+        if !rule.enabled || !matches!(rule.kind, RuleKind::Absence(_)) {
+            return false;
+        }
+        self.insert(key_of(hash), start, deadline, idx, v.rest().into());
+        true
+    }
+}
+
+impl Guard {
+    /// Rows for the fired episodes guarded or settled since the last flush.
+    pub(crate) fn changes(&mut self, pid: PartitionId, rules: &RuleSet, out: &mut Vec<Write>) {
+        let noted: Vec<String> = self.journal.drain().collect();
+        for id in noted {
+            let value = self.keys.get(&id).and_then(|key| {
+                let f = self.by_key.get(key)?.iter().find(|f| f.id == id)?;
+                Some(
+                    Enc::value()
+                        .u128(hash_of(key))
+                        .millis(f.start)
+                        .str(&rules.rule(f.rule).id)
+                        .bytes(&f.trigger)
+                        .done(),
+                )
+            });
+            out.push(Write {
+                table: StateTable::Fired,
+                key: Enc::key(pid).bytes(id.as_bytes()).done(),
+                value,
+            });
+        }
+    }
+
+    /// Guards a stored fired episode again; false when the row is
+    /// unreadable, its rule is gone, or `keep` says its notification is
+    /// settled.
+    pub(crate) fn restore(
+        &mut self,
+        row: &Row,
+        rule_index: &dyn Fn(&str) -> Option<u32>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> bool {
+        let Some(id) = Dec::key(&row.key).and_then(|k| std::str::from_utf8(k.rest()).ok()) else {
+            return false;
+        };
+        if !keep(id) {
+            return false;
+        }
+        let mut v = Dec(&row.value);
+        let (Some(hash), Some(start)) = (v.u128(), v.millis()) else {
+            return false;
+        };
+        let Some(rule) = v.str().and_then(rule_index) else {
+            return false;
+        };
+        self.insert(
+            key_of(hash),
+            Fired {
+                id: id.to_string(),
+                start,
+                rule,
+                trigger: v.rest().into(),
+            },
+        );
+        true
     }
 }

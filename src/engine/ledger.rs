@@ -2,7 +2,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{key_hash, Clock, EngineConfig, Firing, Outcome};
+use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
+use super::{key_hash, Clock, EngineConfig, Firing, Outcome, PartitionId};
 use crate::event::Millis;
 use crate::rules::{OncePerField, Rule, RuleKind};
 
@@ -11,6 +12,8 @@ use crate::rules::{OncePerField, Rule, RuleKind};
 pub(crate) struct Ledger {
     entries: HashMap<u128, Millis>,
     expiry: BTreeSet<(Millis, u128)>,
+    /// Keys recorded or expired since the last flush.
+    pub(crate) journal: Journal<u128>,
 }
 
 impl Ledger {
@@ -19,6 +22,7 @@ impl Ledger {
     }
 
     fn record(&mut self, key: u128, until: Millis) {
+        self.journal.note(key);
         if let Some(old) = self.entries.insert(key, until) {
             self.expiry.remove(&(old, key));
         }
@@ -33,11 +37,40 @@ impl Ledger {
             }
             self.expiry.pop_first();
             self.entries.remove(&key);
+            self.journal.note(key);
         }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Rows for the entries recorded or expired since the last flush.
+    pub(crate) fn changes(&mut self, pid: PartitionId, out: &mut Vec<Write>) {
+        let noted: Vec<u128> = self.journal.drain().collect();
+        for key in noted {
+            out.push(Write {
+                table: StateTable::Ledger,
+                key: Enc::key(pid).u128(key).done(),
+                value: self
+                    .entries
+                    .get(&key)
+                    .map(|&until| Enc::value().millis(until).done()),
+            });
+        }
+    }
+
+    /// Remembers a stored entry again; false when the row is unreadable.
+    pub(crate) fn restore(&mut self, row: &Row) -> bool {
+        let key = Dec::key(&row.key).and_then(|mut k| k.u128());
+        let until = Dec(&row.value).millis();
+        match (key, until) {
+            (Some(key), Some(until)) => {
+                self.record(key, until);
+                true
+            }
+            _ => false,
+        }
     }
 }
 

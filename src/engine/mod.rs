@@ -15,6 +15,7 @@
 mod absence;
 mod ledger;
 mod matcher;
+pub mod persist;
 pub mod project;
 mod threshold;
 
@@ -41,6 +42,9 @@ pub struct EngineConfig {
     /// (reported in [`Output::resolved`]). On where sending takes time
     /// (the daemon); off where it is instant (replay, tests).
     pub send_time_guard: bool,
+    /// Note every state change for [`Engine::take_changes`], to be made
+    /// durable by the caller (the daemon); off in replay and tests.
+    pub durable: bool,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +53,7 @@ impl Default for EngineConfig {
             allowed_lateness: 5_000,
             ledger_retention: 90 * 24 * 3_600_000,
             send_time_guard: false,
+            durable: false,
         }
     }
 }
@@ -148,13 +153,47 @@ pub(crate) struct Partition {
     idle_floor: Option<Millis>,
     episodes: absence::Episodes,
     guard: absence::Guard,
-    windows: HashMap<u128, threshold::Window>,
-    /// Watermark at which threshold windows are next swept.
-    next_window_sweep: Millis,
+    windows: threshold::Windows,
     ledger: ledger::Ledger,
+    /// Durable: the watermark inputs changed since the last flush.
+    moved: bool,
+    /// Durable: stored rows a restore dropped, deleted at the next flush.
+    dropped: Vec<persist::Write>,
 }
 
 impl Partition {
+    fn new(durable: bool) -> Partition {
+        let mut p = Partition::default();
+        if durable {
+            p.episodes.journal = persist::Journal::on();
+            p.guard.journal = persist::Journal::on();
+            p.windows.journal = persist::Journal::on();
+            p.ledger.journal = persist::Journal::on();
+        }
+        p
+    }
+
+    /// This partition's changes since the last flush, as store rows.
+    fn changes(&mut self, pid: PartitionId, rules: &RuleSet, out: &mut Vec<persist::Write>) {
+        out.append(&mut self.dropped);
+        self.episodes.changes(pid, rules, out);
+        self.guard.changes(pid, rules, out);
+        self.windows.changes(pid, out);
+        self.ledger.changes(pid, out);
+        if std::mem::take(&mut self.moved) {
+            out.push(persist::Write {
+                table: persist::StateTable::Partitions,
+                key: persist::partition_prefix(pid).to_vec(),
+                value: Some(
+                    persist::Enc::value()
+                        .opt_millis(self.max_event)
+                        .opt_millis(self.idle_floor)
+                        .done(),
+                ),
+            });
+        }
+    }
+
     fn watermark(&self, lateness: Millis) -> Option<Millis> {
         let from_events = self.max_event.map(|m| m.saturating_sub(lateness));
         match (from_events, self.idle_floor) {
@@ -225,7 +264,106 @@ impl Engine {
     /// Starts tracking a partition. Until it sees an event or goes idle, its
     /// watermark is unknown and holds the engine watermark back.
     pub fn assign(&mut self, p: PartitionId) {
-        self.partitions.entry(p).or_default();
+        self.partition(p);
+    }
+
+    fn partition(&mut self, p: PartitionId) -> &mut Partition {
+        let durable = self.cfg.durable;
+        self.partitions
+            .entry(p)
+            .or_insert_with(|| Partition::new(durable))
+    }
+
+    /// Whether partition `p` is tracked (assigned or restored).
+    pub fn has_partition(&self, p: PartitionId) -> bool {
+        self.partitions.contains_key(&p)
+    }
+
+    /// Every state change since the last call, as rows for the store
+    /// (durable engines only; see [`persist`]). Commit them together with
+    /// the positions of the events that caused them.
+    pub fn take_changes(&mut self) -> Vec<persist::Write> {
+        let mut out = Vec::new();
+        for (&pid, part) in self.partitions.iter_mut() {
+            part.changes(pid, &self.rules, &mut out);
+        }
+        out
+    }
+
+    /// Rebuilds partition `p` from the rows the store holds for it (all
+    /// tables), replacing whatever the engine had. Fired episodes are kept
+    /// only while `unsettled(notification id)` holds. Rows whose rule is
+    /// gone or changed kind are dropped, and deleted at the next flush.
+    pub fn restore(
+        &mut self,
+        p: PartitionId,
+        rows: &[persist::Row],
+        unsettled: &dyn Fn(&str) -> bool,
+    ) -> persist::Restored {
+        use persist::StateTable;
+        let by_id: HashMap<&str, u32> = self
+            .rules
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.as_str(), i as u32))
+            .collect();
+        let rule_index = |id: &str| by_id.get(id).copied();
+        let mut part = Partition::new(self.cfg.durable);
+        let mut report = persist::Restored::default();
+        for row in rows {
+            let kept = match row.table {
+                StateTable::Partitions => {
+                    let mut v = persist::Dec(&row.value);
+                    match (v.opt_millis(), v.opt_millis()) {
+                        (Some(max_event), Some(idle_floor)) => {
+                            part.max_event = max_event;
+                            part.idle_floor = idle_floor;
+                            continue;
+                        }
+                        _ => false,
+                    }
+                }
+                StateTable::Episodes => {
+                    let ok = part.episodes.restore(row, &rule_index, &self.rules);
+                    report.episodes += usize::from(ok);
+                    ok
+                }
+                StateTable::Fired => {
+                    let ok = part.guard.restore(row, &rule_index, unsettled);
+                    report.fired += usize::from(ok);
+                    ok
+                }
+                StateTable::Windows => {
+                    let ok = part.windows.restore(row);
+                    report.windows += usize::from(ok);
+                    ok
+                }
+                StateTable::Ledger => {
+                    let ok = part.ledger.restore(row);
+                    report.ledger += usize::from(ok);
+                    ok
+                }
+            };
+            if !kept {
+                report.dropped += 1;
+                part.dropped.push(persist::Write {
+                    table: row.table,
+                    key: row.key.clone(),
+                    value: None,
+                });
+            }
+        }
+        // What was just read is stored already: nothing to write back.
+        let _ = part.episodes.journal.drain().count();
+        let _ = part.guard.journal.drain().count();
+        let _ = part.windows.journal.drain().count();
+        let _ = part.ledger.journal.drain().count();
+        self.partitions.insert(p, part);
+        // Timers are checked against the restored watermark at the next
+        // event or tick, like any other.
+        self.fired_through = None;
+        report
     }
 
     /// Stops tracking a partition and drops its state (the durable store
@@ -280,11 +418,14 @@ impl Engine {
     /// Processes one event read from partition `p`.
     pub fn on_event(&mut self, p: PartitionId, event: &Arc<Event>, clock: Clock, out: &mut Output) {
         let lateness = self.cfg.allowed_lateness;
-        let part = self.partitions.entry(p).or_default();
+        let part = self.partition(p);
         if part.watermark(lateness).is_some_and(|w| event.time < w) {
             out.late_events += 1;
         }
-        part.max_event = Some(part.max_event.map_or(event.time, |m| m.max(event.time)));
+        if part.max_event.is_none_or(|m| event.time > m) {
+            part.max_event = Some(event.time);
+            part.moved = true;
+        }
 
         let closers = self.rules.closed_by(&event.kind);
         let triggers = self.rules.triggered_by(&event.kind);
@@ -340,8 +481,11 @@ impl Engine {
     /// when no further events arrive.
     pub fn on_idle(&mut self, p: PartitionId, now: Millis, clock: Clock, out: &mut Output) {
         let floor = now.saturating_sub(self.cfg.allowed_lateness);
-        let part = self.partitions.entry(p).or_default();
-        part.idle_floor = Some(part.idle_floor.map_or(floor, |f| f.max(floor)));
+        let part = self.partition(p);
+        if part.idle_floor.is_none_or(|f| floor > f) {
+            part.idle_floor = Some(floor);
+            part.moved = true;
+        }
         self.fire_due(clock, out);
     }
 
@@ -350,6 +494,7 @@ impl Engine {
     pub fn advance_to(&mut self, until: Millis, clock: Clock, out: &mut Output) {
         for part in self.partitions.values_mut() {
             part.idle_floor = Some(part.idle_floor.map_or(until, |f| f.max(until)));
+            part.moved = true;
         }
         self.fire_due(clock, out);
     }
@@ -358,6 +503,7 @@ impl Engine {
     pub fn flush(&mut self, clock: Clock, out: &mut Output) {
         for part in self.partitions.values_mut() {
             part.idle_floor = Some(Millis::MAX);
+            part.moved = true;
         }
         self.fire_due(clock, out);
     }
@@ -375,7 +521,7 @@ impl Engine {
         let rules = Arc::clone(&self.rules);
         for (&pid, part) in self.partitions.iter_mut() {
             absence::fire_due(&rules, &self.cfg, part, pid, wm, clock, out);
-            threshold::expire(part, wm);
+            threshold::expire(&mut part.windows, wm);
             part.ledger.expire(wm);
         }
     }

@@ -16,6 +16,15 @@ fn engine_for(rules_toml: &str, catalog: Option<&str>) -> Engine {
 }
 
 fn engine_with(rules_toml: &str, catalog: Option<&str>, send_time_guard: bool) -> Engine {
+    engine_cfg(rules_toml, catalog, send_time_guard, false)
+}
+
+fn engine_cfg(
+    rules_toml: &str,
+    catalog: Option<&str>,
+    send_time_guard: bool,
+    durable: bool,
+) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("templates")).unwrap();
     std::fs::write(dir.path().join("templates/t.subject"), "Hi").unwrap();
@@ -36,6 +45,7 @@ fn engine_with(rules_toml: &str, catalog: Option<&str>, send_time_guard: bool) -
             allowed_lateness: 0,
             ledger_retention: 1_000 * MIN,
             send_time_guard,
+            durable,
         },
         &[FieldPath::parse("customer.email").unwrap()],
     )
@@ -730,4 +740,159 @@ fn closer_key_hashes_match_trigger_key_hashes() {
     let missing = ev("order_placed", "c1", 0, json!({"flag": true}));
     assert_eq!(event_key_hash("episode", rule, &missing), None);
     assert_eq!(rule.key_values(&missing), None);
+}
+
+// Durable state (SPEC 6): what `take_changes` hands the store is enough
+// for `restore` to carry on as if nothing had happened.
+
+type Stored = std::collections::BTreeMap<(persist::StateTable, Vec<u8>), Vec<u8>>;
+
+fn commit(e: &mut Engine, store: &mut Stored) {
+    for w in e.take_changes() {
+        match w.value {
+            Some(v) => store.insert((w.table, w.key), v),
+            None => store.remove(&(w.table, w.key)),
+        };
+    }
+}
+
+fn rows(store: &Stored) -> Vec<persist::Row> {
+    store
+        .iter()
+        .map(|((t, k), v)| persist::Row {
+            table: *t,
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+#[test]
+fn episodes_windows_and_ledgers_survive_a_restore() {
+    let rules = format!(
+        "{DROPOFF}\n{}",
+        PAYMENT.replace("within = \"10m\"", "within = \"10m\"\ncooldown = \"1h\"")
+    );
+    let mut store = Stored::new();
+    let pf = |c: &str, t| ev("payment_failed", c, t, json!({}));
+    let mut e = engine_cfg(&rules, None, false, true);
+    let before = run(
+        &mut e,
+        &[checkout("c1", 0), pf("c2", MIN), pf("c2", 2 * MIN)],
+        Clock::Virtual,
+    );
+    assert!(before.is_empty());
+    commit(&mut e, &mut store);
+
+    let mut e = engine_cfg(&rules, None, false, true);
+    let r = e.restore(0, &rows(&store), &|_| true);
+    assert_eq!((r.episodes, r.windows, r.dropped), (1, 1, 0), "{r:?}");
+    assert_eq!(
+        e.partition_watermark(0),
+        Some(2 * MIN),
+        "watermark inputs restored"
+    );
+    // The restored window completes; the restored episode fires.
+    let after = run(
+        &mut e,
+        &[
+            pf("c2", 3 * MIN),
+            ev("page_view", "c9", 31 * MIN, json!({})),
+        ],
+        Clock::Virtual,
+    );
+    let got: Vec<_> = after
+        .iter()
+        .map(|f| (f.0.as_str(), f.1.as_str(), f.2))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("payment-failures", "c2", Outcome::Fire),
+            ("checkout-dropoff", "c1", Outcome::Fire)
+        ]
+    );
+    commit(&mut e, &mut store);
+    assert!(
+        !store
+            .keys()
+            .any(|(t, _)| *t == persist::StateTable::Episodes),
+        "the fired episode is deleted from the store"
+    );
+
+    // The cooldown ledger entry came through a second restore.
+    let mut e = engine_cfg(&rules, None, false, true);
+    let r = e.restore(0, &rows(&store), &|_| true);
+    assert_eq!(r.ledger, 1, "{r:?}");
+    let again = run(
+        &mut e,
+        &[pf("c2", 32 * MIN), pf("c2", 33 * MIN), pf("c2", 34 * MIN)],
+        Clock::Virtual,
+    );
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].2, Outcome::Cooldown);
+}
+
+#[test]
+fn a_restore_keeps_the_send_time_guard_only_for_unsettled_notifications() {
+    let mut store = Stored::new();
+    let mut e = engine_cfg(DROPOFF, None, true, true);
+    let mut out = Output::default();
+    for x in [
+        checkout("c1", 0),
+        ev("page_view", "c9", 31 * MIN, json!({})),
+    ] {
+        e.on_event(0, &x, Clock::Virtual, &mut out);
+    }
+    let id = out.decisions[0].firing.notification_id.clone();
+    commit(&mut e, &mut store);
+    let order = ev("order_placed", "c1", 40 * MIN, json!({}));
+
+    let mut e = engine_cfg(DROPOFF, None, true, true);
+    let r = e.restore(0, &rows(&store), &|n| n == id);
+    assert_eq!(r.fired, 1);
+    let mut later = Output::default();
+    e.on_event(0, &order, Clock::Virtual, &mut later);
+    assert_eq!(
+        later.resolved,
+        vec![id.clone()],
+        "still resolvable after a restart"
+    );
+
+    // Settled meanwhile: dropped, and deleted at the next commit.
+    let mut e = engine_cfg(DROPOFF, None, true, true);
+    let r = e.restore(0, &rows(&store), &|_| false);
+    assert_eq!((r.fired, r.dropped), (0, 1));
+    let mut later = Output::default();
+    e.on_event(0, &order, Clock::Virtual, &mut later);
+    assert!(later.resolved.is_empty());
+    commit(&mut e, &mut store);
+    assert!(!store.keys().any(|(t, _)| *t == persist::StateTable::Fired));
+}
+
+#[test]
+fn state_of_a_removed_rule_is_dropped_on_restore() {
+    let mut store = Stored::new();
+    let mut e = engine_cfg(DROPOFF, None, false, true);
+    run(&mut e, &[checkout("c1", 0)], Clock::Virtual);
+    commit(&mut e, &mut store);
+    // The rule was deleted before the restart.
+    let mut e = engine_cfg(PAYMENT, None, false, true);
+    let r = e.restore(0, &rows(&store), &|_| true);
+    assert_eq!((r.episodes, r.dropped), (0, 1));
+    assert_eq!(e.stats().open_episodes, 0);
+    commit(&mut e, &mut store);
+    assert!(!store
+        .keys()
+        .any(|(t, _)| *t == persist::StateTable::Episodes));
+}
+
+#[test]
+fn an_engine_that_is_not_durable_notes_nothing() {
+    let mut e = engine_for(DROPOFF, None);
+    run(&mut e, &[checkout("c1", 0)], Clock::Virtual);
+    assert!(e
+        .take_changes()
+        .iter()
+        .all(|w| w.table == persist::StateTable::Partitions));
 }

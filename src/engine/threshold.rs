@@ -8,11 +8,70 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use smallvec::SmallVec;
 
-use super::{event_identity, key_hash, notification_id, record, Cx, Firing, Output, Partition};
+use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
+use super::{
+    event_identity, key_hash, notification_id, record, Cx, Firing, Output, Partition, PartitionId,
+};
 use crate::event::{Event, Millis};
 use crate::rules::{Rule, Threshold};
+
+/// The open windows of one partition.
+#[derive(Debug, Default)]
+pub(crate) struct Windows {
+    map: HashMap<u128, Window>,
+    /// Watermark at which windows are next swept.
+    next_sweep: Millis,
+    /// Keys changed or dropped since the last flush.
+    pub(crate) journal: Journal<u128>,
+}
+
+impl Windows {
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Rows for the windows changed or dropped since the last flush.
+    pub(crate) fn changes(&mut self, pid: PartitionId, out: &mut Vec<Write>) {
+        let noted: Vec<u128> = self.journal.drain().collect();
+        for key in noted {
+            let value = self.map.get(&key).map(|w| {
+                w.times
+                    .iter()
+                    .fold(Enc::value().millis(w.until), |e, &t| e.millis(t))
+                    .done()
+            });
+            out.push(Write {
+                table: StateTable::Windows,
+                key: Enc::key(pid).u128(key).done(),
+                value,
+            });
+        }
+    }
+
+    /// Reopens a stored window; false when the row is unreadable.
+    pub(crate) fn restore(&mut self, row: &Row) -> bool {
+        let Some(key) = Dec::key(&row.key).and_then(|mut k| k.u128()) else {
+            return false;
+        };
+        let mut v = Dec(&row.value);
+        let Some(until) = v.millis() else {
+            return false;
+        };
+        let mut times = SmallVec::new();
+        while !v.is_empty() {
+            let Some(t) = v.millis() else {
+                return false;
+            };
+            times.push(t);
+        }
+        self.map.insert(key, Window { times, until });
+        true
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Window {
@@ -32,7 +91,9 @@ pub(super) fn on_trigger(
     out: &mut Output,
 ) {
     let k = key_hash("window", &rule.id, &key);
-    let window = part.windows.entry(k).or_default();
+    let windows = &mut part.windows;
+    windows.journal.note(k);
+    let window = windows.map.entry(k).or_default();
     let at = window.times.partition_point(|&x| x <= event.time);
     window.times.insert(at, event.time);
     let newest = *window.times.last().expect("just inserted");
@@ -42,7 +103,7 @@ pub(super) fn on_trigger(
     window.until = newest.saturating_add(t.within);
     if window.times.len() >= t.count {
         let start = window.times[0];
-        part.windows.remove(&k);
+        windows.map.remove(&k);
         // The firing event's identity keeps two windows that start in the
         // same millisecond apart (the id is still stable on redelivery).
         let event = &event.complete();
@@ -69,17 +130,24 @@ pub(super) fn on_trigger(
 /// fires wrongly, since stale times are dropped when the next event comes.
 const SWEEP_EVERY: Millis = 5 * 60_000;
 
-pub(super) fn expire(part: &mut Partition, watermark: Millis) {
-    if watermark < part.next_window_sweep {
+pub(super) fn expire(windows: &mut Windows, watermark: Millis) {
+    if watermark < windows.next_sweep {
         return;
     }
-    part.windows.retain(|_, w| w.until >= watermark);
-    let soonest = part
-        .windows
+    let journal = &mut windows.journal;
+    windows.map.retain(|k, w| {
+        let keep = w.until >= watermark;
+        if !keep {
+            journal.note(*k);
+        }
+        keep
+    });
+    let soonest = windows
+        .map
         .values()
         .map(|w| w.until)
         .min()
         .unwrap_or(watermark);
-    part.next_window_sweep =
+    windows.next_sweep =
         watermark.saturating_add(soonest.saturating_sub(watermark).max(SWEEP_EVERY));
 }

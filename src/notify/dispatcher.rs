@@ -179,6 +179,12 @@ impl Dispatcher {
             .shared
             .outbox
             .enqueue(batch, crate::event::now_millis())?;
+        Ok(self.hand_over(results))
+    }
+
+    /// Queues notifications the caller has just committed to the outbox
+    /// (see [`Outbox::enqueue_in`]) and wakes their workers.
+    pub fn hand_over(&self, results: Vec<(Enqueued, Pending)>) -> Vec<(String, Enqueued)> {
         let mut out = Vec::with_capacity(results.len());
         let mut wake = BTreeSet::new();
         {
@@ -197,7 +203,7 @@ impl Dispatcher {
             }
         }
         self.update_gauges();
-        Ok(out)
+        out
     }
 
     /// The send-time guard: drops the given notifications if they are

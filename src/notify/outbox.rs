@@ -101,33 +101,53 @@ impl Outbox {
         now: Millis,
     ) -> Result<Vec<(Enqueued, Pending)>, StoreError> {
         let tx = self.store.db().begin_write()?;
-        let mut out = Vec::with_capacity(notifications.len());
-        {
-            let mut pending = tx.open_table(PENDING)?;
-            let dead = tx.open_table(DEAD)?;
-            let done = tx.open_table(DONE)?;
-            for n in notifications {
-                let id = n.id.clone();
-                let p = Pending {
-                    notification: n,
-                    enqueued_at: now,
-                    attempts: 0,
-                    next_at: now,
-                    last_error: None,
-                };
-                let known = pending.get(id.as_str())?.is_some()
-                    || done.get(id.as_str())?.is_some()
-                    || dead.get(id.as_str())?.is_some();
-                if known {
-                    out.push((Enqueued::Duplicate, p));
-                    continue;
-                }
-                pending.insert(id.as_str(), encode(&p).as_slice())?;
-                out.push((Enqueued::Queued, p));
-            }
-        }
+        let out = Outbox::enqueue_in(&tx, notifications, now)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// [`Outbox::enqueue`] inside the caller's transaction, so that the
+    /// entries commit together with the engine state and the positions
+    /// of the events that decided them. Hand the result to the
+    /// dispatcher only after the commit.
+    pub fn enqueue_in(
+        tx: &redb::WriteTransaction,
+        notifications: Vec<Notification>,
+        now: Millis,
+    ) -> Result<Vec<(Enqueued, Pending)>, StoreError> {
+        let mut out = Vec::with_capacity(notifications.len());
+        if notifications.is_empty() {
+            return Ok(out);
+        }
+        let mut pending = tx.open_table(PENDING)?;
+        let dead = tx.open_table(DEAD)?;
+        let done = tx.open_table(DONE)?;
+        for n in notifications {
+            let id = n.id.clone();
+            let p = Pending {
+                notification: n,
+                enqueued_at: now,
+                attempts: 0,
+                next_at: now,
+                last_error: None,
+            };
+            let known = pending.get(id.as_str())?.is_some()
+                || done.get(id.as_str())?.is_some()
+                || dead.get(id.as_str())?.is_some();
+            if known {
+                out.push((Enqueued::Duplicate, p));
+                continue;
+            }
+            pending.insert(id.as_str(), encode(&p).as_slice())?;
+            out.push((Enqueued::Queued, p));
+        }
+        Ok(out)
+    }
+
+    /// Whether `id` waits in the outbox (not yet sent, resolved or dead).
+    pub fn is_pending(&self, id: &str) -> Result<bool, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        Ok(tx.open_table(PENDING)?.get(id)?.is_some())
     }
 
     /// Every pending notification, for the dispatcher at start-up.
@@ -249,6 +269,23 @@ impl Outbox {
         }
         tx.commit()?;
         Ok(gone)
+    }
+
+    /// Deletes dead letters that died before `before` (ms): the
+    /// `state.dead_letter_retention` compaction. Returns how many.
+    pub fn prune_dead(&self, before: Millis) -> Result<usize, StoreError> {
+        let tx = self.store.db().begin_write()?;
+        let removed;
+        {
+            let mut dead = tx.open_table(DEAD)?;
+            let len = dead.len()?;
+            dead.retain(|_, v| {
+                serde_json::from_slice::<DeadLetter>(v).map_or(true, |d| d.dead_at >= before)
+            })?;
+            removed = (len - dead.len()?) as usize;
+        }
+        tx.commit()?;
+        Ok(removed)
     }
 
     /// Forgets settled ids older than `before` (ms). Returns how many.

@@ -1,10 +1,14 @@
 //! The Kafka source: a consumer in a consumer group over the configured
 //! topics, an optional dead-letter producer, broker health probing.
 //!
-//! Positions: the daemon calls [`KafkaSource::mark_done`] once an event's
-//! effects are done; only marked positions are ever committed (on a timer,
-//! on partition revoke, and synchronously at shutdown). A crash therefore
-//! re-reads, never skips.
+//! Positions: the state store is the source of truth. The daemon commits
+//! the positions after each batch to the store, in the same transaction as
+//! the batch's effects; when a partition is assigned, consumption starts at
+//! the position the store holds for it (set in the rebalance callback,
+//! before librdkafka fetches anything). The daemon then calls
+//! [`KafkaSource::mark_position`], and marked positions are committed to
+//! Kafka too (on a timer, on partition revoke, and at shutdown), only so
+//! that lag monitoring sees them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,11 +16,13 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -47,10 +53,61 @@ pub enum SourceError {
 /// last event whose effects are done.
 type Done = Arc<Mutex<HashMap<(String, i32), i64>>>;
 
+/// Partitions revoked inside a rebalance callback, for the daemon to flush
+/// and forget after `recv` returns.
+pub type Revoked = Arc<Mutex<Vec<(String, i32)>>>;
+
 pub struct SourceContext {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     done: Done,
+    /// Where assigned partitions resume: the state store's positions.
+    store: Option<crate::state::Store>,
+    revoked: Revoked,
+}
+
+impl SourceContext {
+    /// Sets each newly assigned partition's start to the position the
+    /// store holds for it; partitions it has never seen keep the group's
+    /// committed offset (or `auto.offset.reset`).
+    fn resume_from_store(&self, tpl: &mut TopicPartitionList) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let wanted: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        for (topic, partition) in wanted {
+            match crate::state::engine::position(store, &topic, partition) {
+                Ok(Some(next)) => {
+                    if let Err(e) =
+                        tpl.set_partition_offset(&topic, partition, Offset::Offset(next))
+                    {
+                        tracing::error!(error_code = "kafka_seek_failed", stage = "source", topic, partition, error = %e, "cannot resume from the stored position");
+                    } else {
+                        tracing::info!(
+                            topic,
+                            partition,
+                            offset = next,
+                            "resuming from the stored position"
+                        );
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!(
+                        topic,
+                        partition,
+                        "no stored position: starting from the group's committed offset"
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(error_code = "state_store_failed", stage = "source", topic, partition, error = %e, "cannot read the stored position")
+                }
+            }
+        }
+    }
 }
 
 impl ClientContext for SourceContext {
@@ -68,6 +125,51 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    /// rdkafka's default rebalance, plus: assigned partitions start at the
+    /// positions in the state store.
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            base_consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.resume_from_store(tpl);
+                let result = if cooperative {
+                    base_consumer.incremental_assign(tpl)
+                } else {
+                    base_consumer.assign(tpl)
+                };
+                self.post_rebalance(base_consumer, &Rebalance::Assign(tpl));
+                result
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(base_consumer, &Rebalance::Revoke(tpl));
+                let result = if cooperative {
+                    base_consumer.incremental_unassign(tpl)
+                } else {
+                    base_consumer.unassign()
+                };
+                self.post_rebalance(base_consumer, &Rebalance::Revoke(tpl));
+                result
+            }
+            other => {
+                let e = KafkaError::Rebalance(other.into());
+                self.post_rebalance(base_consumer, &Rebalance::Error(e));
+                // As librdkafka asks: drop the assignment after an error.
+                base_consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error_code = "kafka_rebalance_error", stage = "source", error = %e, "cannot apply the rebalance");
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             // Commit what is done on the partitions we lose, so the next
@@ -93,6 +195,12 @@ impl ConsumerContext for SourceContext {
                 }
             }
             tracing::info!(partitions = %describe(tpl), "partitions revoked");
+            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            revoked.extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition())),
+            );
         }
     }
 
@@ -126,6 +234,7 @@ pub struct KafkaSource {
     consumer: Arc<StreamConsumer<SourceContext>>,
     dead_letter: Option<(FutureProducer, String)>,
     done: Done,
+    revoked: Revoked,
     cfg: KafkaConfig,
 }
 
@@ -142,13 +251,16 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 impl KafkaSource {
     /// Creates the clients, waits for the brokers, checks that every
     /// configured topic exists, and subscribes.
+    /// `store`: where assigned partitions resume (see the module docs).
     pub async fn connect(
         cfg: &KafkaConfig,
+        store: Option<crate::state::Store>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
         shutdown: &CancellationToken,
     ) -> Result<KafkaSource, SourceError> {
         let done: Done = Arc::default();
+        let revoked: Revoked = Arc::default();
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
@@ -166,6 +278,8 @@ impl KafkaSource {
                 health: Arc::clone(&health),
                 metrics: Arc::clone(&metrics),
                 done: Arc::clone(&done),
+                store,
+                revoked: Arc::clone(&revoked),
             })
             .map_err(SourceError::Client)?;
         let consumer = Arc::new(consumer);
@@ -219,20 +333,62 @@ impl KafkaSource {
                 });
             }
         }
-        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|error| SourceError::Subscribe {
-                topics: cfg.topics.clone(),
-                error,
-            })?;
-        tracing::info!(topics = ?cfg.topics, group = %cfg.group_id, "subscribed");
         Ok(KafkaSource {
             consumer,
             dead_letter,
             done,
+            revoked,
             cfg: cfg.clone(),
         })
+    }
+
+    /// Joins the consumer group. Separate from `connect`, so the caller
+    /// can check its state against the group's offsets first.
+    pub fn subscribe(&self) -> Result<(), SourceError> {
+        let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&topics)
+            .map_err(|error| SourceError::Subscribe {
+                topics: self.cfg.topics.clone(),
+                error,
+            })?;
+        tracing::info!(topics = ?self.cfg.topics, group = %self.cfg.group_id, "subscribed");
+        Ok(())
+    }
+
+    /// The group's committed offsets for every partition of the
+    /// configured topics: (topic, partition, next offset), only those
+    /// that have one.
+    pub async fn committed_offsets(&self) -> Result<Vec<(String, i32, i64)>, KafkaError> {
+        let c = Arc::clone(&self.consumer);
+        let topics = self.cfg.topics.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for t in &topics {
+                let md = c.fetch_metadata(Some(t), Duration::from_secs(5))?;
+                for mt in md.topics() {
+                    for p in mt.partitions() {
+                        tpl.add_partition(t, p.id());
+                    }
+                }
+            }
+            let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+            Ok(committed
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(n) if n >= 0 => Some((e.topic().to_string(), e.partition(), n)),
+                    _ => None,
+                })
+                .collect())
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+    }
+
+    /// Partitions revoked since the last call (see [`Revoked`]).
+    pub fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The next record. Errors are for the caller to log and carry on.
@@ -254,10 +410,18 @@ impl KafkaSource {
         v
     }
 
-    /// The record's effects are done: its position may be committed.
-    pub fn mark_done(&self, topic: &str, partition: i32, offset: i64) {
+    /// The effects of every record before `next` are durable: the
+    /// position may be committed to Kafka.
+    pub fn mark_position(&self, topic: &str, partition: i32, next: i64) {
         let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
-        done.insert((topic.to_string(), partition), offset + 1);
+        done.insert((topic.to_string(), partition), next);
+    }
+
+    /// Whether (topic, partition) is assigned to this consumer now.
+    pub fn is_assigned(&self, topic: &str, partition: i32) -> bool {
+        self.consumer
+            .assignment()
+            .is_ok_and(|a| a.find_partition(topic, partition).is_some())
     }
 
     /// Commits every marked position. `Sync` waits for the broker's answer.
