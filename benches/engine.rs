@@ -10,6 +10,14 @@
 //! 2. Memory: live heap bytes per open absence episode at one million open
 //!    episodes of the checkout drop-off rule, measured with a counting
 //!    global allocator (requested sizes; malloc's own overhead excluded).
+//! 3. Durable: the throughput run again with the daemon's durability on:
+//!    every `state.commit_max_events` events (5,000 by default; 1,000 for
+//!    comparison) the engine's changes, the decided notifications (composed
+//!    from the templates) and the positions commit in one fsync'd redb
+//!    transaction on a second thread while the next batch is processed,
+//!    as `daemon::Pipeline::start_commit` does. Wall time, since the fsync
+//!    waits are the point; the engine-only wall figure of the same events
+//!    is printed beside it.
 //!
 //! Per-core figures use the thread's CPU time (`/proc/thread-self/schedstat`)
 //! so that other processes on the machine do not distort them; wall time is
@@ -21,7 +29,7 @@
 //! the throughput loop does not pay for atomic counters. The summary at the
 //! end prints both figures next to their targets.
 //!
-//! For profiling: `FOREWARN_BENCH_ONLY=memory|throughput` runs one part,
+//! For profiling: `FOREWARN_BENCH_ONLY=memory|throughput|durable` runs one part,
 //! `FOREWARN_BENCH_EVENTS=N` shrinks the stream and the episode count.
 
 mod common;
@@ -104,6 +112,9 @@ const WARMUP_EVENTS: usize = 200_000;
 const RUNS: usize = 3;
 const EPISODES: usize = 1_000_000;
 const FILLER_RULES: usize = 200;
+/// Events in the durable run ([3]): enough for the store to hold a few
+/// hundred thousand episodes and windows.
+const DURABLE_EVENTS: usize = 500_000;
 
 const TARGET_EVENTS_PER_SEC: f64 = 500_000.0;
 const TARGET_BYTES_PER_EPISODE: f64 = 300.0;
@@ -176,14 +187,15 @@ fn partition_of(customer: &str) -> i32 {
     (xxhash_rust::xxh3::xxh3_64(customer.as_bytes()) % PARTITIONS) as i32
 }
 
-/// `FOREWARN_BENCH_ONLY=memory|throughput` runs one part;
-/// `FOREWARN_BENCH_EVENTS=N` shrinks both sizes (profiling, callgrind).
-fn knobs() -> (bool, bool, Option<usize>) {
+/// `FOREWARN_BENCH_ONLY=memory|throughput|durable` runs one part;
+/// `FOREWARN_BENCH_EVENTS=N` shrinks the sizes (profiling, callgrind).
+fn knobs() -> ([bool; 3], Option<usize>) {
     let only = std::env::var("FOREWARN_BENCH_ONLY").unwrap_or_default();
     let events = std::env::var("FOREWARN_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok());
-    (only != "throughput", only != "memory", events)
+    let on = |part: &str| only.is_empty() || only == part;
+    ([on("memory"), on("throughput"), on("durable")], events)
 }
 
 /// This thread's CPU time (Linux `schedstat`, nanoseconds): unlike wall
@@ -696,7 +708,7 @@ fn load_or_die(dir: &Path) -> forewarn::rules::load::Loaded {
 }
 
 /// The shipped rules plus the filler, loaded from a temporary copy.
-fn rules_with_filler() -> (RuleSet, tempfile::TempDir) {
+fn rules_with_filler() -> (forewarn::rules::load::Loaded, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let shipped = Path::new("rules");
     for entry in std::fs::read_dir(shipped).unwrap().filter_map(Result::ok) {
@@ -717,7 +729,7 @@ fn rules_with_filler() -> (RuleSet, tempfile::TempDir) {
     .unwrap();
     std::fs::write(dir.path().join("zz-bench-filler.toml"), filler_rules()).unwrap();
     let loaded = load_or_die(dir.path());
-    (loaded.rules, dir)
+    (loaded, dir)
 }
 
 /// Event types the shipped rules react to (trigger, until, cancel_on).
@@ -821,6 +833,180 @@ fn run_engine(rules: &Arc<RuleSet>, schema: &EventSchema, stream: &Stream, limit
         events,
         tally,
         stats,
+    }
+}
+
+struct Durable {
+    wall: Duration,
+    commits: usize,
+    commit_time: Duration,
+    commit_max: Duration,
+    queued: usize,
+    rows: usize,
+    by_table: std::collections::BTreeMap<String, usize>,
+    snapshots: usize,
+    /// On the consumer thread: collecting the engine's changes and snapshots.
+    take_time: Duration,
+    /// Outside commits: composing notifications from templates.
+    compose_time: Duration,
+    store_bytes: u64,
+}
+
+/// The daemon's path with durability: decode, evaluate, compose the
+/// firings' notifications, and every `batch` events commit the engine's
+/// changes, the notifications and the positions in one transaction.
+fn run_durable(
+    rules: &Arc<RuleSet>,
+    templates: &forewarn::notify::template::Templates,
+    schema: &EventSchema,
+    stream: &Stream,
+    limit: usize,
+    batch: usize,
+) -> Durable {
+    use forewarn::notify::outbox::Outbox;
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let store = forewarn::state::Store::open(dir.path()).unwrap();
+    forewarn::state::engine::open(&store).unwrap();
+    Outbox::open(store.clone()).unwrap();
+    let mut engine = Engine::new(
+        Arc::clone(rules),
+        EngineConfig {
+            durable: true,
+            send_time_guard: true,
+            ..engine_config()
+        },
+        &[FieldPath::parse("customer.email").unwrap()],
+    );
+    let email = FieldPath::parse("customer.email").unwrap();
+    let mut out = Output::default();
+    let mut notifications = Vec::new();
+    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+    let (mut commits, mut commit_time, mut commit_max, mut queued, mut rows) =
+        (0, Duration::ZERO, Duration::ZERO, 0, 0);
+    let mut by_table = std::collections::BTreeMap::new();
+    let changelog = forewarn::state::engine::Changelog::default();
+    let mut take_time = Duration::ZERO;
+    let mut compose_time = Duration::ZERO;
+    let mut snapshots_taken = 0;
+    // As the daemon does: the transaction runs on another thread while
+    // the next batch is processed, one commit in flight at a time.
+    type Job = (
+        Vec<forewarn::engine::persist::Write>,
+        Vec<(i32, Vec<forewarn::engine::persist::Write>)>,
+        Vec<forewarn::notify::Notification>,
+        HashMap<(String, i32), i64>,
+    );
+    let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
+    let (done_tx, done) = std::sync::mpsc::channel::<Duration>();
+    let worker = {
+        let store = store.clone();
+        let changelog = changelog.clone();
+        std::thread::spawn(move || {
+            for (writes, snapshots, notifications, positions) in job_rx {
+                let t = Instant::now();
+                let tx = store.db().begin_write().unwrap();
+                forewarn::state::engine::commit(&tx, &changelog, &writes, &snapshots).unwrap();
+                Outbox::enqueue_in(&tx, notifications, BASE_TIME).unwrap();
+                forewarn::state::engine::put_positions(&tx, &positions).unwrap();
+                tx.commit().unwrap();
+                done_tx.send(t.elapsed()).unwrap();
+            }
+        })
+    };
+    let mut in_flight = false;
+    let mut land = |in_flight: &mut bool| {
+        if std::mem::take(in_flight) {
+            let took = done.recv().unwrap();
+            commits += 1;
+            commit_time += took;
+            commit_max = commit_max.max(took);
+        }
+    };
+    let mut commit = |engine: &mut Engine,
+                      notifications: &mut Vec<forewarn::notify::Notification>,
+                      positions: &mut HashMap<(String, i32), i64>,
+                      in_flight: &mut bool,
+                      land: &mut dyn FnMut(&mut bool)| {
+        land(in_flight);
+        let t = Instant::now();
+        let writes = engine.take_changes();
+        queued += notifications.len();
+        rows += writes.len();
+        for w in &writes {
+            *by_table.entry(w.table.name().to_string()).or_insert(0) += 1;
+        }
+        let snapshots: Vec<_> = (0..PARTITIONS as i32)
+            .filter(|&p| changelog.snapshot_due(p))
+            .map(|p| (p, engine.snapshot(p)))
+            .collect();
+        snapshots_taken += snapshots.len();
+        take_time += t.elapsed();
+        jobs.send((
+            writes,
+            snapshots,
+            std::mem::take(notifications),
+            std::mem::take(positions),
+        ))
+        .unwrap();
+        *in_flight = true;
+    };
+    let start = Instant::now();
+    for (i, bytes) in stream.iter().take(limit).enumerate() {
+        let Ok(event) = schema.decode_lazy(bytes, |kind| engine.payload_need(kind)) else {
+            continue;
+        };
+        let event = Arc::new(event);
+        let p = partition_of(&event.customer);
+        engine.on_event(p, &event, Clock::Virtual, &mut out);
+        let t = Instant::now();
+        for d in out.decisions.drain(..) {
+            if d.outcome == Outcome::Fire {
+                if let Ok(n) = forewarn::notify::compose(&d.firing, templates, &email, true) {
+                    notifications.push(n);
+                }
+            }
+        }
+        compose_time += t.elapsed();
+        out.errors.clear();
+        out.missing_key.clear();
+        out.resolved.clear();
+        positions.insert(("events".to_string(), p), i as i64 + 1);
+        if i % batch == batch - 1 {
+            commit(
+                &mut engine,
+                &mut notifications,
+                &mut positions,
+                &mut in_flight,
+                &mut land,
+            );
+        }
+    }
+    commit(
+        &mut engine,
+        &mut notifications,
+        &mut positions,
+        &mut in_flight,
+        &mut land,
+    );
+    land(&mut in_flight);
+    drop(jobs);
+    worker.join().unwrap();
+    let wall = start.elapsed();
+    drop(engine);
+    let store_bytes = std::fs::metadata(store.path()).map_or(0, |m| m.len());
+    Durable {
+        wall,
+        commits,
+        commit_time,
+        commit_max,
+        queued,
+        rows,
+        by_table,
+        snapshots: snapshots_taken,
+        take_time,
+        compose_time,
+        store_bytes,
     }
 }
 
@@ -1027,7 +1213,7 @@ const RUN_BUDGET_SECS: f64 = 20.0;
 
 fn main() {
     let total = Instant::now();
-    let (do_memory, do_throughput, events_override) = knobs();
+    let ([do_memory, do_throughput, do_durable], events_override) = knobs();
     let stdout = std::io::stdout();
     let mut o = stdout.lock();
     writeln!(
@@ -1110,8 +1296,8 @@ fn main() {
     // ---------------------------------------------------------------- [1]
     let mut tp_summary = None;
     if do_throughput {
-        let (rules, _dir) = rules_with_filler();
-        let rules = Arc::new(rules);
+        let (loaded, _dir) = rules_with_filler();
+        let rules = Arc::new(loaded.rules);
         let known: BTreeSet<&str> = MIX.iter().map(|(k, _)| *k).collect();
         let extra: Vec<String> = rule_types(&shipped)
             .into_iter()
@@ -1287,7 +1473,88 @@ fn main() {
         .unwrap();
     }
 
+    // ---------------------------------------------------------------- [3]
+    let mut durable_summary = None;
+    if do_durable {
+        let (loaded, _dir) = rules_with_filler();
+        let rules = Arc::new(loaded.rules);
+        let known: BTreeSet<&str> = MIX.iter().map(|(k, _)| *k).collect();
+        let extra: Vec<String> = rule_types(&shipped)
+            .into_iter()
+            .filter(|t| !known.contains(t.as_str()))
+            .collect();
+        let n = events_override.unwrap_or(DURABLE_EVENTS);
+        let stream = generate_stream(n, &extra);
+        let schema = schema();
+        writeln!(
+            o,
+            "\n[3] durable: decode + evaluate + commit to redb (fsync'd), {} rules, {} events, wall time",
+            rules.len(),
+            group(n as f64)
+        )
+        .unwrap();
+        o.flush().unwrap();
+        let engine_only = run_engine(&rules, &schema, &stream, n).timing.wall;
+        writeln!(
+            o,
+            "  engine only (no store), same events: {} events/s wall",
+            group(per_sec(n, engine_only))
+        )
+        .unwrap();
+        let mut at_default = None;
+        for batch in [5_000usize, 1_000] {
+            let d = run_durable(&rules, &loaded.templates, &schema, &stream, n, batch);
+            writeln!(
+                o,
+                "  commit every {} events: {} events/s wall ({:.0}% of engine only); {} commits, {:.2} ms/commit mean, {:.2} ms max; {} notifications queued; store {:.1} MB",
+                group(batch as f64),
+                group(per_sec(n, d.wall)),
+                100.0 * engine_only.as_secs_f64() / d.wall.as_secs_f64(),
+                group(d.commits as f64),
+                d.commit_time.as_secs_f64() * 1e3 / d.commits.max(1) as f64,
+                d.commit_max.as_secs_f64() * 1e3,
+                group(d.queued as f64),
+                d.store_bytes as f64 / 1e6
+            )
+            .unwrap();
+            let tables: Vec<String> = d
+                .by_table
+                .iter()
+                .map(|(t, n)| format!("{t} {}", group(*n as f64 / d.commits.max(1) as f64)))
+                .collect();
+            writeln!(
+                o,
+                "    state rows per commit: {} ({}); partition snapshots taken: {}",
+                group(d.rows as f64 / d.commits.max(1) as f64),
+                tables.join(", "),
+                d.snapshots
+            )
+            .unwrap();
+            writeln!(
+                o,
+                "    consumer thread: collecting changes {:.2} s, composing notifications {:.2} s, decode + evaluate + journal + waiting for commits {:.2} s; commit thread: {:.2} s of transactions",
+                d.take_time.as_secs_f64(),
+                d.compose_time.as_secs_f64(),
+                (d.wall - d.take_time - d.compose_time).as_secs_f64(),
+                d.commit_time.as_secs_f64()
+            )
+            .unwrap();
+            o.flush().unwrap();
+            at_default.get_or_insert((per_sec(n, d.wall), per_sec(n, engine_only)));
+        }
+        durable_summary = at_default;
+    }
+
     writeln!(o, "\nsummary").unwrap();
+    if let Some((durable, engine_only)) = durable_summary {
+        writeln!(
+            o,
+            "  durable (commit every 5,000 events): {} events/s wall, engine only {} events/s wall",
+            group(durable),
+            group(engine_only)
+        )
+        .unwrap();
+    }
     if let Some((eps, ns)) = tp_summary {
         writeln!(
             o,

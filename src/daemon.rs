@@ -211,7 +211,9 @@ impl Daemon {
             metrics: Arc::clone(&metrics),
             log_customer_ids: config.log_customer_ids,
             store,
+            changelog: Default::default(),
             batch: Batch::default(),
+            in_flight: None,
             applied: HashMap::new(),
         };
         let check_state = fresh_state && !options.reset_state;
@@ -326,8 +328,18 @@ async fn consume(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            landed = pipeline.commit_landed() => {
+                let flight = pipeline.in_flight.take().expect("a commit was in flight");
+                match landed.map_err(|e| DaemonError::Task(e.to_string())).and_then(|r| r.map_err(DaemonError::from)) {
+                    Ok((queued, positions)) => pipeline.committed(&source, flight, queued, positions),
+                    Err(e) => {
+                        stop = Some(e);
+                        break;
+                    }
+                }
+            }
             _ = async { tokio::time::sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {
-                if let Err(e) = pipeline.flush(&source).await {
+                if let Err(e) = pipeline.start_commit(&source).await {
                     stop = Some(e);
                     break;
                 }
@@ -353,7 +365,7 @@ async fn consume(
                     pipeline.engine.settle(&s.id);
                 }
                 pipeline.apply(out);
-                if let Err(e) = pipeline.flush(&source).await {
+                if let Err(e) = pipeline.start_commit(&source).await {
                     stop = Some(e);
                     break;
                 }
@@ -373,6 +385,10 @@ async fn consume(
                             continue;
                         }
                         if !pipeline.engine.has_partition(p) {
+                            if let Err(e) = pipeline.flush(&source).await {
+                                stop = Some(e);
+                                break;
+                            }
                             if let Err(e) = pipeline.restore(p).await {
                                 stop = Some(e);
                                 break;
@@ -383,7 +399,7 @@ async fn consume(
                             Ok(()) => {
                                 pipeline.batch.record(topic, p, offset);
                                 if pipeline.batch.events >= commit_max_events {
-                                    if let Err(e) = pipeline.flush(&source).await {
+                                    if let Err(e) = pipeline.start_commit(&source).await {
                                         stop = Some(e);
                                         break;
                                     }
@@ -455,6 +471,25 @@ impl Batch {
         self.events += 1;
         self.since.get_or_insert_with(Instant::now);
     }
+}
+
+/// What a commit hands back: the outbox's verdict on each notification,
+/// and the positions it made durable.
+type Committed = (
+    Vec<(Enqueued, crate::notify::outbox::Pending)>,
+    HashMap<(String, i32), i64>,
+);
+type CommitResult = Result<Result<Committed, StoreError>, tokio::task::JoinError>;
+
+/// A batch whose commit runs on a blocking thread.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<Committed, StoreError>>,
+    /// Its notification ids, and those of them resolved (send-time guard)
+    /// before the dispatcher had them.
+    ids: HashSet<String>,
+    resolve_after: Vec<String>,
+    events: usize,
+    started: Instant,
 }
 
 /// How long the store keeps what it no longer needs.
@@ -534,7 +569,12 @@ struct Pipeline {
     metrics: Arc<Metrics>,
     log_customer_ids: bool,
     store: Store,
+    /// Where each partition's state log stands (snapshots are due when it
+    /// outgrows the last one).
+    changelog: crate::state::engine::Changelog,
     batch: Batch,
+    /// The batch being committed while the next one is processed.
+    in_flight: Option<InFlight>,
     /// Durable next offset per (topic, partition): records before it are
     /// in the state already and are skipped should they come again.
     applied: HashMap<(String, i32), i64>,
@@ -657,47 +697,109 @@ impl Pipeline {
                 }
                 !gone
             });
+            // Being committed: resolved once the dispatcher has them.
             // Committed before: the dispatcher drops those not yet sent.
-            let elsewhere: Vec<String> = elsewhere.into_iter().map(str::to_string).collect();
-            if !elsewhere.is_empty() {
-                self.dispatcher.resolve(&elsewhere);
+            let mut now = Vec::new();
+            for id in elsewhere {
+                match &mut self.in_flight {
+                    Some(f) if f.ids.contains(id) => f.resolve_after.push(id.to_string()),
+                    _ => now.push(id.to_string()),
+                }
+            }
+            if !now.is_empty() {
+                self.dispatcher.resolve(&now);
             }
         }
     }
 
-    /// Commits the batch: engine changes, outbox entries and positions in
-    /// one store transaction. Then hands the notifications to the
-    /// dispatcher and the positions to Kafka.
+    /// Commits the batch and waits until it is durable (and the commit
+    /// before it).
     async fn flush(&mut self, source: &KafkaSource) -> Result<(), DaemonError> {
+        self.start_commit(source).await?;
+        self.finish_commit(source).await
+    }
+
+    /// Starts committing the batch: engine changes, outbox entries and
+    /// positions in one store transaction, on a blocking thread, while
+    /// the consumer goes on with the next batch. At most one commit is in
+    /// flight: the previous one is finished first, so commits land in
+    /// order.
+    async fn start_commit(&mut self, source: &KafkaSource) -> Result<(), DaemonError> {
+        self.finish_commit(source).await?;
         let writes = self.engine.take_changes();
         let batch = std::mem::take(&mut self.batch);
         if writes.is_empty() && batch.notifications.is_empty() && batch.positions.is_empty() {
             return Ok(());
         }
+        // A partition whose log has outgrown its snapshot gets a new one.
+        let snapshots: Vec<(PartitionId, Vec<crate::engine::persist::Write>)> = self
+            .engine
+            .partitions()
+            .filter(|&p| self.changelog.snapshot_due(p))
+            .map(|p| (p, self.engine.snapshot(p)))
+            .collect();
+        let changelog = self.changelog.clone();
         let store = self.store.clone();
-        let started = Instant::now();
         let Batch {
             notifications,
             positions,
             events,
             ..
         } = batch;
-        let committed = tokio::task::spawn_blocking(move || {
+        let ids = notifications.iter().map(|n| n.id.clone()).collect();
+        let started = Instant::now();
+        let task = tokio::task::spawn_blocking(move || {
             let tx = store.db().begin_write()?;
-            crate::state::engine::apply(&tx, &writes)?;
+            crate::state::engine::commit(&tx, &changelog, &writes, &snapshots)?;
             let queued = Outbox::enqueue_in(&tx, notifications, crate::event::now_millis())?;
             crate::state::engine::put_positions(&tx, &positions)?;
             tx.commit()?;
             Ok::<_, StoreError>((queued, positions))
-        })
-        .await
-        .map_err(|e| DaemonError::Task(e.to_string()))?;
-        let (queued, positions) = committed?;
+        });
+        self.in_flight = Some(InFlight {
+            task,
+            ids,
+            resolve_after: Vec::new(),
+            events,
+            started,
+        });
+        Ok(())
+    }
+
+    /// Waits for the commit in flight, if any; then hands its
+    /// notifications to the dispatcher and its positions to Kafka.
+    async fn finish_commit(&mut self, source: &KafkaSource) -> Result<(), DaemonError> {
+        let Some(mut flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (queued, positions) = (&mut flight.task)
+            .await
+            .map_err(|e| DaemonError::Task(e.to_string()))??;
+        self.committed(source, flight, queued, positions);
+        Ok(())
+    }
+
+    /// The commit in flight has finished (for `select!`): never resolves
+    /// while there is none.
+    async fn commit_landed(&mut self) -> CommitResult {
+        match &mut self.in_flight {
+            Some(f) => (&mut f.task).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn committed(
+        &mut self,
+        source: &KafkaSource,
+        flight: InFlight,
+        queued: Vec<(Enqueued, crate::notify::outbox::Pending)>,
+        positions: HashMap<(String, i32), i64>,
+    ) {
         let m = &self.metrics;
         m.state_commits.inc();
         m.state_commit_duration
-            .observe(started.elapsed().as_secs_f64());
-        m.state_commit_events.observe(events as f64);
+            .observe(flight.started.elapsed().as_secs_f64());
+        m.state_commit_events.observe(flight.events as f64);
         for ((topic, partition), next) in positions {
             source.mark_position(&topic, partition, next);
             self.applied.insert((topic, partition), next);
@@ -711,6 +813,9 @@ impl Pipeline {
             })
             .collect();
         self.dispatcher.hand_over(queued);
+        if !flight.resolve_after.is_empty() {
+            self.dispatcher.resolve(&flight.resolve_after);
+        }
         for (id, rule, channel) in duplicates {
             // Decided before (the event was read again after a restart):
             // the outbox already has it, or it was sent.
@@ -720,25 +825,25 @@ impl Pipeline {
                 .with_label_values(&[&rule, &channel, "duplicate"])
                 .inc();
         }
-        Ok(())
     }
 
     /// Rebuilds partition `p`'s engine state from the store.
     async fn restore(&mut self, p: PartitionId) -> Result<(), DaemonError> {
         let store = self.store.clone();
         let outbox = self.dispatcher.outbox().clone();
-        let (rows, unsettled) = tokio::task::spawn_blocking(move || {
-            let rows = crate::state::engine::load_partition(&store, p)?;
+        let (rows, log, unsettled) = tokio::task::spawn_blocking(move || {
+            let (rows, log) = crate::state::engine::load_partition(&store, p)?;
             let mut unsettled = HashSet::new();
             for id in rows.iter().filter_map(crate::engine::persist::fired_id) {
                 if outbox.is_pending(id)? {
                     unsettled.insert(id.to_string());
                 }
             }
-            Ok::<_, StoreError>((rows, unsettled))
+            Ok::<_, StoreError>((rows, log, unsettled))
         })
         .await
         .map_err(|e| DaemonError::Task(e.to_string()))??;
+        self.changelog.set(p, log);
         let r = self.engine.restore(p, &rows, &|id| unsettled.contains(id));
         let m = &self.metrics.state_restored;
         for (kind, n) in [
@@ -784,7 +889,17 @@ impl Pipeline {
                 last_seen.remove(p);
             }
         }
-        for &p in assigned.iter().filter(|p| !known.contains(p)) {
+        let new: Vec<PartitionId> = assigned
+            .iter()
+            .copied()
+            .filter(|p| !known.contains(p))
+            .collect();
+        if !new.is_empty() {
+            // A partition revoked a moment ago may have its last changes
+            // in the commit in flight.
+            self.finish_commit(source).await?;
+        }
+        for p in new {
             self.restore(p).await?;
             last_seen.insert(p, Instant::now());
         }

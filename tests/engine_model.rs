@@ -294,25 +294,28 @@ fn model_absence(
         for e in events.iter().filter(|e| e.customer == c) {
             let t = e.time;
             if e.kind == Kind::Trigger {
-                let running = episodes.iter().position(|ep| ep.open() && ep.deadline >= t);
-                match running {
-                    Some(i) => {
-                        if restart && episodes[i].start <= t {
-                            episodes[i].replaced = true;
-                            episodes.push(ModelEpisode {
-                                start: t,
-                                deadline: t + w,
-                                closed: false,
-                                replaced: false,
-                            });
-                        }
+                // The running episode that started first.
+                let running = episodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, ep)| ep.open() && ep.deadline >= t)
+                    .min_by_key(|(_, ep)| (ep.start, ep.deadline))
+                    .map(|(i, _)| i);
+                if let Some(i) = running {
+                    if restart && episodes[i].start <= t {
+                        episodes[i].replaced = true;
+                    } else {
+                        continue;
                     }
-                    None => episodes.push(ModelEpisode {
+                }
+                // An episode is (rule, customer, start): never open twice.
+                if !episodes.iter().any(|ep| ep.open() && ep.start == t) {
+                    episodes.push(ModelEpisode {
                         start: t,
                         deadline: t + w,
                         closed: false,
                         replaced: false,
-                    }),
+                    });
                 }
             } else if closers.contains(&e.kind) {
                 for ep in episodes.iter_mut() {

@@ -230,19 +230,33 @@ pub(super) fn on_trigger(
     };
     let k = key_of(key_hash("episode", &rule.id, &key));
     let episodes = &mut part.episodes;
-    // The episode still running at this trigger's time, if any (the oldest,
-    // should out-of-order input have left several).
+    // The episode still running at this trigger's time, if any: the one
+    // that started first, should out-of-order input have left several.
+    // (Chosen by start, not by arrival, so a restored engine, which knows
+    // no arrival order, chooses the same.)
     let running = episodes
         .chain(&k)
         .into_iter()
-        .rev()
-        .find(|&at| episodes.slots[at as usize].deadline >= event.time);
+        .filter(|&at| episodes.slots[at as usize].deadline >= event.time)
+        .min_by_key(|&at| {
+            let s = &episodes.slots[at as usize];
+            (s.start, s.deadline)
+        });
     if let Some(at) = running {
         // A trigger older than the running episode's own is superseded.
         if a.on_repeat == OnRepeat::Ignore || episodes.slots[at as usize].start > event.time {
             return;
         }
         episodes.remove(at);
+    }
+    // An episode is (rule, key, start), as its notification id says: one
+    // that is open already is not opened twice.
+    if episodes
+        .chain(&k)
+        .into_iter()
+        .any(|at| episodes.slots[at as usize].start == event.time)
+    {
+        return;
     }
     let fields = cx.retain[idx as usize].as_deref();
     episodes.insert(k, event.time, deadline, idx, encode_trigger(event, fields));
@@ -394,7 +408,30 @@ impl Episodes {
     /// Rows for the episodes opened or closed since the last flush.
     pub(crate) fn changes(&mut self, pid: PartitionId, rules: &RuleSet, out: &mut Vec<Write>) {
         let noted: Vec<_> = self.journal.drain().collect();
-        for (key, start, deadline) in noted {
+        self.rows(noted, pid, rules, out);
+    }
+
+    /// Rows for every open episode (a snapshot).
+    pub(crate) fn snapshot(&self, pid: PartitionId, rules: &RuleSet, out: &mut Vec<Write>) {
+        let all: Vec<_> = self
+            .timers
+            .iter()
+            .map(|&(deadline, at)| {
+                let s = &self.slots[at as usize];
+                (s.key, s.start, deadline)
+            })
+            .collect();
+        self.rows(all, pid, rules, out);
+    }
+
+    fn rows(
+        &self,
+        ids: Vec<(Key, Millis, Millis)>,
+        pid: PartitionId,
+        rules: &RuleSet,
+        out: &mut Vec<Write>,
+    ) {
+        for (key, start, deadline) in ids {
             let value = self.find(&key, start, deadline).map(|at| {
                 let s = &self.slots[at as usize];
                 Enc::value()
@@ -445,7 +482,16 @@ impl Guard {
     /// Rows for the fired episodes guarded or settled since the last flush.
     pub(crate) fn changes(&mut self, pid: PartitionId, rules: &RuleSet, out: &mut Vec<Write>) {
         let noted: Vec<String> = self.journal.drain().collect();
-        for id in noted {
+        self.rows(noted, pid, rules, out);
+    }
+
+    /// Rows for every guarded episode (a snapshot).
+    pub(crate) fn snapshot(&self, pid: PartitionId, rules: &RuleSet, out: &mut Vec<Write>) {
+        self.rows(self.keys.keys().cloned().collect(), pid, rules, out);
+    }
+
+    fn rows(&self, ids: Vec<String>, pid: PartitionId, rules: &RuleSet, out: &mut Vec<Write>) {
+        for id in ids {
             let value = self.keys.get(&id).and_then(|key| {
                 let f = self.by_key.get(key)?.iter().find(|f| f.id == id)?;
                 Some(

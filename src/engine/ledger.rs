@@ -48,7 +48,16 @@ impl Ledger {
     /// Rows for the entries recorded or expired since the last flush.
     pub(crate) fn changes(&mut self, pid: PartitionId, out: &mut Vec<Write>) {
         let noted: Vec<u128> = self.journal.drain().collect();
-        for key in noted {
+        self.rows(noted, pid, out);
+    }
+
+    /// Rows for every entry (a snapshot).
+    pub(crate) fn snapshot(&self, pid: PartitionId, out: &mut Vec<Write>) {
+        self.rows(self.entries.keys().copied().collect(), pid, out);
+    }
+
+    fn rows(&self, keys: Vec<u128>, pid: PartitionId, out: &mut Vec<Write>) {
+        for key in keys {
             out.push(Write {
                 table: StateTable::Ledger,
                 key: Enc::key(pid).u128(key).done(),

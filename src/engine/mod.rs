@@ -181,16 +181,29 @@ impl Partition {
         self.windows.changes(pid, out);
         self.ledger.changes(pid, out);
         if std::mem::take(&mut self.moved) {
-            out.push(persist::Write {
-                table: persist::StateTable::Partitions,
-                key: persist::partition_prefix(pid).to_vec(),
-                value: Some(
-                    persist::Enc::value()
-                        .opt_millis(self.max_event)
-                        .opt_millis(self.idle_floor)
-                        .done(),
-                ),
-            });
+            out.push(self.meta_row(pid));
+        }
+    }
+
+    /// All of this partition's state, as store rows.
+    fn snapshot(&self, pid: PartitionId, rules: &RuleSet, out: &mut Vec<persist::Write>) {
+        out.push(self.meta_row(pid));
+        self.episodes.snapshot(pid, rules, out);
+        self.guard.snapshot(pid, rules, out);
+        self.windows.snapshot(pid, out);
+        self.ledger.snapshot(pid, out);
+    }
+
+    fn meta_row(&self, pid: PartitionId) -> persist::Write {
+        persist::Write {
+            table: persist::StateTable::Partitions,
+            key: persist::partition_prefix(pid).to_vec(),
+            value: Some(
+                persist::Enc::value()
+                    .opt_millis(self.max_event)
+                    .opt_millis(self.idle_floor)
+                    .done(),
+            ),
         }
     }
 
@@ -286,6 +299,17 @@ impl Engine {
         let mut out = Vec::new();
         for (&pid, part) in self.partitions.iter_mut() {
             part.changes(pid, &self.rules, &mut out);
+        }
+        out
+    }
+
+    /// Every row of partition `p`'s current state, for a snapshot that
+    /// replaces the changes logged so far. Call right after
+    /// [`Engine::take_changes`], so that the snapshot is what is committed.
+    pub fn snapshot(&self, p: PartitionId) -> Vec<persist::Write> {
+        let mut out = Vec::new();
+        if let Some(part) = self.partitions.get(&p) {
+            part.snapshot(p, &self.rules, &mut out);
         }
         out
     }

@@ -48,15 +48,30 @@ impl StateTable {
         StateTable::Ledger,
     ];
 
-    /// The store's table name (the `_v1` is the value layout's version).
+    /// A short name, for figures and logs.
     pub fn name(self) -> &'static str {
         match self {
-            StateTable::Partitions => "engine_partitions_v1",
-            StateTable::Episodes => "engine_episodes_v1",
-            StateTable::Fired => "engine_fired_v1",
-            StateTable::Windows => "engine_windows_v1",
-            StateTable::Ledger => "engine_ledger_v1",
+            StateTable::Partitions => "partitions",
+            StateTable::Episodes => "episodes",
+            StateTable::Fired => "fired",
+            StateTable::Windows => "windows",
+            StateTable::Ledger => "ledger",
         }
+    }
+
+    /// The table's tag in stored rows (never reuse a number).
+    pub fn id(self) -> u8 {
+        match self {
+            StateTable::Partitions => 1,
+            StateTable::Episodes => 2,
+            StateTable::Fired => 3,
+            StateTable::Windows => 4,
+            StateTable::Ledger => 5,
+        }
+    }
+
+    pub fn from_id(id: u8) -> Option<StateTable> {
+        StateTable::ALL.into_iter().find(|t| t.id() == id)
     }
 }
 

@@ -37,7 +37,16 @@ impl Windows {
     /// Rows for the windows changed or dropped since the last flush.
     pub(crate) fn changes(&mut self, pid: PartitionId, out: &mut Vec<Write>) {
         let noted: Vec<u128> = self.journal.drain().collect();
-        for key in noted {
+        self.rows(noted, pid, out);
+    }
+
+    /// Rows for every open window (a snapshot).
+    pub(crate) fn snapshot(&self, pid: PartitionId, out: &mut Vec<Write>) {
+        self.rows(self.map.keys().copied().collect(), pid, out);
+    }
+
+    fn rows(&self, keys: Vec<u128>, pid: PartitionId, out: &mut Vec<Write>) {
+        for key in keys {
             let value = self.map.get(&key).map(|w| {
                 w.times
                     .iter()
