@@ -238,6 +238,86 @@ impl Broker {
             .expect("produce");
     }
 
+    /// Sends `records` (partition or `None` for the key's, key, payload)
+    /// through one producer, all in flight at once, and waits for every
+    /// acknowledgement. Records for one partition keep their order.
+    pub async fn produce_batch(
+        producer: &FutureProducer,
+        topic: &str,
+        records: &[(Option<i32>, Option<&str>, &str)],
+    ) {
+        let mut pending = Vec::with_capacity(records.len());
+        for (partition, key, payload) in records {
+            let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(payload);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            if let Some(p) = partition {
+                record = record.partition(*p);
+            }
+            let delivery = producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("a record queued in the producer");
+            pending.push(delivery);
+        }
+        for delivery in pending {
+            delivery
+                .await
+                .expect("the producer was not dropped")
+                .map_err(|(e, _)| e)
+                .expect("produce");
+        }
+    }
+
+    /// Sends (key, payload) records through one new producer; see
+    /// [`Broker::produce_batch`].
+    pub async fn produce_all(&self, topic: &str, records: &[(String, String)]) {
+        let refs: Vec<(Option<i32>, Option<&str>, &str)> = records
+            .iter()
+            .map(|(k, p)| (None, Some(k.as_str()), p.as_str()))
+            .collect();
+        Self::produce_batch(&self.producer(), topic, &refs).await;
+    }
+
+    /// The sum over `topic`'s partitions of `group`'s committed offsets
+    /// (a partition without one counts 0): on a topic that started empty,
+    /// how many records the group has committed past. `None` when the
+    /// broker does not answer.
+    pub async fn committed_total(&self, group: &str, topic: &str) -> Option<i64> {
+        let brokers = self.brokers.clone();
+        let (group, topic) = (group.to_string(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .ok()?;
+            let md = c
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in md.topics().iter().flat_map(|t| t.partitions()) {
+                tpl.add_partition(&topic, p.id());
+            }
+            let committed = c.committed_offsets(tpl, Duration::from_secs(5)).ok()?;
+            Some(
+                committed
+                    .elements()
+                    .iter()
+                    .map(|e| match e.offset() {
+                        rdkafka::Offset::Offset(n) => n,
+                        _ => 0,
+                    })
+                    .sum(),
+            )
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Reads every record currently in `topic` (from the beginning):
     /// (payload, headers as (key, value) pairs).
     pub async fn read_all(
@@ -375,12 +455,18 @@ impl SmtpSink {
     }
 
     pub fn messages(&self) -> Vec<Mail> {
+        self.files().iter().map(|p| parse_mail(p)).collect()
+    }
+
+    /// The stored messages' files (`.eml`), sorted; cheaper than
+    /// [`SmtpSink::messages`] when only counting or reading new ones.
+    pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default();
         files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
         files.sort();
-        files.iter().map(|p| parse_mail(p)).collect()
+        files
     }
 
     pub async fn wait_for_count(&self, n: usize, timeout: Duration) -> Vec<Mail> {
@@ -397,6 +483,20 @@ impl Drop for SmtpSink {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The last `n` lines of a log file (all of it when shorter), with a header.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    format!(
+        "--- last {} of {} lines of {} ---\n{}",
+        lines.len() - from,
+        lines.len(),
+        path.display(),
+        lines[from..].join("\n")
+    )
 }
 
 pub fn parse_mail(path: &Path) -> Mail {
@@ -529,28 +629,83 @@ pub fn write_config(
     admin_port: u16,
     channels: &str,
 ) -> PathBuf {
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    write_config_with(
+        dir,
+        brokers,
+        topics,
+        admin_port,
+        channels,
+        &ConfigOptions {
+            dead_letter,
+            ..ConfigOptions::default()
+        },
+    )
+}
+
+/// What [`write_config_with`] may change in the config [`write_config`]
+/// writes; `Default` changes nothing.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigOptions<'a> {
+    /// `kafka.dead_letter_topic`.
+    pub dead_letter: Option<&'a str>,
+    /// A rules folder (rule files plus `templates/`) instead of the shipped `rules/`.
+    pub rules_dir: Option<&'a Path>,
+    /// `events.allowed_lateness` (the daemon's default, 5 s, when `None`).
+    pub allowed_lateness: Option<&'a str>,
+    /// `[kafka.properties]`, handed to librdkafka (a shorter session
+    /// timeout, say, so a restarted daemon gets its partitions back sooner).
+    pub kafka_properties: &'a [(&'a str, &'a str)],
+}
+
+/// [`write_config`] with [`ConfigOptions`]: `dir/forewarn.toml`, state in
+/// `dir/state`, group id `forewarn-test-{admin_port}`.
+pub fn write_config_with(
+    dir: &Path,
+    brokers: &str,
+    topics: &[&str],
+    admin_port: u16,
+    channels: &str,
+    opts: &ConfigOptions<'_>,
+) -> PathBuf {
+    let rules = opts
+        .rules_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"));
     let topics = topics
         .iter()
         .map(|t| format!("{t:?}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let dlq = dead_letter
+    let dlq = opts
+        .dead_letter
         .map(|d| format!("dead_letter_topic = {d:?}\n"))
+        .unwrap_or_default();
+    let properties = if opts.kafka_properties.is_empty() {
+        String::new()
+    } else {
+        let mut t = String::from("\n[kafka.properties]\n");
+        for (k, v) in opts.kafka_properties {
+            t.push_str(&format!("{k:?} = {v:?}\n"));
+        }
+        t
+    };
+    let lateness = opts
+        .allowed_lateness
+        .map(|l| format!("allowed_lateness = {l:?}\n"))
         .unwrap_or_default();
     let body = format!(
         r#"[kafka]
 brokers = {brokers:?}
 group_id = "forewarn-test-{admin_port}"
 topics = [{topics}]
-{dlq}
+{dlq}{properties}
 [events]
 type = "type"
 customer = "customer_id"
 time = "ts"
 id = "event_id"
 idle_timeout = "1s"
-
+{lateness}
 [customers]
 email = "customer.email"
 
@@ -588,6 +743,16 @@ pub struct DaemonProcess {
 
 impl DaemonProcess {
     pub fn spawn(config: &Path, admin_port: u16, log: &Path) -> DaemonProcess {
+        Self::spawn_with_args(config, admin_port, log, &[])
+    }
+
+    /// `forewarn run --config CONFIG ARGS…` (e.g. `--reset-state`).
+    pub fn spawn_with_args(
+        config: &Path,
+        admin_port: u16,
+        log: &Path,
+        args: &[&str],
+    ) -> DaemonProcess {
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -596,6 +761,7 @@ impl DaemonProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
             .args(["run", "--config"])
             .arg(config)
+            .args(args)
             .env("FOREWARN_LOG", "info,rdkafka=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::from(err))
@@ -610,6 +776,27 @@ impl DaemonProcess {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the log, for assertion messages.
+    pub fn logs_tail(&self, n: usize) -> String {
+        log_tail(&self.log, n)
+    }
+
+    /// Polls `/readyz` until it answers 200; on timeout, `Err` with its
+    /// last answer (the caller adds the log it wants to show).
+    pub async fn ready_within(&self, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            match http_get(&self.admin, "/readyz") {
+                Ok((200, _)) => return Ok(()),
+                last if start.elapsed() > timeout => {
+                    return Err(format!("not ready within {timeout:?}; /readyz: {last:?}"))
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn signal(&self, sig: &str) {

@@ -13,6 +13,7 @@ transient/permanent DATA failures (--fail-first/--fail-code) and a hung server
 Usage: python3 smtp_sink.py --port PORT --dir DIR [--host 127.0.0.1]
          [--tls-cert CERT.pem --tls-key KEY.pem] [--require-starttls]
          [--auth-user U --auth-password P] [--fail-first N] [--fail-code 451] [--hang]
+         [--quiet]
 Needs Python 3.11 and aiosmtpd 1.4.6 (stdlib otherwise).
 """
 import argparse
@@ -44,6 +45,7 @@ class SinkHandler:
         text = "4.3.0 try again later" if 400 <= code < 500 else "5.3.0 rejected (smtp_sink --fail-code)"
         self.fail_reply = f"{code} {text}"
         self.advertise_auth = args.auth_user is not None
+        self.quiet = args.quiet
         self.seq = 0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
@@ -71,7 +73,8 @@ class SinkHandler:
         }
         write_atomic(self.dir, stem + ".json", json.dumps(meta, indent=2).encode())
         write_atomic(self.dir, stem + ".eml", envelope.original_content)
-        log(f"stored {stem}.eml from {envelope.mail_from} to {envelope.rcpt_tos}")
+        if not self.quiet:
+            log(f"stored {stem}.eml from {envelope.mail_from} to {envelope.rcpt_tos}")
         return "250 2.0.0 OK queued as " + stem
 
 
@@ -149,6 +152,7 @@ def parse_args(argv=None):
     p.add_argument("--fail-first", type=int, default=0, metavar="N")
     p.add_argument("--fail-code", type=int, default=451)
     p.add_argument("--hang", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="do not log each stored message")
     a = p.parse_args(argv)
     if not a.hang and not a.dir:
         p.error("--dir is required")
