@@ -19,7 +19,10 @@
 //!
 //! The crash test is heavy (thousands of events and mails on two cores):
 //! it takes [`HEAVY`] for writing, the other tests for reading, so it never
-//! runs beside them while they still run beside each other.
+//! runs beside them while they still run beside each other. It prints its
+//! seed and kill points; `FOREWARN_TEST_SEED=N` repeats a run's workload and
+//! plan, and `FOREWARN_TEST_KILLS=0` runs the same workload without a kill
+//! (a control: the exact set and no duplicate, on any build).
 
 mod harness;
 
@@ -379,6 +382,16 @@ fn seed() -> u64 {
         })
 }
 
+/// How many of the five planned kills to carry out: `FOREWARN_TEST_KILLS`
+/// (0 makes a control run: the same workload without a crash, which must
+/// give the exact set with no duplicate on any build).
+fn kills_wanted() -> usize {
+    std::env::var("FOREWARN_TEST_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+}
+
 /// The main durability test. 2000 customers start a checkout, one a second
 /// in event time; about half place an order within the 10 minutes (no mail),
 /// the others get exactly one mail. The events go to a 3-partition topic in
@@ -445,6 +458,7 @@ async fn kill_9_at_random_points_loses_no_deadline_and_resends_only_mail_in_flig
     ]
     .into_iter()
     .map(|at| (at, rng.random_range(500..2_000)))
+    .take(kills_wanted())
     .collect();
     println!(
         "crash test: {CRASH_CUSTOMERS} customers, {} events in {CRASH_CHUNKS} chunks, {expected_n} mails expected; kill plan {plan:?}",
