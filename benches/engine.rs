@@ -732,6 +732,15 @@ fn rules_with_filler() -> (forewarn::rules::load::Loaded, tempfile::TempDir) {
     (loaded, dir)
 }
 
+/// Types the shipped rules name that the generator has no shape for.
+fn extra_types(shipped: &RuleSet) -> Vec<String> {
+    let known: BTreeSet<&str> = MIX.iter().map(|(k, _)| *k).collect();
+    rule_types(shipped)
+        .into_iter()
+        .filter(|t| !known.contains(t.as_str()))
+        .collect()
+}
+
 /// Event types the shipped rules react to (trigger, until, cancel_on).
 fn rule_types(rules: &RuleSet) -> BTreeSet<String> {
     let mut types = BTreeSet::new();
@@ -1298,11 +1307,7 @@ fn main() {
     if do_throughput {
         let (loaded, _dir) = rules_with_filler();
         let rules = Arc::new(loaded.rules);
-        let known: BTreeSet<&str> = MIX.iter().map(|(k, _)| *k).collect();
-        let extra: Vec<String> = rule_types(&shipped)
-            .into_iter()
-            .filter(|t| !known.contains(t.as_str()))
-            .collect();
+        let extra = extra_types(&shipped);
         writeln!(
             o,
             "\n[1] throughput: decode + evaluate, {} shipped + {} filler = {} rules",
@@ -1478,11 +1483,7 @@ fn main() {
     if do_durable {
         let (loaded, _dir) = rules_with_filler();
         let rules = Arc::new(loaded.rules);
-        let known: BTreeSet<&str> = MIX.iter().map(|(k, _)| *k).collect();
-        let extra: Vec<String> = rule_types(&shipped)
-            .into_iter()
-            .filter(|t| !known.contains(t.as_str()))
-            .collect();
+        let extra = extra_types(&shipped);
         let n = events_override.unwrap_or(DURABLE_EVENTS);
         let stream = generate_stream(n, &extra);
         let schema = schema();

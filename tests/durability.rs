@@ -156,6 +156,37 @@ struct Runs {
 }
 
 impl Runs {
+    /// Writes `rules_toml` and a config for `topic` into `dir`, starts the
+    /// first run and waits until it is ready. `fast`: quick group rejoins
+    /// after a kill (see `fast_rejoin`).
+    async fn start(
+        dir: &Path,
+        broker: &Broker,
+        topic: &str,
+        rules_toml: &str,
+        channels: &str,
+        fast: bool,
+    ) -> Runs {
+        let rules = write_rules(dir, rules_toml);
+        let admin_port = free_port();
+        let config = write_config_with(
+            dir,
+            &broker.brokers,
+            &[topic],
+            admin_port,
+            channels,
+            &ConfigOptions {
+                rules_dir: Some(&rules),
+                kafka_properties: if fast { fast_rejoin(broker) } else { &[] },
+                ..ConfigOptions::default()
+            },
+        );
+        let mut runs = Runs::new(dir, config, admin_port);
+        runs.spawn(&[]);
+        runs.ready(Duration::from_secs(60)).await;
+        runs
+    }
+
     fn new(dir: &Path, config: PathBuf, admin_port: u16) -> Runs {
         Runs {
             dir: dir.to_path_buf(),
@@ -307,6 +338,43 @@ impl Inbox {
 
     fn customers(&self) -> BTreeSet<String> {
         self.mails.values().map(customer_of).collect()
+    }
+
+    /// Waits up to `timeout` for a mail to every expected customer;
+    /// returns those still without one.
+    async fn missing_after(
+        &mut self,
+        smtp: &SmtpSink,
+        expected: &BTreeSet<String>,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            self.refresh(smtp);
+            let missing: Vec<String> = expected.difference(&self.customers()).cloned().collect();
+            if missing.is_empty() || start.elapsed() > timeout {
+                return missing;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until the daemon has nothing left to fire or send, then
+    /// returns the customers mailed who were not expected.
+    async fn unexpected_once_settled(
+        &mut self,
+        runs: &Runs,
+        smtp: &SmtpSink,
+        expected: &BTreeSet<String>,
+    ) -> Vec<String> {
+        runs.wait_metrics(
+            "no open episode and an empty outbox",
+            Duration::from_secs(60),
+            settled,
+        )
+        .await;
+        self.refresh(smtp);
+        self.customers().difference(expected).cloned().collect()
     }
 
     /// Message-IDs received more than once, with their counts.
@@ -471,23 +539,15 @@ async fn kill_9_at_random_points_loses_no_deadline_and_resends_only_mail_in_flig
     broker.create_topic(&topic, CRASH_PARTITIONS).await;
     let dir = tempfile::tempdir().unwrap();
     let within = format!("{}s", CRASH_WITHIN_MS / 1000);
-    let rules = write_rules(dir.path(), &absence_rule("crash-dropoff", &within, None));
-    let admin_port = free_port();
-    let config = write_config_with(
+    let mut runs = Runs::start(
         dir.path(),
-        &broker.brokers,
-        &[&topic],
-        admin_port,
+        &broker,
+        &topic,
+        &absence_rule("crash-dropoff", &within, None),
         &smtp_channel_with_concurrency(smtp.port, CRASH_CONCURRENCY),
-        &ConfigOptions {
-            rules_dir: Some(&rules),
-            kafka_properties: fast_rejoin(&broker),
-            ..ConfigOptions::default()
-        },
-    );
-    let mut runs = Runs::new(dir.path(), config, admin_port);
-    runs.spawn(&[]);
-    runs.ready(Duration::from_secs(60)).await;
+        true,
+    )
+    .await;
 
     // The producer: one chunk every CRASH_CHUNK_PAUSE, whatever the daemon
     // is doing (records pile up in the topic while it is down), then one
@@ -599,16 +659,9 @@ async fn kill_9_at_random_points_loses_no_deadline_and_resends_only_mail_in_flig
     // Every expected customer gets a mail. On a timeout, report what is
     // missing rather than only that something is.
     let mut inbox = Inbox::default();
-    let wait_start = Instant::now();
-    let missing = loop {
-        inbox.refresh(&smtp);
-        let mailed = inbox.customers();
-        let missing: Vec<&String> = expected.difference(&mailed).collect();
-        if missing.is_empty() || wait_start.elapsed() > Duration::from_secs(60) {
-            break missing.into_iter().cloned().collect::<Vec<_>>();
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let missing = inbox
+        .missing_after(&smtp, &expected, Duration::from_secs(60))
+        .await;
     let body = scrape(&runs.admin());
     assert!(
         missing.is_empty(),
@@ -623,15 +676,7 @@ async fn kill_9_at_random_points_loses_no_deadline_and_resends_only_mail_in_flig
     );
 
     // Then nothing is left to fire or send, and the mails are final.
-    runs.wait_metrics(
-        "no open episode and an empty outbox",
-        Duration::from_secs(60),
-        settled,
-    )
-    .await;
-    inbox.refresh(&smtp);
-    let mailed = inbox.customers();
-    let extra: Vec<&String> = mailed.difference(&expected).collect();
+    let extra = inbox.unexpected_once_settled(&runs, &smtp, &expected).await;
     assert!(
         extra.is_empty(),
         "{} customers who placed their order (or do not exist) got a mail, e.g. {:?}\nkills:\n{}\n{}",
@@ -692,30 +737,20 @@ async fn deadlines_passed_while_down(signal: &str) {
     let topic = format!("downtime-{}", free_port());
     broker.create_topic(&topic, 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let rules = write_rules(
-        dir.path(),
-        &format!(
-            "{}{}",
-            absence_rule("downtime-sent", "3s", None),
-            absence_rule("downtime-stale", "3s", Some("1s"))
-        ),
+    let rules = format!(
+        "{}{}",
+        absence_rule("downtime-sent", "3s", None),
+        absence_rule("downtime-stale", "3s", Some("1s"))
     );
-    let admin_port = free_port();
-    let config = write_config_with(
+    let mut runs = Runs::start(
         dir.path(),
-        &broker.brokers,
-        &[&topic],
-        admin_port,
+        &broker,
+        &topic,
+        &rules,
         &smtp_channel(smtp.port),
-        &ConfigOptions {
-            rules_dir: Some(&rules),
-            kafka_properties: fast_rejoin(&broker),
-            ..ConfigOptions::default()
-        },
-    );
-    let mut runs = Runs::new(dir.path(), config, admin_port);
-    runs.spawn(&[]);
-    runs.ready(Duration::from_secs(60)).await;
+        true,
+    )
+    .await;
 
     let customers = ["d-1", "d-2", "d-3"];
     let t = now_ms();
@@ -756,7 +791,7 @@ async fn deadlines_passed_while_down(signal: &str) {
             // are durable), so the restart cannot read them again and must
             // restore the episodes from the store. If no commit comes in
             // time, kill anyway: reading them again must give the same.
-            let group = format!("forewarn-test-{admin_port}");
+            let group = format!("forewarn-test-{}", runs.admin_port);
             let mut committed = None;
             while now_ms() - t < 5_000 {
                 committed = broker.committed_total(&group, &topic).await;
@@ -874,22 +909,15 @@ async fn a_broker_restart_loses_no_deadline_and_repeats_no_mail() {
     let topic = "events";
     broker.create_topic(topic, 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let rules = write_rules(dir.path(), &absence_rule("broker-restart", "10s", None));
-    let admin_port = free_port();
-    let config = write_config_with(
+    let mut runs = Runs::start(
         dir.path(),
-        &broker.brokers,
-        &[topic],
-        admin_port,
+        &broker,
+        topic,
+        &absence_rule("broker-restart", "10s", None),
         &smtp_channel(smtp.port),
-        &ConfigOptions {
-            rules_dir: Some(&rules),
-            ..ConfigOptions::default()
-        },
-    );
-    let mut runs = Runs::new(dir.path(), config, admin_port);
-    runs.spawn(&[]);
-    runs.ready(Duration::from_secs(60)).await;
+        false,
+    )
+    .await;
 
     // Customer i checks out; even ones order right after (no mail).
     let batch = |range: std::ops::Range<usize>| -> Vec<(String, String)> {
@@ -929,29 +957,15 @@ async fn a_broker_restart_loses_no_deadline_and_repeats_no_mail() {
     broker.produce_all(topic, &batch(15..30)).await;
 
     let mut inbox = Inbox::default();
-    let start = Instant::now();
-    loop {
-        inbox.refresh(&smtp);
-        if expected.is_subset(&inbox.customers()) || start.elapsed() > Duration::from_secs(90) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let mailed = inbox.customers();
-    let missing: Vec<&String> = expected.difference(&mailed).collect();
+    let missing = inbox
+        .missing_after(&smtp, &expected, Duration::from_secs(90))
+        .await;
     assert!(
         missing.is_empty(),
         "no mail for {missing:?} after the broker restart\n{}",
         runs.tails()
     );
-    runs.wait_metrics(
-        "no open episode and an empty outbox",
-        Duration::from_secs(60),
-        settled,
-    )
-    .await;
-    inbox.refresh(&smtp);
-    let extra: Vec<String> = inbox.customers().difference(&expected).cloned().collect();
+    let extra = inbox.unexpected_once_settled(&runs, &smtp, &expected).await;
     assert!(
         extra.is_empty(),
         "mails for customers who ordered: {extra:?}\n{}",
@@ -991,25 +1005,15 @@ impl StateRig {
         let topic = format!("state-{}", free_port());
         broker.create_topic(&topic, 1).await;
         let dir = tempfile::tempdir().unwrap();
-        let rules = write_rules(
+        let runs = Runs::start(
             dir.path(),
+            &broker,
+            &topic,
             &format!("{}{PING_RULE}", absence_rule("long-wait", "1h", None)),
-        );
-        let admin_port = free_port();
-        let config = write_config_with(
-            dir.path(),
-            &broker.brokers,
-            &[&topic],
-            admin_port,
             &smtp_channel(smtp.port),
-            &ConfigOptions {
-                rules_dir: Some(&rules),
-                ..ConfigOptions::default()
-            },
-        );
-        let mut runs = Runs::new(dir.path(), config, admin_port);
-        runs.spawn(&[]);
-        runs.ready(Duration::from_secs(60)).await;
+            false,
+        )
+        .await;
         let mut rig = StateRig {
             state: dir.path().join("state"),
             broker,

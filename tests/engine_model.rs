@@ -384,6 +384,39 @@ struct Run {
     engine: Engine,
 }
 
+/// Each partition's sub-stream, in the global order: (index, event).
+fn partition_queues<'a>(stream: &'a Stream, split: &Split) -> Vec<Vec<(usize, &'a Ev)>> {
+    let mut queues: Vec<Vec<(usize, &Ev)>> = vec![Vec::new(); split.partitions as usize];
+    for (i, e) in stream.events.iter().enumerate() {
+        queues[split.of_customer[e.customer as usize] as usize].push((i, e));
+    }
+    queues
+}
+
+/// Feeds the engine the next event of one of the partitions that have
+/// events left (`pick` chooses which): (partition, event, output).
+fn feed_next<'a>(
+    engine: &mut Engine,
+    queues: &[Vec<(usize, &'a Ev)>],
+    next: &mut [usize],
+    pick: u32,
+) -> (usize, &'a Ev, Output) {
+    let ready: Vec<usize> = (0..queues.len())
+        .filter(|&p| next[p] < queues[p].len())
+        .collect();
+    let p = ready[pick as usize % ready.len()];
+    let (index, e) = queues[p][next[p]];
+    next[p] += 1;
+    let mut out = Output::default();
+    engine.on_event(
+        p as PartitionId,
+        &to_event(index, e),
+        Clock::Virtual,
+        &mut out,
+    );
+    (p, e, out)
+}
+
 /// Feeds the stream through `split`, checking on the way that nothing
 /// fires before its time, then flushes.
 fn run_engine(stream: &Stream, split: &Split) -> Result<Run, TestCaseError> {
@@ -392,26 +425,12 @@ fn run_engine(stream: &Stream, split: &Split) -> Result<Run, TestCaseError> {
     for p in 0..parts {
         engine.assign(p as PartitionId);
     }
-    // Each partition's sub-stream, in the global order.
-    let mut queues: Vec<Vec<(usize, &Ev)>> = vec![Vec::new(); parts];
-    for (i, e) in stream.events.iter().enumerate() {
-        queues[split.of_customer[e.customer as usize] as usize].push((i, e));
-    }
+    let queues = partition_queues(stream, split);
     let mut next = vec![0usize; parts];
     let mut decisions = Vec::new();
     for step in 0..stream.events.len() {
-        let ready: Vec<usize> = (0..parts).filter(|&p| next[p] < queues[p].len()).collect();
-        let p = ready[split.picks[step] as usize % ready.len()];
-        let (index, e) = queues[p][next[p]];
-        next[p] += 1;
+        let (p, e, out) = feed_next(&mut engine, &queues, &mut next, split.picks[step]);
         prop_assert!(stream.disorder <= split.allowed_lateness);
-        let mut out = Output::default();
-        engine.on_event(
-            p as PartitionId,
-            &to_event(index, e),
-            Clock::Virtual,
-            &mut out,
-        );
         prop_assert!(out.errors.is_empty(), "rule errors: {:?}", out.errors);
         prop_assert!(out.missing_key.is_empty());
         prop_assert_eq!(
@@ -537,10 +556,7 @@ fn run_with_crashes(
     use forewarn::engine::persist::{Row, StateTable};
     let fresh = || engine_with(stream.w, stream.n, split.allowed_lateness, true);
     let parts = split.partitions as usize;
-    let mut queues: Vec<Vec<(usize, &Ev)>> = vec![Vec::new(); parts];
-    for (i, e) in stream.events.iter().enumerate() {
-        queues[split.of_customer[e.customer as usize] as usize].push((i, e));
-    }
+    let queues = partition_queues(stream, split);
     let mut store: BTreeMap<(StateTable, Vec<u8>), Vec<u8>> = BTreeMap::new();
     let mut stored_next = vec![0usize; parts];
     let mut committed = Vec::new();
@@ -591,17 +607,8 @@ fn run_with_crashes(
             uncommitted.clear();
             continue;
         }
-        let ready: Vec<usize> = (0..parts).filter(|&p| next[p] < queues[p].len()).collect();
-        let p = ready[split.picks[step % split.picks.len()] as usize % ready.len()];
-        let (index, e) = queues[p][next[p]];
-        next[p] += 1;
-        let mut out = Output::default();
-        engine.on_event(
-            p as PartitionId,
-            &to_event(index, e),
-            Clock::Virtual,
-            &mut out,
-        );
+        let pick = split.picks[step % split.picks.len()];
+        let (_, _, out) = feed_next(&mut engine, &queues, &mut next, pick);
         prop_assert!(out.errors.is_empty(), "rule errors: {:?}", out.errors);
         uncommitted.extend(out.decisions);
     }

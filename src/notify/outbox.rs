@@ -426,6 +426,41 @@ mod tests {
     }
 
     #[test]
+    fn dead_letters_are_deleted_after_their_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+        outbox
+            .enqueue(vec![sample("old"), sample("new")], 10)
+            .unwrap();
+        let dead = |id: &str, at| {
+            Settle::Dead(DeadLetter {
+                notification: sample(id),
+                enqueued_at: 10,
+                attempts: 3,
+                reason: "550 no such user".into(),
+                dead_at: at,
+            })
+        };
+        outbox
+            .settle(
+                &[
+                    ("old".into(), dead("old", 100)),
+                    ("new".into(), dead("new", 200)),
+                ],
+                200,
+            )
+            .unwrap();
+        assert_eq!(outbox.prune_dead(150).unwrap(), 1);
+        let left: Vec<String> = outbox
+            .dead_letters()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.notification.id)
+            .collect();
+        assert_eq!(left, ["new"]);
+    }
+
+    #[test]
     fn a_second_process_is_told_the_store_is_locked() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path()).unwrap();

@@ -161,8 +161,12 @@ impl ConsumerContext for SourceContext {
             other => {
                 let e = KafkaError::Rebalance(other.into());
                 self.post_rebalance(base_consumer, &Rebalance::Error(e));
-                // As librdkafka asks: drop the assignment after an error.
-                base_consumer.unassign()
+                // As rdkafka's default: drop the assignment after an error.
+                if cooperative {
+                    base_consumer.incremental_unassign(tpl)
+                } else {
+                    base_consumer.unassign()
+                }
             }
         };
         if let Err(e) = result {
