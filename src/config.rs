@@ -177,6 +177,11 @@ struct RawState {
     commit_max_events: usize,
     #[serde(default = "d_compact_every")]
     compact_every: String,
+    #[serde(default = "d_snapshot_min_bytes")]
+    snapshot_min_bytes: u64,
+}
+fn d_snapshot_min_bytes() -> u64 {
+    crate::state::engine::SNAPSHOT_MIN_BYTES
 }
 fn d_retention() -> String {
     "90d".into()
@@ -205,6 +210,7 @@ impl Default for RawState {
             commit_interval: d_commit_interval(),
             commit_max_events: d_commit_max_events(),
             compact_every: d_compact_every(),
+            snapshot_min_bytes: d_snapshot_min_bytes(),
         }
     }
 }
@@ -332,6 +338,9 @@ pub struct Config {
     pub commit_max_events: usize,
     /// How often retention is enforced in the background.
     pub compact_every: Duration,
+    /// A partition's state log is replaced by a snapshot once it is larger
+    /// than this and than the last snapshot.
+    pub snapshot_min_bytes: u64,
     pub rules_dir: PathBuf,
     pub admin_listen: SocketAddr,
     pub log_customer_ids: bool,
@@ -676,6 +685,7 @@ impl Config {
             commit_interval: commit_interval.unwrap_or_default(),
             commit_max_events: raw.state.commit_max_events,
             compact_every: compact_every.unwrap_or_default(),
+            snapshot_min_bytes: raw.state.snapshot_min_bytes,
             rules_dir: raw.rules.dir,
             admin_listen,
             log_customer_ids: raw.logging.log_customer_ids,

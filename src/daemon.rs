@@ -211,7 +211,7 @@ impl Daemon {
             metrics: Arc::clone(&metrics),
             log_customer_ids: config.log_customer_ids,
             store,
-            changelog: Default::default(),
+            changelog: crate::state::engine::Changelog::new(config.snapshot_min_bytes),
             batch: Batch::default(),
             in_flight: None,
             applied: HashMap::new(),
@@ -489,6 +489,7 @@ struct InFlight {
     ids: HashSet<String>,
     resolve_after: Vec<String>,
     events: usize,
+    snapshots: usize,
     started: Instant,
 }
 
@@ -747,6 +748,7 @@ impl Pipeline {
             ..
         } = batch;
         let ids = notifications.iter().map(|n| n.id.clone()).collect();
+        let snapshot_count = snapshots.len();
         let started = Instant::now();
         let task = tokio::task::spawn_blocking(move || {
             let tx = store.db().begin_write()?;
@@ -761,6 +763,7 @@ impl Pipeline {
             ids,
             resolve_after: Vec::new(),
             events,
+            snapshots: snapshot_count,
             started,
         });
         Ok(())
@@ -800,6 +803,7 @@ impl Pipeline {
         m.state_commit_duration
             .observe(flight.started.elapsed().as_secs_f64());
         m.state_commit_events.observe(flight.events as f64);
+        m.state_snapshots.inc_by(flight.snapshots as u64);
         for ((topic, partition), next) in positions {
             source.mark_position(&topic, partition, next);
             self.applied.insert((topic, partition), next);
@@ -862,6 +866,8 @@ impl Pipeline {
             windows = r.windows,
             ledger = r.ledger,
             dropped = r.dropped,
+            snapshot_bytes = log.snapshot_bytes,
+            log_bytes = log.log_bytes,
             watermark = ?self.engine.partition_watermark(p),
             "partition state restored"
         );

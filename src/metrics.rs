@@ -49,6 +49,8 @@ pub struct Metrics {
     pub state_commit_duration: prometheus::Histogram,
     /// Events per durable commit.
     pub state_commit_events: prometheus::Histogram,
+    /// Partition state snapshots written (each replaces a partition's log).
+    pub state_snapshots: prometheus::IntCounter,
     /// Rows read back from the store on partition assignment, by kind
     /// (`episodes`, `fired`, `windows`, `ledger`, `dropped`).
     pub state_restored: IntCounterVec,
@@ -207,6 +209,14 @@ impl Metrics {
             "Events per durable commit.",
             vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0],
         );
+        let state_snapshots = prometheus::IntCounter::new(
+            "forewarn_state_snapshots_total",
+            "Partition state snapshots written; each replaces that partition's change log.",
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(state_snapshots.clone()))
+            .expect("each metric is registered once");
         let state_restored = counter(
             "forewarn_state_restored_total",
             "State rows read back from the store on partition assignment, by kind.",
@@ -269,6 +279,7 @@ impl Metrics {
             state_commits,
             state_commit_duration,
             state_commit_events,
+            state_snapshots,
             state_restored,
             state_compacted,
             watermark,

@@ -166,6 +166,7 @@ impl Runs {
         rules_toml: &str,
         channels: &str,
         fast: bool,
+        snapshot_min_bytes: Option<u64>,
     ) -> Runs {
         let rules = write_rules(dir, rules_toml);
         let admin_port = free_port();
@@ -178,6 +179,7 @@ impl Runs {
             &ConfigOptions {
                 rules_dir: Some(&rules),
                 kafka_properties: if fast { fast_rejoin(broker) } else { &[] },
+                snapshot_min_bytes,
                 ..ConfigOptions::default()
             },
         );
@@ -546,6 +548,9 @@ async fn kill_9_at_random_points_loses_no_deadline_and_resends_only_mail_in_flig
         &absence_rule("crash-dropoff", &within, None),
         &smtp_channel_with_concurrency(smtp.port, CRASH_CONCURRENCY),
         true,
+        // Tiny: partitions snapshot every few commits, so kills land on
+        // both snapshots and logs, and restarts read both.
+        Some(16 * 1024),
     )
     .await;
 
@@ -582,6 +587,9 @@ async fn kill_9_at_random_points_loses_no_deadline_and_resends_only_mail_in_flig
     };
 
     let mut kill_log: Vec<String> = Vec::new();
+    // Partition snapshots written before the kills (a tiny
+    // snapshot_min_bytes makes them frequent): restarts read snapshots.
+    let mut snapshots_written = 0.0;
     let mut ready_at = Instant::now();
     for (k, &(at, alive_ms)) in plan.iter().enumerate() {
         // Wait for the planned moment. A mail count the daemon never reaches
@@ -626,8 +634,10 @@ async fn kill_9_at_random_points_loses_no_deadline_and_resends_only_mail_in_flig
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let body = scrape(&runs.admin());
+        let snapshots = metric(&body, "forewarn_state_snapshots_total", &[]).unwrap_or(0.0);
+        snapshots_written += snapshots;
         let context = format!(
-            "chunks in topic {}/{CRASH_CHUNKS}{}, mails at the sink {}/{expected_n}, open episodes {:?}, outbox {:?}",
+            "chunks in topic {}/{CRASH_CHUNKS}{}, mails at the sink {}/{expected_n}, open episodes {:?}, outbox {:?}, state snapshots this run {snapshots}",
             produced.load(Ordering::SeqCst).min(CRASH_CHUNKS),
             if produced.load(Ordering::SeqCst) > CRASH_CHUNKS {
                 " + clock ticks"
@@ -708,8 +718,13 @@ async fn kill_9_at_random_points_loses_no_deadline_and_resends_only_mail_in_flig
         println!("crash test: duplicate {id} received {n} times ({who:?})");
     }
     println!(
-        "crash test: {CRASH_CUSTOMERS} customers, {expected_n} expected, kills {kills}, duplicates {dup_count} (in flight at a crash), {:.1}s",
+        "crash test: {CRASH_CUSTOMERS} customers, {expected_n} expected, kills {kills}, duplicates {dup_count} (in flight at a crash), partition snapshots before the kills {snapshots_written}, {:.1}s",
         started.elapsed().as_secs_f64()
+    );
+    assert!(
+        snapshots_written > 0.0,
+        "no partition snapshot was written before a kill, so no restart read one\n{}",
+        runs.tails()
     );
     assert!(
         dup_count <= kills * CRASH_CONCURRENCY,
@@ -749,6 +764,7 @@ async fn deadlines_passed_while_down(signal: &str) {
         &rules,
         &smtp_channel(smtp.port),
         true,
+        None,
     )
     .await;
 
@@ -916,6 +932,7 @@ async fn a_broker_restart_loses_no_deadline_and_repeats_no_mail() {
         &absence_rule("broker-restart", "10s", None),
         &smtp_channel(smtp.port),
         false,
+        None,
     )
     .await;
 
@@ -1012,6 +1029,7 @@ impl StateRig {
             &format!("{}{PING_RULE}", absence_rule("long-wait", "1h", None)),
             &smtp_channel(smtp.port),
             false,
+            None,
         )
         .await;
         let mut rig = StateRig {

@@ -37,8 +37,8 @@ const META: TableDefinition<u32, (u64, u64, u64)> = TableDefinition::new("engine
 /// (partition, topic) → the next offset to read.
 const POSITIONS: TableDefinition<(i32, &str), i64> = TableDefinition::new("positions_v1");
 
-/// A partition's log is replaced by a snapshot once it is larger than
-/// this and than the last snapshot.
+/// By default, a partition's log is replaced by a snapshot once it is
+/// larger than this and than the last snapshot (`state.snapshot_min_bytes`).
 pub const SNAPSHOT_MIN_BYTES: u64 = 16 << 20;
 /// Snapshots are stored in values of about this size.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -55,25 +55,43 @@ pub struct LogMeta {
 }
 
 impl LogMeta {
-    pub fn snapshot_due(&self) -> bool {
-        self.log_bytes > SNAPSHOT_MIN_BYTES.max(self.snapshot_bytes)
+    /// The log has outgrown both `min_bytes` and the last snapshot.
+    pub fn snapshot_due(&self, min_bytes: u64) -> bool {
+        self.log_bytes > min_bytes.max(self.snapshot_bytes)
     }
 }
 
 /// The changelog positions of the partitions this process writes; shared
 /// between the consumer (which decides when to snapshot) and the blocking
 /// commit task.
-#[derive(Debug, Default, Clone)]
-pub struct Changelog(Arc<Mutex<HashMap<PartitionId, LogMeta>>>);
+#[derive(Debug, Clone)]
+pub struct Changelog {
+    metas: Arc<Mutex<HashMap<PartitionId, LogMeta>>>,
+    snapshot_min_bytes: u64,
+}
+
+impl Default for Changelog {
+    fn default() -> Self {
+        Changelog::new(SNAPSHOT_MIN_BYTES)
+    }
+}
 
 impl Changelog {
+    pub fn new(snapshot_min_bytes: u64) -> Changelog {
+        Changelog {
+            metas: Arc::default(),
+            snapshot_min_bytes,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PartitionId, LogMeta>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.metas.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether partition `p`'s next commit should be a snapshot.
     pub fn snapshot_due(&self, p: PartitionId) -> bool {
-        self.lock().get(&p).is_some_and(LogMeta::snapshot_due)
+        let min = self.snapshot_min_bytes;
+        self.lock().get(&p).is_some_and(|m| m.snapshot_due(min))
     }
 
     /// Records where a restored partition's log stands.
@@ -388,11 +406,12 @@ mod tests {
             log_bytes: SNAPSHOT_MIN_BYTES + 1,
             snapshot_bytes: 0,
         };
-        assert!(m.snapshot_due());
+        assert!(m.snapshot_due(SNAPSHOT_MIN_BYTES));
         let big = LogMeta {
             snapshot_bytes: SNAPSHOT_MIN_BYTES * 4,
             ..m
         };
-        assert!(!big.snapshot_due());
+        assert!(!big.snapshot_due(SNAPSHOT_MIN_BYTES));
+        assert!(big.snapshot_due(SNAPSHOT_MIN_BYTES * 8) == (m.log_bytes > SNAPSHOT_MIN_BYTES * 8));
     }
 }

@@ -655,6 +655,8 @@ pub struct ConfigOptions<'a> {
     /// `[kafka.properties]`, handed to librdkafka (a shorter session
     /// timeout, say, so a restarted daemon gets its partitions back sooner).
     pub kafka_properties: &'a [(&'a str, &'a str)],
+    /// `state.snapshot_min_bytes` (tiny: engine state snapshots often).
+    pub snapshot_min_bytes: Option<u64>,
 }
 
 /// [`write_config`] with [`ConfigOptions`]: `dir/forewarn.toml`, state in
@@ -693,6 +695,10 @@ pub fn write_config_with(
         .allowed_lateness
         .map(|l| format!("allowed_lateness = {l:?}\n"))
         .unwrap_or_default();
+    let snapshot = opts
+        .snapshot_min_bytes
+        .map(|n| format!("snapshot_min_bytes = {n}\n"))
+        .unwrap_or_default();
     let body = format!(
         r#"[kafka]
 brokers = {brokers:?}
@@ -711,7 +717,7 @@ email = "customer.email"
 
 [state]
 dir = {state:?}
-
+{snapshot}
 [rules]
 dir = {rules:?}
 
