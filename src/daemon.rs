@@ -466,8 +466,19 @@ struct Batch {
 
 impl Batch {
     fn record(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.positions
-            .insert((topic.to_string(), partition), offset + 1);
+        // A few (topic, partition)s: found by a scan, without a key String
+        // per event.
+        match self
+            .positions
+            .iter_mut()
+            .find(|((t, p), _)| t == topic && *p == partition)
+        {
+            Some((_, next)) => *next = offset + 1,
+            None => {
+                self.positions
+                    .insert((topic.to_string(), partition), offset + 1);
+            }
+        }
         self.events += 1;
         self.since.get_or_insert_with(Instant::now);
     }
@@ -491,6 +502,14 @@ struct InFlight {
     events: usize,
     snapshots: usize,
     started: Instant,
+}
+
+/// The position recorded for (topic, partition), found without building a
+/// key (there are only a few).
+fn position_of(m: &HashMap<(String, i32), i64>, topic: &str, partition: i32) -> Option<i64> {
+    m.iter()
+        .find(|((t, p), _)| t == topic && *p == partition)
+        .map(|(_, &n)| n)
 }
 
 /// How long the store keeps what it no longer needs.
@@ -638,8 +657,9 @@ impl Pipeline {
 
     /// Whether the record at `offset` is already part of the durable state.
     fn already_applied(&self, topic: &str, partition: i32, offset: i64) -> bool {
-        let key = (topic.to_string(), partition);
-        let done = |m: &HashMap<(String, i32), i64>| m.get(&key).is_some_and(|&n| offset < n);
+        let done = |m: &HashMap<(String, i32), i64>| {
+            position_of(m, topic, partition).is_some_and(|n| offset < n)
+        };
         done(&self.applied) || done(&self.batch.positions)
     }
 

@@ -57,6 +57,10 @@ type Done = Arc<Mutex<HashMap<(String, i32), i64>>>;
 /// and forget after `recv` returns.
 pub type Revoked = Arc<Mutex<Vec<(String, i32)>>>;
 
+/// The current assignment, topic → partitions, kept by the rebalance
+/// callback: asking librdkafka per record would copy its list each time.
+type Assigned = Arc<Mutex<HashMap<String, std::collections::HashSet<i32>>>>;
+
 pub struct SourceContext {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -64,9 +68,22 @@ pub struct SourceContext {
     /// Where assigned partitions resume: the state store's positions.
     store: Option<crate::state::Store>,
     revoked: Revoked,
+    assigned: Assigned,
 }
 
 impl SourceContext {
+    fn track(&self, tpl: &TopicPartitionList, assign: bool) {
+        let mut a = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        for e in tpl.elements() {
+            let set = a.entry(e.topic().to_string()).or_default();
+            if assign {
+                set.insert(e.partition());
+            } else {
+                set.remove(&e.partition());
+            }
+        }
+    }
+
     /// Sets each newly assigned partition's start to the position the
     /// store holds for it; partitions it has never seen keep the group's
     /// committed offset (or `auto.offset.reset`).
@@ -140,6 +157,7 @@ impl ConsumerContext for SourceContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.resume_from_store(tpl);
+                self.track(tpl, true);
                 let result = if cooperative {
                     base_consumer.incremental_assign(tpl)
                 } else {
@@ -150,6 +168,14 @@ impl ConsumerContext for SourceContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.pre_rebalance(base_consumer, &Rebalance::Revoke(tpl));
+                if cooperative {
+                    self.track(tpl, false);
+                } else {
+                    self.assigned
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
+                }
                 let result = if cooperative {
                     base_consumer.incremental_unassign(tpl)
                 } else {
@@ -161,6 +187,10 @@ impl ConsumerContext for SourceContext {
             other => {
                 let e = KafkaError::Rebalance(other.into());
                 self.post_rebalance(base_consumer, &Rebalance::Error(e));
+                self.assigned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 // As rdkafka's default: drop the assignment after an error.
                 if cooperative {
                     base_consumer.incremental_unassign(tpl)
@@ -239,6 +269,7 @@ pub struct KafkaSource {
     dead_letter: Option<(FutureProducer, String)>,
     done: Done,
     revoked: Revoked,
+    assigned: Assigned,
     cfg: KafkaConfig,
 }
 
@@ -265,6 +296,7 @@ impl KafkaSource {
     ) -> Result<KafkaSource, SourceError> {
         let done: Done = Arc::default();
         let revoked: Revoked = Arc::default();
+        let assigned: Assigned = Arc::default();
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
@@ -284,6 +316,7 @@ impl KafkaSource {
                 done: Arc::clone(&done),
                 store,
                 revoked: Arc::clone(&revoked),
+                assigned: Arc::clone(&assigned),
             })
             .map_err(SourceError::Client)?;
         let consumer = Arc::new(consumer);
@@ -342,6 +375,7 @@ impl KafkaSource {
             dead_letter,
             done,
             revoked,
+            assigned,
             cfg: cfg.clone(),
         })
     }
@@ -423,9 +457,11 @@ impl KafkaSource {
 
     /// Whether (topic, partition) is assigned to this consumer now.
     pub fn is_assigned(&self, topic: &str, partition: i32) -> bool {
-        self.consumer
-            .assignment()
-            .is_ok_and(|a| a.find_partition(topic, partition).is_some())
+        self.assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .is_some_and(|s| s.contains(&partition))
     }
 
     /// Commits every marked position. `Sync` waits for the broker's answer.
