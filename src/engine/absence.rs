@@ -14,8 +14,8 @@ use super::project::{decode_trigger, encode_trigger};
 use std::collections::{BTreeSet, HashMap};
 
 use super::{
-    event_key_hash, key_hash, matcher::trigger_holds, notification_id, record, Clock, Cx,
-    EngineConfig, Firing, Outcome, Output, Partition, PartitionId, RuleError,
+    event_key_hash, matcher::trigger_holds, notification_id, record, Clock, Cx, EngineConfig,
+    Firing, Outcome, Output, Partition, PartitionId, RuleError,
 };
 use crate::event::{parse_time, Event, Millis};
 use crate::rules::expr::to_cel;
@@ -119,13 +119,19 @@ impl Episodes {
 
     /// Slots of `key`, newest first.
     fn chain(&self, key: &Key) -> Vec<u32> {
-        let mut out = Vec::new();
+        self.walk(key).collect()
+    }
+
+    /// [`Episodes::chain`] without collecting it.
+    fn walk(&self, key: &Key) -> impl Iterator<Item = u32> + '_ {
         let mut at = self.index.get(key).copied().unwrap_or(NIL);
-        while at != NIL {
-            out.push(at);
-            at = self.slots[at as usize].next;
-        }
-        out
+        std::iter::from_fn(move || {
+            (at != NIL).then(|| {
+                let this = at;
+                at = self.slots[at as usize].next;
+                this
+            })
+        })
     }
 
     fn insert(&mut self, key: Key, start: Millis, deadline: Millis, rule: u32, trigger: Box<[u8]>) {
@@ -213,7 +219,7 @@ pub(super) fn on_trigger(
     part: &mut Partition,
     idx: u32,
     a: &Absence,
-    key: Vec<String>,
+    key_hash: u128,
     event: &Arc<Event>,
     out: &mut Output,
 ) {
@@ -228,15 +234,14 @@ pub(super) fn on_trigger(
         }
         return;
     };
-    let k = key_of(key_hash("episode", &rule.id, &key));
+    let k = key_of(key_hash);
     let episodes = &mut part.episodes;
     // The episode still running at this trigger's time, if any: the one
     // that started first, should out-of-order input have left several.
     // (Chosen by start, not by arrival, so a restored engine, which knows
     // no arrival order, chooses the same.)
     let running = episodes
-        .chain(&k)
-        .into_iter()
+        .walk(&k)
         .filter(|&at| episodes.slots[at as usize].deadline >= event.time)
         .min_by_key(|&at| {
             let s = &episodes.slots[at as usize];
@@ -252,8 +257,7 @@ pub(super) fn on_trigger(
     // An episode is (rule, key, start), as its notification id says: one
     // that is open already is not opened twice.
     if episodes
-        .chain(&k)
-        .into_iter()
+        .walk(&k)
         .any(|at| episodes.slots[at as usize].start == event.time)
     {
         return;
@@ -394,15 +398,10 @@ pub(super) fn fire_due(
 impl Episodes {
     /// The slot holding exactly this episode, if it is open.
     fn find(&self, key: &Key, start: Millis, deadline: Millis) -> Option<u32> {
-        let mut at = self.index.get(key).copied().unwrap_or(NIL);
-        while at != NIL {
+        self.walk(key).find(|&at| {
             let s = &self.slots[at as usize];
-            if s.start == start && s.deadline == deadline {
-                return Some(at);
-            }
-            at = s.next;
-        }
-        None
+            s.start == start && s.deadline == deadline
+        })
     }
 
     /// Rows for the episodes opened or closed since the last flush.

@@ -482,18 +482,41 @@ impl Engine {
                     continue;
                 }
                 // A trigger without its key fields opens nothing (counted).
-                let Some(key) = rule.key_values(event) else {
-                    out.missing_key.push(rule.id.clone());
-                    continue;
+                // Absence and threshold state is found by the key's hash,
+                // taken from the event's fields without copying them.
+                let missing = match &rule.kind {
+                    RuleKind::Match { catalog } => match rule.key_values(event) {
+                        Some(key) => {
+                            matcher::on_trigger(
+                                &cx,
+                                part,
+                                rule,
+                                catalog.as_deref(),
+                                key,
+                                event,
+                                out,
+                            );
+                            false
+                        }
+                        None => true,
+                    },
+                    RuleKind::Absence(a) => match event_key_hash("episode", rule, event) {
+                        Some(k) => {
+                            absence::on_trigger(&cx, part, idx, a, k, event, out);
+                            false
+                        }
+                        None => true,
+                    },
+                    RuleKind::Threshold(t) => match event_key_hash("window", rule, event) {
+                        Some(k) => {
+                            threshold::on_trigger(&cx, part, rule, t, k, event, out);
+                            false
+                        }
+                        None => true,
+                    },
                 };
-                match &rule.kind {
-                    RuleKind::Match { catalog } => {
-                        matcher::on_trigger(&cx, part, rule, catalog.as_deref(), key, event, out)
-                    }
-                    RuleKind::Absence(a) => absence::on_trigger(&cx, part, idx, a, key, event, out),
-                    RuleKind::Threshold(t) => {
-                        threshold::on_trigger(&cx, part, rule, t, key, event, out)
-                    }
+                if missing {
+                    out.missing_key.push(rule.id.clone());
                 }
             }
         }

@@ -13,9 +13,7 @@ use std::collections::HashMap;
 use smallvec::SmallVec;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
-use super::{
-    event_identity, key_hash, notification_id, record, Cx, Firing, Output, Partition, PartitionId,
-};
+use super::{event_identity, notification_id, record, Cx, Firing, Output, Partition, PartitionId};
 use crate::event::{Event, Millis};
 use crate::rules::{Rule, Threshold};
 
@@ -95,11 +93,10 @@ pub(super) fn on_trigger(
     part: &mut Partition,
     rule: &Arc<Rule>,
     t: &Threshold,
-    key: Vec<String>,
+    k: u128,
     event: &Arc<Event>,
     out: &mut Output,
 ) {
-    let k = key_hash("window", &rule.id, &key);
     let windows = &mut part.windows;
     windows.journal.note(k);
     let window = windows.map.entry(k).or_default();
@@ -116,6 +113,7 @@ pub(super) fn on_trigger(
         // The firing event's identity keeps two windows that start in the
         // same millisecond apart (the id is still stable on redelivery).
         let event = &event.complete();
+        let key = rule.key_values(event).unwrap_or_default();
         let mut id_key = key.clone();
         id_key.push(event_identity(event));
         let firing = Firing {
