@@ -519,7 +519,7 @@ impl Guard {
         rule_index: &dyn Fn(&str) -> Option<u32>,
         keep: &dyn Fn(&str) -> bool,
     ) -> bool {
-        let Some(id) = Dec::key(&row.key).and_then(|k| std::str::from_utf8(k.rest()).ok()) else {
+        let Some(id) = super::persist::fired_id(row) else {
             return false;
         };
         if !keep(id) {

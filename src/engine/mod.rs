@@ -165,12 +165,17 @@ impl Partition {
     fn new(durable: bool) -> Partition {
         let mut p = Partition::default();
         if durable {
-            p.episodes.journal = persist::Journal::on();
-            p.guard.journal = persist::Journal::on();
-            p.windows.journal = persist::Journal::on();
-            p.ledger.journal = persist::Journal::on();
+            p.note_changes();
         }
         p
+    }
+
+    /// From now on, every structure notes what it changes.
+    fn note_changes(&mut self) {
+        self.episodes.journal = persist::Journal::on();
+        self.guard.journal = persist::Journal::on();
+        self.windows.journal = persist::Journal::on();
+        self.ledger.journal = persist::Journal::on();
     }
 
     /// This partition's changes since the last flush, as store rows.
@@ -333,7 +338,9 @@ impl Engine {
             .map(|(i, r)| (r.id.as_str(), i as u32))
             .collect();
         let rule_index = |id: &str| by_id.get(id).copied();
-        let mut part = Partition::new(self.cfg.durable);
+        // What is read back is stored already: nothing is noted until the
+        // rows are in.
+        let mut part = Partition::new(false);
         let mut report = persist::Restored::default();
         for row in rows {
             let kept = match row.table {
@@ -378,11 +385,9 @@ impl Engine {
                 });
             }
         }
-        // What was just read is stored already: nothing to write back.
-        let _ = part.episodes.journal.drain().count();
-        let _ = part.guard.journal.drain().count();
-        let _ = part.windows.journal.drain().count();
-        let _ = part.ledger.journal.drain().count();
+        if self.cfg.durable {
+            part.note_changes();
+        }
         self.partitions.insert(p, part);
         // Timers are checked against the restored watermark at the next
         // event or tick, like any other.
