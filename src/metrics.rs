@@ -76,6 +76,14 @@ impl Metrics {
                 .expect("each metric is registered once");
             c
         };
+        let plain_counter = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help)
+                .expect("metric definitions are static and valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("each metric is registered once");
+            c
+        };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("metric definitions are static and valid");
             registry
@@ -162,14 +170,10 @@ impl Metrics {
             "forewarn_dead_letters",
             "Dead letters kept in the store; list and re-drive them with `forewarn dead-letters`.",
         );
-        let late_events = prometheus::IntCounter::new(
+        let late_events = plain_counter(
             "forewarn_late_events_total",
             "Events older than their partition's watermark (still processed).",
-        )
-        .expect("metric definitions are static and valid");
-        registry
-            .register(Box::new(late_events.clone()))
-            .expect("each metric is registered once");
+        );
         let rule_missing_key = counter(
             "forewarn_rule_missing_key_total",
             "Triggers without a key or deadline field; they open nothing.",
@@ -189,14 +193,10 @@ impl Metrics {
                 .expect("each metric is registered once");
             h
         };
-        let state_commits = prometheus::IntCounter::new(
+        let state_commits = plain_counter(
             "forewarn_state_commits_total",
             "Durable commits of engine state, outbox entries and positions.",
-        )
-        .expect("metric definitions are static and valid");
-        registry
-            .register(Box::new(state_commits.clone()))
-            .expect("each metric is registered once");
+        );
         let state_commit_duration = histogram(
             "forewarn_state_commit_duration_seconds",
             "Time to write and sync one durable commit.",
@@ -209,14 +209,10 @@ impl Metrics {
             "Events per durable commit.",
             vec![1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0],
         );
-        let state_snapshots = prometheus::IntCounter::new(
+        let state_snapshots = plain_counter(
             "forewarn_state_snapshots_total",
             "Partition state snapshots written; each replaces that partition's change log.",
-        )
-        .expect("metric definitions are static and valid");
-        registry
-            .register(Box::new(state_snapshots.clone()))
-            .expect("each metric is registered once");
+        );
         let state_restored = counter(
             "forewarn_state_restored_total",
             "State rows read back from the store on partition assignment, by kind.",
