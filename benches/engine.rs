@@ -891,8 +891,7 @@ fn run_durable(
     let mut out = Output::default();
     let mut notifications = Vec::new();
     let mut positions: HashMap<(String, i32), i64> = HashMap::new();
-    let (mut commits, mut commit_time, mut commit_max, mut queued, mut rows) =
-        (0, Duration::ZERO, Duration::ZERO, 0, 0);
+    let (mut queued, mut rows) = (0, 0);
     let mut by_table = std::collections::BTreeMap::new();
     let changelog = forewarn::state::engine::Changelog::default();
     let mut take_time = Duration::ZERO;
@@ -907,11 +906,13 @@ fn run_durable(
         HashMap<(String, i32), i64>,
     );
     let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
-    let (done_tx, done) = std::sync::mpsc::channel::<Duration>();
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    // The commit thread keeps its own figures: (commits, total, max).
     let worker = {
         let store = store.clone();
         let changelog = changelog.clone();
         std::thread::spawn(move || {
+            let (mut commits, mut total, mut max) = (0usize, Duration::ZERO, Duration::ZERO);
             for (writes, snapshots, notifications, positions) in job_rx {
                 let t = Instant::now();
                 let tx = store.db().begin_write().unwrap();
@@ -919,25 +920,23 @@ fn run_durable(
                 Outbox::enqueue_in(&tx, notifications, BASE_TIME).unwrap();
                 forewarn::state::engine::put_positions(&tx, &positions).unwrap();
                 tx.commit().unwrap();
-                done_tx.send(t.elapsed()).unwrap();
+                let took = t.elapsed();
+                commits += 1;
+                total += took;
+                max = max.max(took);
+                done_tx.send(()).unwrap();
             }
+            (commits, total, max)
         })
     };
     let mut in_flight = false;
-    let mut land = |in_flight: &mut bool| {
-        if std::mem::take(in_flight) {
-            let took = done.recv().unwrap();
-            commits += 1;
-            commit_time += took;
-            commit_max = commit_max.max(took);
-        }
-    };
     let mut commit = |engine: &mut Engine,
                       notifications: &mut Vec<forewarn::notify::Notification>,
-                      positions: &mut HashMap<(String, i32), i64>,
-                      in_flight: &mut bool,
-                      land: &mut dyn FnMut(&mut bool)| {
-        land(in_flight);
+                      positions: &mut HashMap<(String, i32), i64>| {
+        // The previous commit lands first, as in the daemon.
+        if std::mem::take(&mut in_flight) {
+            done.recv().unwrap();
+        }
         let t = Instant::now();
         let writes = engine.take_changes();
         queued += notifications.len();
@@ -958,49 +957,35 @@ fn run_durable(
             std::mem::take(positions),
         ))
         .unwrap();
-        *in_flight = true;
+        in_flight = true;
     };
+    let n = limit.min(stream.len());
     let start = Instant::now();
-    for (i, bytes) in stream.iter().take(limit).enumerate() {
-        let Ok(event) = schema.decode_lazy(bytes, |kind| engine.payload_need(kind)) else {
-            continue;
-        };
-        let event = Arc::new(event);
-        let p = partition_of(&event.customer);
-        engine.on_event(p, &event, Clock::Virtual, &mut out);
-        let t = Instant::now();
-        for d in out.decisions.drain(..) {
-            if d.outcome == Outcome::Fire {
-                if let Ok(n) = forewarn::notify::compose(&d.firing, templates, &email, true) {
-                    notifications.push(n);
+    for (i, bytes) in stream.iter().take(n).enumerate() {
+        if let Ok(event) = schema.decode_lazy(bytes, |kind| engine.payload_need(kind)) {
+            let event = Arc::new(event);
+            let p = partition_of(&event.customer);
+            engine.on_event(p, &event, Clock::Virtual, &mut out);
+            let t = Instant::now();
+            for d in out.decisions.drain(..) {
+                if d.outcome == Outcome::Fire {
+                    if let Ok(n) = forewarn::notify::compose(&d.firing, templates, &email, true) {
+                        notifications.push(n);
+                    }
                 }
             }
+            compose_time += t.elapsed();
+            out.errors.clear();
+            out.missing_key.clear();
+            out.resolved.clear();
+            positions.insert(("events".to_string(), p), i as i64 + 1);
         }
-        compose_time += t.elapsed();
-        out.errors.clear();
-        out.missing_key.clear();
-        out.resolved.clear();
-        positions.insert(("events".to_string(), p), i as i64 + 1);
-        if i % batch == batch - 1 {
-            commit(
-                &mut engine,
-                &mut notifications,
-                &mut positions,
-                &mut in_flight,
-                &mut land,
-            );
+        if (i + 1) % batch == 0 || i + 1 == n {
+            commit(&mut engine, &mut notifications, &mut positions);
         }
     }
-    commit(
-        &mut engine,
-        &mut notifications,
-        &mut positions,
-        &mut in_flight,
-        &mut land,
-    );
-    land(&mut in_flight);
     drop(jobs);
-    worker.join().unwrap();
+    let (commits, commit_time, commit_max) = worker.join().unwrap();
     let wall = start.elapsed();
     drop(engine);
     let store_bytes = std::fs::metadata(store.path()).map_or(0, |m| m.len());
