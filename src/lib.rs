@@ -15,6 +15,7 @@ pub mod event;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;
+pub mod policy;
 pub mod render;
 pub mod replay;
 pub mod rules;

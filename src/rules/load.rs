@@ -225,6 +225,25 @@ impl FileCx<'_> {
             }
         };
 
+        let holdout_percent = match raw
+            .holdout_percent
+            .as_ref()
+            .map(|h| (h.get_ref().value(), h.span()))
+        {
+            None => None,
+            Some((h, _)) if h.is_finite() && (0.0..100.0).contains(&h) => {
+                Some(h).filter(|&v| v > 0.0)
+            }
+            Some((h, span)) => {
+                self.err(
+                    span,
+                    format!("holdout_percent = {h} is not a share of customers"),
+                    "use a percentage from 0 up to (not including) 100, e.g. 10 to keep one customer in ten as a control group",
+                );
+                None
+            }
+        };
+
         let trigger_span = raw.trigger.span();
         let trigger = self.condition(clone_condition(raw.trigger.get_ref()), trigger_span);
 
@@ -232,7 +251,7 @@ impl FileCx<'_> {
         // error, not ignored: a `within` on a match rule would otherwise
         // read as a promise the engine does not keep.
         let kind_name = raw.kind.get_ref().clone();
-        let present: [(&str, Option<Range<usize>>); 10] = [
+        let present: [(&str, Option<Range<usize>>); 9] = [
             ("until", raw.until.as_ref().map(Spanned::span)),
             ("cancel_on", raw.cancel_on.as_ref().map(Spanned::span)),
             ("within", raw.within.as_ref().map(Spanned::span)),
@@ -242,10 +261,6 @@ impl FileCx<'_> {
             ("stale_after", raw.stale_after.as_ref().map(Spanned::span)),
             ("count", raw.count.as_ref().map(Spanned::span)),
             ("catalog", raw.catalog.as_ref().map(Spanned::span)),
-            (
-                "holdout_percent",
-                raw.holdout_percent.as_ref().map(Spanned::span),
-            ),
         ];
         let allowed: &[&str] = match kind_name.as_str() {
             "match" => &["catalog"],
@@ -263,13 +278,7 @@ impl FileCx<'_> {
         };
         for (field, span) in &present {
             let Some(span) = span else { continue };
-            if *field == "holdout_percent" {
-                self.err(
-                    span.clone(),
-                    "`holdout_percent` is not supported by this forewarn version yet",
-                    format!("remove it from rule {id:?}; holdouts arrive with the contact-policy release"),
-                );
-            } else if kind.is_some() && !allowed.contains(field) {
+            if kind.is_some() && !allowed.contains(field) {
                 self.err(
                     span.clone(),
                     format!("`{field}` does not apply to a {kind_name} rule"),
@@ -435,6 +444,7 @@ impl FileCx<'_> {
             trigger_fields,
             enabled: raw.enabled.unwrap_or(true),
             mode,
+            holdout_percent,
             notify: Notify { channel, template },
             origin: Origin {
                 file: self.file.to_path_buf(),
@@ -786,16 +796,26 @@ notify = { channel = "email", template = "delay" }
     fn fields_that_do_not_apply_are_refused_not_ignored() {
         let text = errors(&[(
             "a.toml",
-            &GOOD.replace("notify", "within = \"7d\"\nholdout_percent = 10.0\nnotify"),
+            &GOOD.replace("notify", "within = \"7d\"\nholdout_percent = 100.0\nnotify"),
         )]);
         assert!(
             text.contains("`within` does not apply to a match rule"),
             "{text}"
         );
         assert!(
-            text.contains("`holdout_percent` is not supported"),
+            text.contains("holdout_percent = 100 is not a share of customers"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn holdout_percent_takes_integers_and_fractions() {
+        for (text, want) in [("10", 10.0), ("2.5", 2.5), ("0", -1.0)] {
+            let src = GOOD.replace("notify", &format!("holdout_percent = {text}\nnotify"));
+            let loaded = load(&[("a.toml", &src)]).expect("loads");
+            let got = loaded.rules.rule(0).holdout_percent;
+            assert_eq!(got, (want >= 0.0).then_some(want), "{text}");
+        }
     }
 
     #[test]

@@ -46,8 +46,25 @@ pub(crate) struct RawRule {
     pub catalog: Option<Spanned<String>>,
     pub enabled: Option<bool>,
     pub mode: Option<Spanned<String>>,
-    pub holdout_percent: Option<Spanned<f64>>,
+    pub holdout_percent: Option<Spanned<Number>>,
     pub notify: Spanned<RawNotify>,
+}
+
+/// A TOML number, integer or float (`10` and `10.0` both mean ten).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum Number {
+    Integer(i64),
+    Float(f64),
+}
+
+impl Number {
+    pub fn value(self) -> f64 {
+        match self {
+            Number::Integer(i) => i as f64,
+            Number::Float(f) => f,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +224,9 @@ pub struct Rule {
     pub trigger_fields: Option<Vec<FieldPath>>,
     pub enabled: bool,
     pub mode: Mode,
+    /// The share of customers (0–100) kept as a control group: their
+    /// decisions are recorded as `holdout` and nothing is sent.
+    pub holdout_percent: Option<f64>,
     pub notify: Notify,
     pub origin: Origin,
 }
