@@ -32,6 +32,8 @@ pub struct Health {
     pub assigned_partitions: AtomicUsize,
     /// The engine state of every assigned partition is restored from the store.
     pub state_restored: AtomicBool,
+    /// The profiles topic is being read up to its end (decisions wait).
+    pub profiles_loading: AtomicBool,
     pub broker_error: Mutex<Option<String>>,
 }
 
@@ -55,6 +57,9 @@ impl Health {
             why.push("no partition is assigned to this instance yet".to_string());
         } else if !self.state_restored.load(Ordering::Relaxed) {
             why.push("the state of the assigned partitions is being restored".to_string());
+        }
+        if self.profiles_loading.load(Ordering::Relaxed) {
+            why.push("the customer profiles topic is being read up to its end".to_string());
         }
         if why.is_empty() {
             Ok(())

@@ -77,7 +77,32 @@ struct RawConfig {
     #[serde(default)]
     logging: RawLogging,
     #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
     channels: BTreeMap<String, RawChannel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    max_per_customer: Option<RawCap>,
+    quiet_hours: Option<RawQuietHours>,
+    timezone_field: Option<String>,
+    default_timezone: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCap {
+    count: u32,
+    per: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuietHours {
+    start: String,
+    end: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +172,13 @@ struct RawCustomers {
     #[serde(default = "d_email")]
     email: String,
     profiles_topic: Option<String>,
+    #[serde(default = "d_consent")]
+    consent: String,
+    unsubscribe_url: Option<String>,
+}
+
+fn d_consent() -> String {
+    "customer.consent".into()
 }
 
 fn d_email() -> String {
@@ -158,6 +190,8 @@ impl Default for RawCustomers {
         RawCustomers {
             email: d_email(),
             profiles_topic: None,
+            consent: d_consent(),
+            unsubscribe_url: None,
         }
     }
 }
@@ -235,13 +269,21 @@ impl Default for RawRules {
 struct RawAdmin {
     #[serde(default = "d_listen")]
     listen: String,
+    /// The bearer token for `/api/…` (customer data), from the environment…
+    token_env: Option<String>,
+    /// …or from a file.
+    token_file: Option<PathBuf>,
 }
 fn d_listen() -> String {
     "127.0.0.1:9464".into()
 }
 impl Default for RawAdmin {
     fn default() -> Self {
-        RawAdmin { listen: d_listen() }
+        RawAdmin {
+            listen: d_listen(),
+            token_env: None,
+            token_file: None,
+        }
     }
 }
 
@@ -343,7 +385,10 @@ pub struct Config {
     pub snapshot_min_bytes: u64,
     pub rules_dir: PathBuf,
     pub admin_listen: SocketAddr,
+    /// Bearer token guarding `/api/…`; without one those routes answer 403.
+    pub admin_token: Option<Secret>,
     pub log_customer_ids: bool,
+    pub policy: crate::policy::PolicyConfig,
     pub channels: BTreeMap<String, ChannelConfig>,
 }
 
@@ -361,6 +406,9 @@ pub struct KafkaConfig {
 pub struct CustomersConfig {
     pub email: FieldPath,
     pub profiles_topic: Option<String>,
+    /// Marketing emails carry `List-Unsubscribe` with this URL, rendered
+    /// as a template over `customer`, `rule` and `notification`.
+    pub unsubscribe_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -603,6 +651,7 @@ impl Config {
         let time = path("events.time", &raw.events.time);
         let id = raw.events.id.as_deref().map(|v| path("events.id", v));
         let email = path("customers.email", &raw.customers.email);
+        let consent_field = path("customers.consent", &raw.customers.consent);
 
         let allowed_lateness = duration(
             &mut p,
@@ -639,6 +688,20 @@ impl Config {
                 None
             }
         };
+
+        let policy = policy(&mut p, &raw.policy, consent_field);
+        if let Some(t) = &raw.customers.unsubscribe_url {
+            if let Err(e) = minijinja::Environment::new().template_from_str(t) {
+                p.push(format!("customers.unsubscribe_url = {t:?} is not a valid template ({e}): write a URL, optionally with {{{{ customer.id }}}} or {{{{ notification.id }}}}"));
+            }
+        }
+        let admin_token = secret(
+            &mut p,
+            &|k| format!("admin.{k}"),
+            ("token_env", &raw.admin.token_env),
+            ("token_file", &raw.admin.token_file),
+            "admin API token",
+        );
 
         let mut channels = BTreeMap::new();
         if raw.channels.is_empty() {
@@ -678,6 +741,7 @@ impl Config {
             customers: CustomersConfig {
                 email,
                 profiles_topic: raw.customers.profiles_topic,
+                unsubscribe_url: raw.customers.unsubscribe_url,
             },
             state_dir: raw.state.dir,
             ledger_retention: ledger_retention.unwrap_or_default(),
@@ -688,10 +752,67 @@ impl Config {
             snapshot_min_bytes: raw.state.snapshot_min_bytes,
             rules_dir: raw.rules.dir,
             admin_listen,
+            admin_token,
             log_customer_ids: raw.logging.log_customer_ids,
+            policy: policy.unwrap_or_default(),
             channels,
         })
     }
+}
+
+/// The `[policy]` section (SPEC 4).
+fn policy(
+    p: &mut Vec<String>,
+    raw: &RawPolicy,
+    consent_field: Option<FieldPath>,
+) -> Option<crate::policy::PolicyConfig> {
+    use crate::policy::{parse_clock, Cap, PolicyConfig, QuietHours};
+    let before = p.len();
+    let mut cfg = PolicyConfig::default();
+    if let Some(c) = consent_field {
+        cfg.consent_field = c;
+    }
+    if let Some(cap) = &raw.max_per_customer {
+        if cap.count == 0 {
+            p.push("policy.max_per_customer.count = 0: use at least 1, or remove max_per_customer to send marketing messages without a cap".into());
+        }
+        if let Some(per) = duration(p, "policy.max_per_customer.per", &cap.per) {
+            if per.is_zero() {
+                p.push(
+                    "policy.max_per_customer.per = 0: use a period such as \"24h\" or \"7d\""
+                        .into(),
+                );
+            }
+            cfg.max_per_customer = Some(Cap {
+                count: cap.count,
+                per: per.as_millis() as i64,
+            });
+        }
+    }
+    if let Some(q) = &raw.quiet_hours {
+        let start =
+            parse_clock(&q.start).map_err(|e| p.push(format!("policy.quiet_hours.start: {e}")));
+        let end = parse_clock(&q.end).map_err(|e| p.push(format!("policy.quiet_hours.end: {e}")));
+        if let (Ok(start), Ok(end)) = (start, end) {
+            if start == end {
+                p.push(format!("policy.quiet_hours: start and end are both {:?}, an empty window: remove quiet_hours, or give a window such as start = \"21:00\", end = \"08:00\"", q.start));
+            }
+            cfg.quiet_hours = Some(QuietHours { start, end });
+        }
+    }
+    if let Some(f) = &raw.timezone_field {
+        match FieldPath::parse(f) {
+            Ok(fp) => cfg.timezone_field = fp,
+            Err(e) => p.push(format!("policy.timezone_field = {f:?}: {e}")),
+        }
+    }
+    if let Some(tz) = &raw.default_timezone {
+        match jiff::tz::TimeZone::get(tz.trim()) {
+            Ok(z) => cfg.default_timezone = z,
+            Err(_) => p.push(format!("policy.default_timezone = {tz:?} is not a known time zone: use an IANA name such as \"UTC\", \"Europe/Paris\" or \"America/New_York\"")),
+        }
+    }
+    (p.len() == before).then_some(cfg)
 }
 
 fn duration(p: &mut Vec<String>, key: &str, v: &str) -> Option<Duration> {

@@ -44,7 +44,7 @@ use crate::notify::dispatcher::{Dispatcher, Settled};
 use crate::notify::outbox::{Enqueued, Outbox};
 use crate::notify::template::Templates;
 use crate::notify::Notification;
-use crate::pipeline::{prepare, Prepared};
+use crate::pipeline::{prepare, Decide, Prepared};
 use crate::rules::{load_rules, Diagnostics, LoadOptions};
 use crate::source::kafka::{KafkaSource, SourceError};
 use crate::state::{Store, StoreError};
@@ -148,7 +148,16 @@ impl Daemon {
             Store::open(&config.state_dir)?
         };
         crate::state::engine::open(&store)?;
-        let fresh_state = crate::state::engine::positions(&store)?.is_empty();
+        crate::state::customers::open(&store)?;
+        crate::decisions::open(&store)?;
+        let mut caps = crate::policy::CapLedger::default();
+        for (customer, times) in crate::state::customers::caps(&store)? {
+            caps.restore(customer, times);
+        }
+        // Positions of the event topics only (the profiles topic has its own).
+        let fresh_state = crate::state::engine::positions(&store)?
+            .keys()
+            .all(|(topic, _)| !config.kafka.topics.contains(topic));
         let outbox = Outbox::open(store.clone())?;
         // The dispatcher stops with the daemon, or when consuming fails.
         let delivery_stop = shutdown.child_token();
@@ -186,7 +195,21 @@ impl Daemon {
             delivery_stop.clone(),
         ));
 
+        let profiles_ready = config.customers.profiles_topic.clone().map(|topic| {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            workers.spawn(crate::source::profiles::follow(
+                config.kafka.clone(),
+                topic,
+                store.clone(),
+                Arc::clone(&health),
+                Arc::clone(&metrics),
+                tx,
+                delivery_stop.clone(),
+            ));
+            rx
+        });
         let pipeline = Pipeline {
+            profiles_ready,
             engine: Engine::new(
                 Arc::new(loaded.rules),
                 EngineConfig {
@@ -195,9 +218,16 @@ impl Daemon {
                     send_time_guard: true,
                     durable: true,
                 },
-                std::slice::from_ref(&config.customers.email),
+                &[
+                    config.customers.email.clone(),
+                    config.policy.timezone_field.clone(),
+                    config.policy.consent_field.clone(),
+                ],
             ),
             templates: loaded.templates,
+            policy: config.policy.clone(),
+            unsubscribe_url: config.customers.unsubscribe_url.clone(),
+            caps,
             dispatcher,
             settled,
             addressless: config
@@ -259,7 +289,7 @@ impl Daemon {
 
 async fn consume(
     config: Config,
-    pipeline: Pipeline,
+    mut pipeline: Pipeline,
     check_state: bool,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -300,6 +330,18 @@ async fn consume(
             }
         }
     }
+    if let Some(mut ready) = pipeline.profiles_ready.take() {
+        // Decide nothing before the profiles are read: consent lives there.
+        if !*ready.borrow() {
+            tracing::info!("reading the customer profiles topic before deciding");
+        }
+        while !*ready.borrow() {
+            tokio::select! {
+                changed = ready.changed() => if changed.is_err() { break },
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
     source.subscribe()?;
     let probe = source.spawn_health_probe(
         Arc::clone(&health),
@@ -307,7 +349,7 @@ async fn consume(
         Duration::from_secs(1),
         shutdown.clone(),
     );
-    let mut pipeline = pipeline;
+
     let idle_timeout = config.idle_timeout;
     let commit_interval = config.commit_interval;
     let commit_max_events = config.commit_max_events;
@@ -457,6 +499,8 @@ async fn consume(
 struct Batch {
     /// Decided notifications, written to the outbox at the commit.
     notifications: Vec<Notification>,
+    /// Decision log entries of the batch's decisions.
+    decisions: Vec<crate::decisions::DecisionRecord>,
     /// Next offset per (topic, partition) after the batch.
     positions: HashMap<(String, i32), i64>,
     events: usize,
@@ -579,6 +623,13 @@ async fn compactor(
 struct Pipeline {
     engine: Engine,
     templates: Templates,
+    policy: crate::policy::PolicyConfig,
+    unsubscribe_url: Option<String>,
+    /// Recent marketing decisions per customer (the frequency cap).
+    caps: crate::policy::CapLedger,
+    /// Turns true once the profiles topic is read to its end (taken when
+    /// consuming starts).
+    profiles_ready: Option<tokio::sync::watch::Receiver<bool>>,
     dispatcher: Dispatcher,
     /// Final outcomes from the dispatcher, for the engine's send-time guard.
     settled: tokio::sync::mpsc::UnboundedReceiver<Settled>,
@@ -677,6 +728,7 @@ impl Pipeline {
             m.rule_errors.with_label_values(&[&err.rule_id]).inc();
             tracing::warn!(error_code = "rule_eval_error", stage = "engine", rule = %err.rule_id, error = %err.message, "condition could not be evaluated; treated as not matching");
         }
+        let now = crate::event::now_millis();
         for decision in &out.decisions {
             let firing = &decision.firing;
             let rule = &firing.rule;
@@ -686,8 +738,30 @@ impl Pipeline {
                 .log_customer_ids
                 .then_some(firing.event.customer.as_str());
             let needs_address = !self.addressless.contains(channel);
-            let outcome = match prepare(decision, &self.templates, &self.email, needs_address) {
+            let profile = self.profile(decision);
+            let cx = Decide {
+                templates: &self.templates,
+                email: &self.email,
+                unsubscribe_url: self.unsubscribe_url.as_deref(),
+                policy: &self.policy,
+            };
+            let prepared = prepare(
+                decision,
+                &cx,
+                needs_address,
+                profile.as_ref(),
+                now,
+                &mut self.caps,
+            );
+            self.batch
+                .decisions
+                .push(crate::pipeline::record(decision, &prepared, now));
+            let outcome = match prepared {
                 Prepared::Send(n) => {
+                    if let Some(at) = n.not_before {
+                        tracing::info!(stage = "decide", rule = %rule.id, notification_id = %firing.notification_id, customer, send_at = %crate::event::format_time(at), "quiet hours: deferred");
+                        m.deferred.with_label_values(&[&rule.id]).inc();
+                    }
                     self.batch.notifications.push(n);
                     continue;
                 }
@@ -733,6 +807,21 @@ impl Pipeline {
         }
     }
 
+    /// The customer's profile from the profiles topic, for a decision the
+    /// engine let through (no store read for suppressed ones).
+    fn profile(&self, decision: &crate::engine::Decision) -> Option<serde_json::Value> {
+        if decision.outcome != crate::engine::Outcome::Fire {
+            return None;
+        }
+        match crate::state::customers::profile(&self.store, &decision.firing.event.customer) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error_code = "profile_read_failed", stage = "decide", error = %e, "could not read the customer's profile; deciding from the event's fields");
+                None
+            }
+        }
+    }
+
     /// Commits the batch and waits until it is durable (and the commit
     /// before it).
     async fn flush(&mut self, source: &KafkaSource) -> Result<(), DaemonError> {
@@ -748,8 +837,14 @@ impl Pipeline {
     async fn start_commit(&mut self, source: &KafkaSource) -> Result<(), DaemonError> {
         self.finish_commit(source).await?;
         let writes = self.engine.take_changes();
+        let caps = self.caps.take_changes();
         let batch = std::mem::take(&mut self.batch);
-        if writes.is_empty() && batch.notifications.is_empty() && batch.positions.is_empty() {
+        if writes.is_empty()
+            && caps.is_empty()
+            && batch.notifications.is_empty()
+            && batch.decisions.is_empty()
+            && batch.positions.is_empty()
+        {
             return Ok(());
         }
         // A partition whose log has outgrown its snapshot gets a new one.
@@ -763,6 +858,7 @@ impl Pipeline {
         let store = self.store.clone();
         let Batch {
             notifications,
+            decisions,
             positions,
             events,
             ..
@@ -774,6 +870,8 @@ impl Pipeline {
             let tx = store.db().begin_write()?;
             crate::state::engine::commit(&tx, &changelog, &writes, &snapshots)?;
             let queued = Outbox::enqueue_in(&tx, notifications, crate::event::now_millis())?;
+            crate::decisions::write_in(&tx, &decisions)?;
+            crate::state::customers::put_caps_in(&tx, &caps)?;
             crate::state::engine::put_positions(&tx, &positions)?;
             tx.commit()?;
             Ok::<_, StoreError>((queued, positions))

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod dead_letters;
+pub mod decisions;
 pub mod engine;
 pub mod event;
 pub mod metrics;

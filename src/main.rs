@@ -269,6 +269,7 @@ fn render(
                 schema: c.events.clone(),
                 email: c.customers.email.clone(),
                 channels: Some(c.channels.clone()),
+                unsubscribe_url: c.customers.unsubscribe_url.clone(),
             },
             Err(code) => return code,
         },
@@ -284,6 +285,7 @@ fn render(
             },
             email: p("customer.email"),
             channels: None,
+            unsubscribe_url: None,
         },
     };
     if opts.channels.is_none() {
@@ -525,45 +527,50 @@ async fn replay(
     };
     use forewarn::event::{format_time, EventSchema, FieldPath};
     use forewarn::replay::{replay, ReplayOptions};
-    let (schema, email, engine, rules_dir, addressless_channels) = match config {
-        Some(path) => match Config::load(&path) {
-            Ok(c) => (
-                c.events.clone(),
-                c.customers.email.clone(),
-                EngineConfig {
-                    allowed_lateness: c.allowed_lateness.as_millis() as i64,
-                    ledger_retention: c.ledger_retention.as_millis() as i64,
-                    send_time_guard: false,
-                    durable: false,
-                },
-                c.rules_dir.clone(),
-                c.channels
-                    .iter()
-                    .filter(|(_, ch)| !ch.kind.needs_address())
-                    .map(|(name, _)| name.clone())
-                    .collect(),
-            ),
-            Err(e) => {
-                eprint!("{e}");
-                return ExitCode::from(2);
+    let (schema, email, engine, rules_dir, addressless_channels, policy, unsubscribe_url) =
+        match config {
+            Some(path) => match Config::load(&path) {
+                Ok(c) => (
+                    c.events.clone(),
+                    c.customers.email.clone(),
+                    EngineConfig {
+                        allowed_lateness: c.allowed_lateness.as_millis() as i64,
+                        ledger_retention: c.ledger_retention.as_millis() as i64,
+                        send_time_guard: false,
+                        durable: false,
+                    },
+                    c.rules_dir.clone(),
+                    c.channels
+                        .iter()
+                        .filter(|(_, ch)| !ch.kind.needs_address())
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                    c.policy.clone(),
+                    c.customers.unsubscribe_url.clone(),
+                ),
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => {
+                let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
+                (
+                    EventSchema {
+                        kind: p("type"),
+                        customer: p("customer_id"),
+                        time: p("ts"),
+                        id: Some(p("event_id")),
+                    },
+                    p("customer.email"),
+                    EngineConfig::default(),
+                    PathBuf::from("rules"),
+                    Default::default(),
+                    Default::default(),
+                    None,
+                )
             }
-        },
-        None => {
-            let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
-            (
-                EventSchema {
-                    kind: p("type"),
-                    customer: p("customer_id"),
-                    time: p("ts"),
-                    id: Some(p("event_id")),
-                },
-                p("customer.email"),
-                EngineConfig::default(),
-                PathBuf::from("rules"),
-                Default::default(),
-            )
-        }
-    };
+        };
     let opts = ReplayOptions {
         events,
         rules_dir: rules.unwrap_or(rules_dir),
@@ -576,6 +583,8 @@ async fn replay(
             .expect("valid default sender"),
         until,
         addressless_channels,
+        policy,
+        unsubscribe_url,
     };
     let report = match replay(&opts).await {
         Ok(r) => r,

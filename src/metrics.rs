@@ -23,9 +23,16 @@ pub struct Metrics {
     /// Conditions that could not be evaluated, by rule.
     pub rule_errors: IntCounterVec,
     /// Notifications by rule, channel and final outcome (`sent`, `shadow`,
-    /// `cooldown`, `duplicate`, `stale`, `no_address`, `render_failed`,
-    /// `resolved`, `dead_letter`).
+    /// `holdout`, `cooldown`, `duplicate`, `stale`, `capped`,
+    /// `unsubscribed`, `no_address`, `render_failed`, `resolved`,
+    /// `dead_letter`).
     pub notifications: IntCounterVec,
+    /// Marketing sends deferred out of quiet hours, by rule (each is
+    /// counted again in `notifications` at its final outcome).
+    pub deferred: IntCounterVec,
+    /// Customer profiles read from the profiles topic, by result
+    /// (`upserted`, `deleted`, `invalid`).
+    pub profiles: IntCounterVec,
     /// Channel send attempts by channel and result (`ok`, `transient`, `permanent`).
     pub delivery_attempts: IntCounterVec,
     /// Delivery latency: from the decision (entry into the outbox) to
@@ -120,6 +127,16 @@ impl Metrics {
             "forewarn_notifications_total",
             "Notifications, by rule, channel and outcome.",
             &["rule", "channel", "outcome"],
+        );
+        let deferred = counter(
+            "forewarn_notifications_deferred_total",
+            "Marketing notifications deferred out of quiet hours, by rule.",
+            &["rule"],
+        );
+        let profiles = counter(
+            "forewarn_profiles_total",
+            "Customer profiles read from the profiles topic, by result.",
+            &["result"],
         );
         let delivery_attempts = counter(
             "forewarn_delivery_attempts_total",
@@ -261,6 +278,8 @@ impl Metrics {
             invalid_events,
             dead_letter_events,
             rule_firings,
+            deferred,
+            profiles,
             rule_errors,
             notifications,
             delivery_attempts,

@@ -16,7 +16,7 @@ use crate::config::{ChannelConfig, ChannelKind, FileConfig, RetryPolicy, DEFAULT
 use crate::engine::{Clock, Engine, EngineConfig, Output};
 use crate::event::{EventSchema, FieldPath};
 use crate::notify::channel;
-use crate::pipeline::{prepare, Prepared};
+use crate::pipeline::{prepare, Decide, Prepared};
 use crate::rules::{load_rules, Diagnostics, LoadOptions, RuleKind};
 
 pub struct RenderOptions {
@@ -27,6 +27,8 @@ pub struct RenderOptions {
     pub email: FieldPath,
     /// The daemon's channels; `None` previews every rule as an email.
     pub channels: Option<BTreeMap<String, ChannelConfig>>,
+    /// `customers.unsubscribe_url`: marketing emails show `List-Unsubscribe`.
+    pub unsubscribe_url: Option<String>,
 }
 
 /// One message as it would go out.
@@ -34,7 +36,8 @@ pub struct RenderOptions {
 pub struct Preview {
     pub notification_id: String,
     pub channel: String,
-    /// `sent`, or `shadow` (rendered, not sent in live mode).
+    /// `sent`, `shadow` (rendered, not sent in live mode) or `holdout`
+    /// (this customer is in the rule's control group; others get this).
     pub outcome: &'static str,
     /// What goes on the wire.
     pub wire: String,
@@ -165,11 +168,40 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
                 rate_limit: None,
             })
     };
+    // A preview judges consent (from the sample event) but no cap or quiet
+    // hours: those depend on the customer's history and the hour.
+    let policy = crate::policy::PolicyConfig::default();
+    let cx = Decide {
+        templates: &loaded.templates,
+        email: &opts.email,
+        unsubscribe_url: opts.unsubscribe_url.as_deref(),
+        policy: &policy,
+    };
     let mut previews = Vec::new();
     for d in decisions {
         let cfg = channel_cfg(&d.firing.rule.notify.channel);
-        let n = match prepare(d, &loaded.templates, &opts.email, cfg.kind.needs_address()) {
+        let needs_address = cfg.kind.needs_address();
+        let mut caps = crate::policy::CapLedger::default();
+        let prepared = prepare(d, &cx, needs_address, None, d.firing.fired_at, &mut caps);
+        let outcome = prepared.outcome();
+        let n = match prepared {
             Prepared::Send(n) | Prepared::Shadow(n) => n,
+            Prepared::Skip {
+                outcome: "holdout", ..
+            } => {
+                let to = crate::notify::Recipient {
+                    profile: None,
+                    email: &opts.email,
+                    unsubscribe_url: opts.unsubscribe_url.as_deref(),
+                };
+                crate::notify::compose(&d.firing, &loaded.templates, &to, needs_address).map_err(
+                    |e| RenderError::NotSent {
+                        rule: rule.id.clone(),
+                        outcome: e.outcome(),
+                        detail: e.to_string(),
+                    },
+                )?
+            }
             Prepared::Skip { outcome, detail } => {
                 return Err(RenderError::NotSent {
                     rule: rule.id.clone(),
@@ -185,11 +217,7 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
         previews.push(Preview {
             notification_id: n.id.clone(),
             channel: cfg.name.clone(),
-            outcome: if d.firing.rule.mode == crate::rules::Mode::Shadow {
-                "shadow"
-            } else {
-                "sent"
-            },
+            outcome,
             wire,
         });
     }

@@ -19,7 +19,8 @@ use crate::engine::{Clock, Engine, EngineConfig, Output};
 use crate::event::{EventSchema, FieldPath, Millis};
 use crate::notify::channel::file::FileChannel;
 use crate::notify::template::Templates;
-use crate::pipeline::{prepare, Prepared};
+use crate::pipeline::{prepare, Decide, Prepared};
+use crate::policy::{CapLedger, PolicyConfig};
 use crate::rules::{load_rules, Diagnostics, LoadOptions};
 
 pub struct ReplayOptions {
@@ -37,6 +38,11 @@ pub struct ReplayOptions {
     /// (webhook, kafka in the daemon config): their rules never yield
     /// `no_address`, and their would-be messages are written as JSON.
     pub addressless_channels: std::collections::BTreeSet<String>,
+    /// The contact policy (the daemon config's `[policy]`; none without
+    /// `--config`). Judged in event time; customer details come from the
+    /// events (a replay reads no profiles topic).
+    pub policy: PolicyConfig,
+    pub unsubscribe_url: Option<String>,
 }
 
 /// One decision of the replay, in the order they were made.
@@ -87,8 +93,13 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let mut engine = Engine::new(
         Arc::new(loaded.rules),
         opts.engine.clone(),
-        std::slice::from_ref(&opts.email),
+        &[
+            opts.email.clone(),
+            opts.policy.timezone_field.clone(),
+            opts.policy.consent_field.clone(),
+        ],
     );
+    let mut caps = CapLedger::default();
     engine.assign(0);
     let channel = match &opts.out_dir {
         Some(dir) => Some(
@@ -125,7 +136,15 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         report.last_event = Some(report.last_event.map_or(event.time, |l| l.max(event.time)));
         let mut out = Output::default();
         engine.on_event(0, &event, Clock::Virtual, &mut out);
-        record(&mut report, out, &loaded.templates, opts, channel.as_ref()).await?;
+        record(
+            &mut report,
+            out,
+            &loaded.templates,
+            opts,
+            channel.as_ref(),
+            &mut caps,
+        )
+        .await?;
     }
     let end = match (opts.until, report.last_event) {
         (Some(u), Some(l)) => Some(u.max(l)),
@@ -134,7 +153,15 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     if let Some(end) = end {
         let mut out = Output::default();
         engine.advance_to(end, Clock::Virtual, &mut out);
-        record(&mut report, out, &loaded.templates, opts, channel.as_ref()).await?;
+        record(
+            &mut report,
+            out,
+            &loaded.templates,
+            opts,
+            channel.as_ref(),
+            &mut caps,
+        )
+        .await?;
     }
     report.still_open = engine.stats().open_episodes;
     Ok(report)
@@ -146,7 +173,14 @@ async fn record(
     templates: &Templates,
     opts: &ReplayOptions,
     channel: Option<&FileChannel>,
+    caps: &mut CapLedger,
 ) -> Result<(), ReplayError> {
+    let cx = Decide {
+        templates,
+        email: &opts.email,
+        unsubscribe_url: opts.unsubscribe_url.as_deref(),
+        policy: &opts.policy,
+    };
     report.late_events += out.late_events;
     for r in out.missing_key {
         *report.missing_key.entry(r).or_default() += 1;
@@ -158,7 +192,7 @@ async fn record(
         let addressless = opts
             .addressless_channels
             .contains(&d.firing.rule.notify.channel);
-        let prepared = prepare(d, templates, &opts.email, !addressless);
+        let prepared = prepare(d, &cx, !addressless, None, d.firing.fired_at, caps);
         if let (Prepared::Send(n), Some(ch)) = (&prepared, channel) {
             if addressless {
                 // What a webhook or Kafka channel would carry.
@@ -200,7 +234,11 @@ async fn record(
 /// The columns of the summary table, in order.
 pub const OUTCOME_COLUMNS: &[&str] = &[
     "sent",
+    "deferred",
     "shadow",
+    "holdout",
+    "capped",
+    "unsubscribed",
     "cooldown",
     "duplicate",
     "stale",

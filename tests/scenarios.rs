@@ -245,6 +245,8 @@ async fn seed_scenarios_send_exactly_the_expected_mails_and_replay_agrees() {
         from: "a@b.example".parse().unwrap(),
         until: None,
         addressless_channels: Default::default(),
+        policy: Default::default(),
+        unsubscribe_url: None,
     })
     .await
     .unwrap();

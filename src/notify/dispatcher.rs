@@ -228,15 +228,23 @@ impl Dispatcher {
         if taken.is_empty() {
             return Vec::new();
         }
+        let now = crate::event::now_millis();
         let batch: Vec<(String, Settle)> = taken
             .iter()
             .map(|p| (p.notification.id.clone(), Settle::Resolved))
             .collect();
-        if let Err(e) = self
-            .shared
-            .outbox
-            .settle(&batch, crate::event::now_millis())
-        {
+        let records: Vec<_> = taken
+            .iter()
+            .map(|p| {
+                crate::pipeline::delivery_record(
+                    &p.notification,
+                    "resolved",
+                    now,
+                    Some("an until or cancel_on event arrived before it was sent".into()),
+                )
+            })
+            .collect();
+        if let Err(e) = self.shared.outbox.settle_with(&batch, &records, now) {
             // Still dropped from the queue: at worst a restart re-reads it
             // and sends what the customer has already resolved.
             tracing::error!(error_code = "outbox_write_failed", stage = "dispatch", error = %e, "could not record resolved notifications");
@@ -366,9 +374,10 @@ impl Dispatcher {
         let now = crate::event::now_millis();
         let settle = match result {
             Ok(()) => {
+                let since = n.not_before.map_or(p.enqueued_at, |t| t.max(p.enqueued_at));
                 m.delivery_duration
                     .with_label_values(&[&n.rule_id, &n.channel])
-                    .observe((now - p.enqueued_at).max(0) as f64 / 1000.0);
+                    .observe((now - since).max(0) as f64 / 1000.0);
                 if let Some(deadline) = n.episode.deadline {
                     m.detection_delay
                         .with_label_values(&[&n.rule_id])
@@ -378,7 +387,12 @@ impl Dispatcher {
                 Settle::Sent
             }
             Err(e) => {
-                let age = Duration::from_millis((now - p.enqueued_at).max(0) as u64);
+                // A deferred notification ages from when it became due.
+                let since = p
+                    .notification
+                    .not_before
+                    .map_or(p.enqueued_at, |t| t.max(p.enqueued_at));
+                let age = Duration::from_millis((now - since).max(0) as u64);
                 let wait = e
                     .retry_after
                     .unwrap_or_else(|| backoff(&route.retry, p.attempts));
@@ -473,10 +487,22 @@ async fn settler(d: Dispatcher, mut rx: mpsc::UnboundedReceiver<(Notification, S
             .iter()
             .map(|(n, s)| (n.id.clone(), s.clone()))
             .collect();
+        let now = crate::event::now_millis();
+        let records: Vec<_> = batch
+            .iter()
+            .filter_map(|(n, s)| {
+                let (outcome, reason) = match s {
+                    Settle::Sent => ("sent", None),
+                    Settle::Resolved => ("resolved", None),
+                    Settle::Dead(d) => ("dead_letter", Some(d.reason.clone())),
+                    Settle::Retry(_) => return None,
+                };
+                Some(crate::pipeline::delivery_record(n, outcome, now, reason))
+            })
+            .collect();
         let outbox = d.shared.outbox.clone();
         let written =
-            tokio::task::spawn_blocking(move || outbox.settle(&rows, crate::event::now_millis()))
-                .await;
+            tokio::task::spawn_blocking(move || outbox.settle_with(&rows, &records, now)).await;
         match written {
             Ok(Ok(())) => {}
             // The queue still moves on; a restart re-reads the old state

@@ -44,6 +44,12 @@ pub struct Notification {
     /// entry: what webhook and Kafka consumers get besides the text.
     pub event: Value,
     pub entry: Option<Value>,
+    /// Marketing emails: the `List-Unsubscribe` URL, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe_url: Option<String>,
+    /// Deferred by quiet hours: not sent before this wall-clock time (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Millis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,13 +107,16 @@ impl ComposeError {
     }
 }
 
-/// The template context of SPEC section 5.
-pub fn template_context(firing: &Firing, email: Option<&str>) -> Value {
+/// The template context of SPEC section 5. `customer` is the event's own
+/// `customer` object (if any) overlaid with the customer's profile from the
+/// profiles topic, plus `id` and the resolved `email`.
+pub fn template_context(firing: &Firing, email: Option<&str>, profile: Option<&Value>) -> Value {
     let payload = &firing.event.payload;
     let mut customer = serde_json::Map::new();
-    // A `customer` object on the event (name, locale, …) is visible as-is;
-    // profiles from the profiles topic will take precedence once they exist.
     if let Some(Value::Object(obj)) = payload.get("customer") {
+        customer.extend(obj.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if let Some(Value::Object(obj)) = profile {
         customer.extend(obj.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     customer.insert("id".into(), Value::String(firing.event.customer.clone()));
@@ -133,25 +142,53 @@ pub fn template_context(firing: &Firing, email: Option<&str>) -> Value {
     })
 }
 
-/// Resolves the recipient and renders the rule's template. `needs_address`:
-/// the rule's channel is an email channel, so no address means no message.
+/// Where compose finds the customer: their profile (if the profiles topic
+/// has one) and the paths of the `[customers]` section.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a> {
+    pub profile: Option<&'a Value>,
+    pub email: &'a FieldPath,
+    /// `customers.unsubscribe_url`, a template; used for marketing emails.
+    pub unsubscribe_url: Option<&'a str>,
+}
+
+impl<'a> Recipient<'a> {
+    /// Only an address path: no profile, no unsubscribe link.
+    pub fn from_event(email: &'a FieldPath) -> Recipient<'a> {
+        Recipient {
+            profile: None,
+            email,
+            unsubscribe_url: None,
+        }
+    }
+}
+
+/// Resolves the recipient (profile first, then the event) and renders the
+/// rule's template. `needs_address`: the rule's channel is an email
+/// channel, so no address means no message.
 pub fn compose(
     firing: &Firing,
     templates: &Templates,
-    email_path: &FieldPath,
+    to: &Recipient<'_>,
     needs_address: bool,
 ) -> Result<Notification, ComposeError> {
-    let address = email_path
-        .get(&firing.event.payload)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+    let view = crate::policy::CustomerView {
+        id: &firing.event.customer,
+        profile: to.profile,
+        event: &firing.event.payload,
+    };
+    let address = view
+        .text(to.email)
         .filter(|a| a.parse::<lettre::Address>().is_ok());
     if needs_address && address.is_none() {
-        return Err(ComposeError::NoAddress(email_path.to_string()));
+        return Err(ComposeError::NoAddress(to.email.to_string()));
     }
-    let ctx = template_context(firing, address);
+    let ctx = template_context(firing, address, to.profile);
     let message = templates.render(&firing.rule.notify.template, &ctx)?;
+    let unsubscribe_url = match (firing.rule.class, to.unsubscribe_url) {
+        (Class::Marketing, Some(t)) => Some(template::render_line(t, &ctx)?),
+        _ => None,
+    };
     Ok(Notification {
         id: firing.notification_id.clone(),
         rule_id: firing.rule.id.clone(),
@@ -168,5 +205,7 @@ pub fn compose(
         },
         event: firing.event.payload.clone(),
         entry: firing.entry.as_ref().map(|e| e.fields.clone()),
+        unsubscribe_url,
+        not_before: None,
     })
 }

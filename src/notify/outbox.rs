@@ -125,10 +125,10 @@ impl Outbox {
         for n in notifications {
             let id = n.id.clone();
             let p = Pending {
+                next_at: n.not_before.map_or(now, |t| t.max(now)),
                 notification: n,
                 enqueued_at: now,
                 attempts: 0,
-                next_at: now,
                 last_error: None,
             };
             let known = pending.get(id.as_str())?.is_some()
@@ -164,10 +164,22 @@ impl Outbox {
 
     /// Records how attempts on `id` ended, in one transaction for many.
     pub fn settle(&self, batch: &[(String, Settle)], now: Millis) -> Result<(), StoreError> {
-        if batch.is_empty() {
+        self.settle_with(batch, &[], now)
+    }
+
+    /// [`Outbox::settle`], writing the delivery outcomes' decision log
+    /// entries in the same transaction.
+    pub fn settle_with(
+        &self,
+        batch: &[(String, Settle)],
+        decisions: &[crate::decisions::DecisionRecord],
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() && decisions.is_empty() {
             return Ok(());
         }
         let tx = self.store.db().begin_write()?;
+        crate::decisions::write_in(&tx, decisions)?;
         {
             let mut pending = tx.open_table(PENDING)?;
             let mut dead = tx.open_table(DEAD)?;

@@ -254,6 +254,24 @@ impl Templates {
     }
 }
 
+/// Renders a one-line template given in the config (the unsubscribe URL):
+/// strict about undefined values, no escaping, no line breaks allowed.
+pub fn render_line(source: &str, ctx: &serde_json::Value) -> Result<String, RenderError> {
+    const NAME: &str = "customers.unsubscribe_url";
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    let out = env
+        .render_str(source, ctx)
+        .map_err(|e| RenderError::Failed {
+            template: NAME.to_string(),
+            message: e.to_string(),
+        })?;
+    if out.contains(['\r', '\n']) {
+        return Err(RenderError::HeaderInjection(NAME.to_string()));
+    }
+    Ok(out.trim().to_string())
+}
+
 fn template_diag(path: &Path, source: &str, e: &minijinja::Error) -> Diagnostic {
     let line = e.line().unwrap_or(1);
     let offset = e.range().map(|r| r.start).unwrap_or_else(|| {

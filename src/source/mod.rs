@@ -3,3 +3,4 @@
 //! records dead-lettered.
 
 pub mod kafka;
+pub mod profiles;

@@ -11,6 +11,7 @@
 //! is not (see `forewarn dead-letters`). A file that cannot be opened is
 //! reported as damaged, never replaced silently (`--reset-state`).
 
+pub mod customers;
 pub mod engine;
 
 use std::path::{Path, PathBuf};
