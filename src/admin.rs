@@ -5,8 +5,16 @@
 //! these while the daemon holds the state store):
 //! `GET /dead-letters`, `GET /dead-letters/{id}`,
 //! `POST /dead-letters/redrive` and `POST /dead-letters/purge` with
-//! `{"ids": [...]}` (empty: all). Keep `admin.listen` on loopback or an
-//! internal network: these endpoints are not authenticated.
+//! `{"ids": [...]}` (empty: all).
+//!
+//! Customer data sits under `/api/`, behind a bearer token
+//! (`admin.token_env` or `admin.token_file`; without one, `/api/` answers
+//! 403): `GET /api/customers/{id}/decisions` (the decision log),
+//! `POST /api/customers/{id}/forget` (GDPR erasure, through the running
+//! pipeline), and `GET /api/rules/{id}/decisions` (for `forewarn report`).
+//! With a token configured the dead-letter routes require it too.
+//! `/metrics`, `/healthz` and `/readyz` stay open. Keep `admin.listen` on
+//! loopback or an internal network all the same.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -77,31 +85,173 @@ impl Health {
     }
 }
 
+/// A request to erase a customer, served by the running pipeline (which
+/// holds the engine state); the reply says what was erased.
+pub type ForgetRequest = (
+    String,
+    tokio::sync::oneshot::Sender<Result<crate::forget::Erased, String>>,
+);
+
+/// What the admin API reaches besides metrics and health.
+#[derive(Clone, Default)]
+pub struct Api {
+    pub dispatcher: Option<Dispatcher>,
+    pub store: Option<crate::state::Store>,
+    pub forget: Option<tokio::sync::mpsc::Sender<ForgetRequest>>,
+    /// Bearer token for `/api/` (and the dead letters); `None`: `/api/` is off.
+    pub token: Option<crate::config::Secret>,
+}
+
 #[derive(Clone)]
 struct AdminState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     dispatcher: Option<Dispatcher>,
+    api: Api,
 }
 
-pub fn router(
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    dispatcher: Option<Dispatcher>,
-) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+pub fn router(metrics: Arc<Metrics>, health: Arc<Health>, api: Api) -> Router {
+    let state = AdminState {
+        metrics,
+        health,
+        dispatcher: api.dispatcher.clone(),
+        api,
+    };
+    let dead_letters = Router::new()
         .route("/dead-letters", get(list_dead))
         .route("/dead-letters/redrive", post(redrive))
         .route("/dead-letters/purge", post(purge))
         .route("/dead-letters/{id}", get(show_dead))
-        .with_state(AdminState {
-            metrics,
-            health,
-            dispatcher,
-        })
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            token_if_configured,
+        ));
+    let customer_api = Router::new()
+        .route("/api/customers/{id}/decisions", get(customer_decisions))
+        .route("/api/customers/{id}/forget", post(forget_customer))
+        .route("/api/rules/{id}/decisions", get(rule_decisions))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            token_required,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(dead_letters)
+        .merge(customer_api)
+        .with_state(state)
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`, compared
+/// in constant time.
+fn bearer_matches(req: &axum::extract::Request, token: &crate::config::Secret) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.expose().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized() -> axum::response::Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "missing or wrong bearer token: send `Authorization: Bearer <token>` with the token from admin.token_env or admin.token_file\n",
+    )
+        .into_response()
+}
+
+async fn token_required(
+    State(s): State<AdminState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match &s.api.token {
+        None => (
+            StatusCode::FORBIDDEN,
+            "the customer API is off: set admin.token_env or admin.token_file in the daemon config to enable it\n",
+        )
+            .into_response(),
+        Some(t) if bearer_matches(&req, t) => next.run(req).await,
+        Some(_) => unauthorized(),
+    }
+}
+
+async fn token_if_configured(
+    State(s): State<AdminState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match &s.api.token {
+        Some(t) if !bearer_matches(&req, t) => unauthorized(),
+        _ => next.run(req).await,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+fn store(s: &AdminState) -> Result<&crate::state::Store, ApiError> {
+    s.api.store.as_ref().ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the state store is not open\n".to_string(),
+    ))
+}
+
+/// A customer's decision log, oldest first (the newest `limit`, 1000 by default).
+async fn customer_decisions(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<Limit>,
+) -> Result<Json<Vec<crate::decisions::DecisionRecord>>, ApiError> {
+    let store = store(&s)?.clone();
+    let limit = q.limit.unwrap_or(1000);
+    let records =
+        tokio::task::spawn_blocking(move || crate::decisions::for_customer(&store, &id, limit))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+    Ok(Json(records))
+}
+
+/// Every decision of one rule (for `forewarn report`).
+async fn rule_decisions(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<crate::decisions::DecisionRecord>>, ApiError> {
+    let store = store(&s)?.clone();
+    let records = tokio::task::spawn_blocking(move || crate::decisions::for_rule(&store, &id))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(Json(records))
+}
+
+async fn forget_customer(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::forget::Erased>, ApiError> {
+    let tx = s.api.forget.as_ref().ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the pipeline is not running\n".to_string(),
+    ))?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    tx.send((id, reply))
+        .await
+        .map_err(|_| internal("the pipeline has stopped"))?;
+    let erased = answer
+        .await
+        .map_err(|_| internal("the pipeline stopped before answering"))?
+        .map_err(internal)?;
+    Ok(Json(erased))
 }
 
 /// One line of `forewarn dead-letters list`.
@@ -231,12 +381,12 @@ pub async fn serve(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    dispatcher: Option<Dispatcher>,
+    api: Api,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
-    let app = router(metrics, health, dispatcher);
+    let app = router(metrics, health, api);
     let handle = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

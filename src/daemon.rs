@@ -169,11 +169,17 @@ impl Daemon {
         )
         .map_err(DaemonError::Delivery)?;
 
+        let (forget_tx, forget_rx) = tokio::sync::mpsc::channel(8);
         let (admin_addr, admin) = admin::serve(
             config.admin_listen,
             Arc::clone(&metrics),
             Arc::clone(&health),
-            Some(dispatcher.clone()),
+            admin::Api {
+                dispatcher: Some(dispatcher.clone()),
+                store: Some(store.clone()),
+                forget: Some(forget_tx),
+                token: config.admin_token.clone(),
+            },
             shutdown.clone(),
         )
         .await
@@ -210,6 +216,7 @@ impl Daemon {
         });
         let pipeline = Pipeline {
             profiles_ready,
+            forget_requests: Some(forget_rx),
             engine: Engine::new(
                 Arc::new(loaded.rules),
                 EngineConfig {
@@ -353,6 +360,10 @@ async fn consume(
     let idle_timeout = config.idle_timeout;
     let commit_interval = config.commit_interval;
     let commit_max_events = config.commit_max_events;
+    let mut forget_requests = pipeline
+        .forget_requests
+        .take()
+        .expect("consume takes the forget requests once");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Wall-clock time of the last record per partition, for idleness.
@@ -370,6 +381,19 @@ async fn consume(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            Some((customer, reply)) = forget_requests.recv() => {
+                match pipeline.forget(&source, &customer).await {
+                    Ok(erased) => {
+                        tracing::info!(stage = "forget", "{}", if config.log_customer_ids { erased.summary() } else { "a customer was erased (forewarn forget)".to_string() });
+                        let _ = reply.send(Ok(erased));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                        stop = Some(e);
+                        break;
+                    }
+                }
+            }
             landed = pipeline.commit_landed() => {
                 let flight = pipeline.in_flight.take().expect("a commit was in flight");
                 match landed.map_err(|e| DaemonError::Task(e.to_string())).and_then(|r| r.map_err(DaemonError::from)) {
@@ -630,6 +654,9 @@ struct Pipeline {
     /// Turns true once the profiles topic is read to its end (taken when
     /// consuming starts).
     profiles_ready: Option<tokio::sync::watch::Receiver<bool>>,
+    /// GDPR erasures from the admin API (the pipeline owns the engine state).
+    /// (Taken when consuming starts.)
+    forget_requests: Option<tokio::sync::mpsc::Receiver<admin::ForgetRequest>>,
     dispatcher: Dispatcher,
     /// Final outcomes from the dispatcher, for the engine's send-time guard.
     settled: tokio::sync::mpsc::UnboundedReceiver<Settled>,
@@ -805,6 +832,34 @@ impl Pipeline {
                 self.dispatcher.resolve(&now);
             }
         }
+    }
+
+    /// Erases a customer (GDPR): engine state and the cap ledger through a
+    /// commit, then their stored rows, then their queued notifications.
+    async fn forget(
+        &mut self,
+        source: &KafkaSource,
+        customer: &str,
+    ) -> Result<crate::forget::Erased, DaemonError> {
+        let engine = self.engine.forget(customer);
+        let had_caps = self.caps.forget(customer);
+        self.batch.notifications.retain(|n| n.customer != customer);
+        self.batch.decisions.retain(|d| d.customer != customer);
+        self.flush(source).await?;
+        let store = self.store.clone();
+        let who = customer.to_string();
+        let (mut erased, pending) = tokio::task::spawn_blocking(move || {
+            let tx = store.db().begin_write()?;
+            let r = crate::forget::erase_stored(&tx, &who)?;
+            tx.commit()?;
+            Ok::<_, StoreError>(r)
+        })
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))??;
+        self.dispatcher.drop_queued(&pending);
+        erased.engine = engine;
+        erased.cap_entries |= had_caps;
+        Ok(erased)
     }
 
     /// The customer's profile from the profiles topic, for a decision the

@@ -13,6 +13,7 @@ pub mod dead_letters;
 pub mod decisions;
 pub mod engine;
 pub mod event;
+pub mod forget;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;

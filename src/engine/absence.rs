@@ -87,6 +87,16 @@ impl Guard {
         self.by_key.entry(key).or_default().push(fired);
     }
 
+    /// Notification ids of fired episodes whose trigger is `customer`'s.
+    pub(crate) fn ids_of(&self, customer: &str) -> Vec<String> {
+        self.by_key
+            .values()
+            .flatten()
+            .filter(|f| trigger_customer(&f.trigger).as_deref() == Some(customer))
+            .map(|f| f.id.clone())
+            .collect()
+    }
+
     /// Forgets `id`; true when it was guarded here.
     pub(crate) fn settle(&mut self, id: &str) -> bool {
         let Some(key) = self.keys.remove(id) else {
@@ -112,9 +122,31 @@ struct Episode {
     trigger: Box<[u8]>,
 }
 
+/// The customer a stored trigger belongs to.
+fn trigger_customer(trigger: &[u8]) -> Option<String> {
+    decode_trigger(trigger, "", 0).map(|e| e.customer)
+}
+
 impl Episodes {
     pub(crate) fn len(&self) -> usize {
         self.timers.len()
+    }
+
+    /// Removes every open episode whose trigger is `customer`'s (GDPR
+    /// erasure). Returns how many.
+    pub(crate) fn forget(&mut self, customer: &str) -> usize {
+        let theirs: Vec<u32> = self
+            .timers
+            .iter()
+            .map(|&(_, at)| at)
+            .filter(|&at| {
+                trigger_customer(&self.slots[at as usize].trigger).as_deref() == Some(customer)
+            })
+            .collect();
+        for &at in &theirs {
+            self.remove(at);
+        }
+        theirs.len()
     }
 
     /// Slots of `key`, newest first.

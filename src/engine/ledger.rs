@@ -1,6 +1,7 @@
 //! The cooldown and once_per ledgers, and the decision they make.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
 use super::{key_hash, Clock, EngineConfig, Firing, Outcome, PartitionId};
@@ -27,6 +28,18 @@ impl Ledger {
             self.expiry.remove(&(old, key));
         }
         self.expiry.insert((until, key));
+    }
+
+    /// Removes the entry under `key`; true when there was one.
+    pub(crate) fn remove(&mut self, key: u128) -> bool {
+        match self.entries.remove(&key) {
+            Some(until) => {
+                self.expiry.remove(&(until, key));
+                self.journal.note(key);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Forgets entries that ended before the watermark.
@@ -132,6 +145,29 @@ pub(crate) fn decide(
         ledger.record(k, firing.fired_at.saturating_add(c));
     }
     Outcome::Fire
+}
+
+/// The ledger keys that can hold `customer`'s entries: every rule's
+/// cooldown, and the once_per tuples made of the customer field alone.
+/// (A once_per tuple over other fields is a one-way hash of those values
+/// and expires after `ledger_retention`.)
+pub(crate) fn keys_of(rules: &[Arc<Rule>], customer: &str) -> Vec<u128> {
+    let mut keys = Vec::new();
+    for rule in rules {
+        if rule.cooldown.is_some() {
+            keys.push(key_hash("cooldown", &rule.id, &[customer.to_string()]));
+        }
+        let only_customer = !rule.once_per.is_empty()
+            && rule
+                .once_per
+                .iter()
+                .all(|f| matches!(f, OncePerField::Event(crate::rules::KeyField::Customer)));
+        if only_customer {
+            let values = vec![customer.to_string(); rule.once_per.len()];
+            keys.push(key_hash("once_per", &rule.id, &values));
+        }
+    }
+    keys
 }
 
 fn once_per_value(field: &OncePerField, firing: &Firing) -> String {

@@ -137,6 +137,15 @@ pub struct Output {
     pub resolved: Vec<String>,
 }
 
+/// What [`Engine::forget`] erased.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Forgotten {
+    pub episodes: usize,
+    pub fired: usize,
+    pub windows: usize,
+    pub ledger_entries: usize,
+}
+
 /// Sizes of the engine's state, for metrics and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -436,6 +445,40 @@ impl Engine {
 
     /// The notification `id` has a final outcome (sent, dead-lettered,
     /// resolved, suppressed): the send-time guard forgets its episode.
+    /// Erases what the engine holds about `customer` (GDPR): open episodes
+    /// and fired ones awaiting delivery whose trigger is theirs, threshold
+    /// windows of rules keyed by the customer, and their cooldown and
+    /// customer-only once_per entries. Durable engines journal the removals
+    /// for the next commit.
+    pub fn forget(&mut self, customer: &str) -> Forgotten {
+        let ledger_keys = ledger::keys_of(&self.rules.rules, customer);
+        let window_keys: Vec<u128> = self
+            .rules
+            .rules
+            .iter()
+            .filter(|r| matches!(r.kind, RuleKind::Threshold(_)))
+            .filter(|r| matches!(r.key.as_slice(), [crate::rules::KeyField::Customer]))
+            .map(|r| key_hash("window", &r.id, &[customer.to_string()]))
+            .collect();
+        let mut f = Forgotten::default();
+        for part in self.partitions.values_mut() {
+            f.episodes += part.episodes.forget(customer);
+            for id in part.guard.ids_of(customer) {
+                part.guard.settle(&id);
+                f.fired += 1;
+            }
+            f.windows += window_keys
+                .iter()
+                .filter(|&&k| part.windows.remove(k))
+                .count();
+            f.ledger_entries += ledger_keys
+                .iter()
+                .filter(|&&k| part.ledger.remove(k))
+                .count();
+        }
+        f
+    }
+
     pub fn settle(&mut self, id: &str) {
         for part in self.partitions.values_mut() {
             if part.guard.settle(id) {

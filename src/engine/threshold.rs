@@ -32,6 +32,15 @@ impl Windows {
         self.map.len()
     }
 
+    /// Removes the window under `key`; true when there was one.
+    pub(crate) fn remove(&mut self, key: u128) -> bool {
+        let gone = self.map.remove(&key).is_some();
+        if gone {
+            self.journal.note(key);
+        }
+        gone
+    }
+
     /// Rows for the windows changed or dropped since the last flush.
     pub(crate) fn changes(&mut self, pid: PartitionId, out: &mut Vec<Write>) {
         let noted: Vec<u128> = self.journal.drain().collect();

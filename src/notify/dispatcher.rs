@@ -257,6 +257,24 @@ impl Dispatcher {
         taken.into_iter().map(|p| p.notification.id).collect()
     }
 
+    /// Drops notifications from the queue without sending or recording
+    /// them (their outbox entries are already deleted: `forget`). One
+    /// already handed to its channel cannot be called back.
+    pub fn drop_queued(&self, ids: &[String]) {
+        {
+            let mut q = self.shared.queue.lock().expect("queue lock");
+            for id in ids {
+                if let Some(p) = q.entries.remove(id) {
+                    if let Some(d) = q.due.get_mut(&p.notification.channel) {
+                        d.remove(&(p.next_at, id.clone()));
+                    }
+                }
+            }
+        }
+        self.refresh_dead_gauge();
+        self.update_gauges();
+    }
+
     /// Dead letters back to pending (`ids` empty: all); wakes the workers.
     pub fn redrive(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         let moved = self

@@ -300,6 +300,37 @@ impl Outbox {
         Ok(removed)
     }
 
+    /// Deletes every pending notification and dead letter addressed to
+    /// `customer` (GDPR erasure) inside the caller's transaction. Returns
+    /// the ids of the pending ones (for the dispatcher's queue) and how
+    /// many dead letters went.
+    pub fn forget_in(
+        tx: &redb::WriteTransaction,
+        customer: &str,
+    ) -> Result<(Vec<String>, usize), StoreError> {
+        let theirs = |v: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(v)
+                .ok()
+                .is_some_and(|r| r["notification"]["customer"] == customer)
+        };
+        let mut pending = tx.open_table(PENDING)?;
+        let mut ids = Vec::new();
+        for row in pending.iter()? {
+            let (k, v) = row?;
+            if theirs(v.value()) {
+                ids.push(k.value().to_string());
+            }
+        }
+        for id in &ids {
+            pending.remove(id.as_str())?;
+        }
+        let mut dead = tx.open_table(DEAD)?;
+        let len = dead.len()?;
+        dead.retain(|_, v| !theirs(v))?;
+        let dead_gone = (len - dead.len()?) as usize;
+        Ok((ids, dead_gone))
+    }
+
     /// Forgets settled ids older than `before` (ms). Returns how many.
     pub fn prune_done(&self, before: Millis) -> Result<usize, StoreError> {
         let tx = self.store.db().begin_write()?;

@@ -264,6 +264,16 @@ pub fn position(store: &Store, topic: &str, partition: i32) -> Result<Option<i64
     Ok(t.get((partition, topic))?.map(|v| v.value()))
 }
 
+/// Every partition with stored engine state.
+pub fn stored_partitions(store: &Store) -> Result<Vec<PartitionId>, StoreError> {
+    let tx = store.db().begin_read()?;
+    let mut out = Vec::new();
+    for row in tx.open_table(META)?.iter()? {
+        out.push(row?.0.value() as PartitionId);
+    }
+    Ok(out)
+}
+
 /// Partition `p`'s state: its snapshot with its log applied in order, as
 /// rows for `Engine::restore`, and where its log stands.
 pub fn load_partition(store: &Store, p: PartitionId) -> Result<(Vec<Row>, LogMeta), StoreError> {
