@@ -205,6 +205,8 @@ struct RawState {
     ledger_retention: String,
     #[serde(default = "d_dead_retention")]
     dead_letter_retention: String,
+    #[serde(default = "d_retention")]
+    decision_log_retention: String,
     #[serde(default = "d_commit_interval")]
     commit_interval: String,
     #[serde(default = "d_commit_max_events")]
@@ -241,6 +243,7 @@ impl Default for RawState {
             dir: d_state_dir(),
             ledger_retention: d_retention(),
             dead_letter_retention: d_dead_retention(),
+            decision_log_retention: d_retention(),
             commit_interval: d_commit_interval(),
             commit_max_events: d_commit_max_events(),
             compact_every: d_compact_every(),
@@ -373,6 +376,8 @@ pub struct Config {
     pub ledger_retention: Duration,
     /// How long a dead letter is kept before compaction deletes it.
     pub dead_letter_retention: Duration,
+    /// How long the decision log keeps a decision.
+    pub decision_log_retention: Duration,
     /// Durable progress is committed at least this often while events
     /// flow (the most a decision waits before it can be sent)…
     pub commit_interval: Duration,
@@ -669,6 +674,11 @@ impl Config {
             "state.dead_letter_retention",
             &raw.state.dead_letter_retention,
         );
+        let decision_log_retention = duration(
+            &mut p,
+            "state.decision_log_retention",
+            &raw.state.decision_log_retention,
+        );
         let commit_interval = duration(&mut p, "state.commit_interval", &raw.state.commit_interval);
         let compact_every = duration(&mut p, "state.compact_every", &raw.state.compact_every);
         if raw.state.commit_max_events == 0 {
@@ -746,6 +756,7 @@ impl Config {
             state_dir: raw.state.dir,
             ledger_retention: ledger_retention.unwrap_or_default(),
             dead_letter_retention: dead_letter_retention.unwrap_or_default(),
+            decision_log_retention: decision_log_retention.unwrap_or_default(),
             commit_interval: commit_interval.unwrap_or_default(),
             commit_max_events: raw.state.commit_max_events,
             compact_every: compact_every.unwrap_or_default(),

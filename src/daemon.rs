@@ -195,6 +195,7 @@ impl Daemon {
             Retention {
                 settled: config.ledger_retention,
                 dead_letters: config.dead_letter_retention,
+                decisions: config.decision_log_retention,
                 every: config.compact_every,
             },
             Arc::clone(&metrics),
@@ -585,6 +586,7 @@ struct Retention {
     /// Settled notification ids (duplicate protection for re-read events).
     settled: Duration,
     dead_letters: Duration,
+    decisions: Duration,
     every: Duration,
 }
 
@@ -602,13 +604,22 @@ async fn compactor(
         let ob = outbox.clone();
         let settled = retention.settled.as_millis() as Millis;
         let dead = retention.dead_letters.as_millis() as Millis;
+        let decided = retention.decisions.as_millis() as Millis;
         let result = tokio::task::spawn_blocking(move || {
             let now = crate::event::now_millis();
-            Ok::<_, StoreError>((ob.prune_done(now - settled)?, ob.prune_dead(now - dead)?))
+            Ok::<_, StoreError>((
+                ob.prune_done(now - settled)?,
+                ob.prune_dead(now - dead)?,
+                crate::decisions::prune(ob.store(), now - decided)?,
+            ))
         })
         .await;
         match result {
-            Ok(Ok((done, dead))) => {
+            Ok(Ok((done, dead, decisions))) => {
+                metrics
+                    .state_compacted
+                    .with_label_values(&["decisions"])
+                    .inc_by(decisions as u64);
                 metrics
                     .state_compacted
                     .with_label_values(&["settled_ids"])
@@ -617,10 +628,11 @@ async fn compactor(
                     .state_compacted
                     .with_label_values(&["dead_letters"])
                     .inc_by(dead as u64);
-                if done + dead > 0 {
+                if done + dead + decisions > 0 {
                     tracing::info!(
                         settled_ids = done,
                         dead_letters = dead,
+                        decisions,
                         "retention: old rows deleted from the state store"
                     );
                     if let Ok(n) = outbox.dead_count() {

@@ -90,6 +90,31 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Why did (or didn't) a customer get a message? Prints their decision log.
+    Explain {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// The daemon config (state.dir, admin.listen, admin token).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// At most this many of the newest decisions.
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Erase everything forewarn holds about a customer (GDPR): profile,
+    /// ledgers, open episodes, pending notifications, decision log.
+    Forget {
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// The daemon config (state.dir, rules.dir, admin.listen, admin token).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// List, show, re-drive or purge dead letters (notifications that failed for good).
     DeadLetters {
         /// The daemon config (state.dir, admin.listen).
@@ -184,6 +209,13 @@ fn main() -> ExitCode {
                 config,
             } => render(rule, event, rules, config),
             Command::DeadLetters { config, action } => dead_letters(config, action).await,
+            Command::Explain {
+                customer,
+                config,
+                limit,
+                json,
+            } => explain(customer, config, limit, json).await,
+            Command::Forget { customer, config } => forget(customer, config).await,
             Command::Produce {
                 brokers,
                 topic,
@@ -323,6 +355,88 @@ fn render(
     }
 }
 
+async fn explain(customer: String, path: PathBuf, limit: usize, json: bool) -> ExitCode {
+    use forewarn::dead_letters::Access;
+    let cfg = match load_config(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let access = Access::open(&cfg.state_dir, cfg.admin_listen, cfg.admin_token.clone());
+    let records = match access {
+        Ok(a) => a.decisions(&customer, limit).await,
+        Err(e) => Err(e),
+    };
+    let records = match records {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    if records.is_empty() {
+        println!("no decisions recorded for customer {customer:?}: no rule has fired for them (within state.decision_log_retention), or the id is spelled differently in the events");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "decisions for customer {customer:?}, oldest first ({} shown):\n",
+        records.len()
+    );
+    for r in &records {
+        println!("{}\n", r.describe());
+    }
+    ExitCode::SUCCESS
+}
+
+async fn forget(customer: String, path: PathBuf) -> ExitCode {
+    use forewarn::dead_letters::Access;
+    let cfg = match load_config(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let access = match Access::open(&cfg.state_dir, cfg.admin_listen, cfg.admin_token.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rules_dir = cfg.rules_dir.clone();
+    let retain = [
+        cfg.customers.email.clone(),
+        cfg.policy.timezone_field.clone(),
+        cfg.policy.consent_field.clone(),
+    ];
+    let offline = |store: &forewarn::state::Store| {
+        let loaded = forewarn::rules::load_rules(&rules_dir, &Default::default()).map_err(|d| {
+            forewarn::state::StoreError::Db(format!(
+                "the rules in {} are needed to read the engine state, and they do not load:\n{d}",
+                rules_dir.display()
+            ))
+        })?;
+        forewarn::forget::offline(store, std::sync::Arc::new(loaded.rules), &retain, &customer)
+    };
+    match access.forget(&customer, offline).await {
+        Ok(erased) => {
+            println!("{} (through {})", erased.summary(), access.describe());
+            if cfg.customers.profiles_topic.is_some() {
+                println!("note: the profile comes back if the profiles topic still carries it: produce a tombstone for the customer's key there too");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn dead_letters(config: Option<PathBuf>, action: DeadLetterAction) -> ExitCode {
     use forewarn::dead_letters::Access;
     let Some(path) = config else {
@@ -333,7 +447,7 @@ async fn dead_letters(config: Option<PathBuf>, action: DeadLetterAction) -> Exit
         Ok(c) => c,
         Err(code) => return code,
     };
-    let access = match Access::open(&cfg.state_dir, cfg.admin_listen) {
+    let access = match Access::open(&cfg.state_dir, cfg.admin_listen, cfg.admin_token.clone()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");

@@ -144,6 +144,10 @@ impl Outbox {
         Ok(out)
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Whether `id` waits in the outbox (not yet sent, resolved or dead).
     pub fn is_pending(&self, id: &str) -> Result<bool, StoreError> {
         let tx = self.store.db().begin_read()?;
