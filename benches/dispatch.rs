@@ -157,6 +157,8 @@ fn notification(run: &str, i: usize) -> Notification {
             "customer": {"name": "Ana", "email": "x@example.com"},
         }),
         entry: None,
+        unsubscribe_url: None,
+        not_before: None,
     }
 }
 

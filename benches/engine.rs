@@ -969,7 +969,12 @@ fn run_durable(
             let t = Instant::now();
             for d in out.decisions.drain(..) {
                 if d.outcome == Outcome::Fire {
-                    if let Ok(n) = forewarn::notify::compose(&d.firing, templates, &email, true) {
+                    if let Ok(n) = forewarn::notify::compose(
+                        &d.firing,
+                        templates,
+                        &forewarn::notify::Recipient::from_event(&email),
+                        true,
+                    ) {
                         notifications.push(n);
                     }
                 }

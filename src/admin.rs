@@ -397,3 +397,103 @@ pub async fn serve(
     });
     Ok((local, handle))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decisions::DecisionRecord;
+
+    fn rec(customer: &str, at: i64) -> DecisionRecord {
+        DecisionRecord {
+            customer: customer.into(),
+            at,
+            rule: "r".into(),
+            outcome: "sent".into(),
+            notification_id: format!("{customer}-{at}"),
+            channel: "email".into(),
+            reason: None,
+            fired_at: at,
+            episode_start: at,
+            deadline: None,
+            send_at: None,
+        }
+    }
+
+    async fn get(url: &str, token: Option<&str>) -> (u16, String) {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    async fn serve_with(token: Option<&str>) -> (String, CancellationToken, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::state::Store::open(dir.path()).unwrap();
+        crate::decisions::open(&store).unwrap();
+        crate::decisions::write(
+            &store,
+            &[
+                rec("ada", 1),
+                rec("ada", 2),
+                rec("ada@x/1", 3),
+                rec("adam", 4),
+            ],
+        )
+        .unwrap();
+        let stop = CancellationToken::new();
+        let (addr, _) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Metrics::new()),
+            Arc::new(Health::default()),
+            Api {
+                store: Some(store),
+                token: token.map(crate::config::Secret::new),
+                ..Api::default()
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        (format!("http://{addr}"), stop, dir)
+    }
+
+    #[tokio::test]
+    async fn the_customer_api_needs_the_token_and_returns_only_that_customer() {
+        let (url, stop, _dir) = serve_with(Some("s3cret")).await;
+        let decisions = format!("{url}/api/customers/ada/decisions");
+        assert_eq!(get(&decisions, None).await.0, 401);
+        assert_eq!(get(&decisions, Some("wrong")).await.0, 401);
+        assert_eq!(get(&decisions, Some("s3cret-and-more")).await.0, 401);
+        let (status, body) = get(&decisions, Some("s3cret")).await;
+        assert_eq!(status, 200, "{body}");
+        let records: Vec<DecisionRecord> = serde_json::from_str(&body).unwrap();
+        assert_eq!(records.len(), 2);
+        assert!(records.iter().all(|r| r.customer == "ada"), "{body}");
+        // An id with reserved characters, percent-encoded.
+        let (_, body) = get(
+            &format!("{url}/api/customers/ada%40x%2F1/decisions"),
+            Some("s3cret"),
+        )
+        .await;
+        let records: Vec<DecisionRecord> = serde_json::from_str(&body).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].customer, "ada@x/1");
+        // Health and metrics stay open.
+        assert_eq!(get(&format!("{url}/healthz"), None).await.0, 200);
+        assert_eq!(get(&format!("{url}/metrics"), None).await.0, 200);
+        // The dead letters need the token once one is set.
+        assert_eq!(get(&format!("{url}/dead-letters"), None).await.0, 401);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn without_a_token_the_customer_api_is_off() {
+        let (url, stop, _dir) = serve_with(None).await;
+        let (status, body) = get(&format!("{url}/api/customers/ada/decisions"), None).await;
+        assert_eq!(status, 403);
+        assert!(body.contains("admin.token_env"), "{body}");
+        stop.cancel();
+    }
+}

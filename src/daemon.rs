@@ -169,6 +169,26 @@ impl Daemon {
         )
         .map_err(DaemonError::Delivery)?;
 
+        // Consent is read again when a marketing message is about to go
+        // out: a deferred one may wait all night, and people unsubscribe.
+        {
+            let store = store.clone();
+            let policy = config.policy.clone();
+            dispatcher.set_send_check(Arc::new(move |n: &Notification| {
+                if n.class != crate::rules::Class::Marketing {
+                    return None;
+                }
+                let profile = crate::state::customers::profile(&store, &n.customer).ok()??;
+                let view = crate::policy::CustomerView {
+                    id: &n.customer,
+                    profile: Some(&profile),
+                    event: &n.event,
+                };
+                (!crate::policy::consents(&policy, &view, n.class)).then(|| {
+                    "the customer's profile withdrew consent to marketing messages before it was sent".to_string()
+                })
+            }));
+        }
         let (forget_tx, forget_rx) = tokio::sync::mpsc::channel(8);
         let (admin_addr, admin) = admin::serve(
             config.admin_listen,

@@ -184,6 +184,8 @@ fn notification(id: &str, channel: &str) -> Notification {
         },
         event: json!({"type": "carrier_delay_reported", "customer_id": "c-1", "order_id": "A-7781"}),
         entry: None,
+        unsubscribe_url: None,
+        not_before: None,
     }
 }
 
@@ -911,7 +913,7 @@ fn hostile_fields_are_escaped_not_evaluated_and_line_breaks_rejected() {
     let n = compose(
         &firing(&loaded, "da01", "{{ 7*7 }}", "ok"),
         &loaded.templates,
-        &email,
+        &forewarn::notify::Recipient::from_event(&email),
         true,
     )
     .unwrap();
@@ -920,7 +922,7 @@ fn hostile_fields_are_escaped_not_evaluated_and_line_breaks_rejected() {
     let err = compose(
         &firing(&loaded, "da02", "Ada\r\nBcc: x@evil.example", "ok"),
         &loaded.templates,
-        &email,
+        &forewarn::notify::Recipient::from_event(&email),
         true,
     )
     .unwrap_err();
@@ -950,7 +952,7 @@ fn hostile_fields_end_to_end_to_a_real_smtp_server() {
             compose(
                 &firing(&loaded, id, name, note),
                 &loaded.templates,
-                &email,
+                &forewarn::notify::Recipient::from_event(&email),
                 true,
             )
         })

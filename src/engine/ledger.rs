@@ -148,21 +148,22 @@ pub(crate) fn decide(
 }
 
 /// The ledger keys that can hold `customer`'s entries: every rule's
-/// cooldown, and the once_per tuples made of the customer field alone.
-/// (A once_per tuple over other fields is a one-way hash of those values
-/// and expires after `ledger_retention`.)
+/// cooldown, and the once_per tuples whose every value is the customer id
+/// (`once_per = ["customer_id"]`, whichever way the field is named). A
+/// tuple that mixes in other values (`["customer_id", "app.version"]`) is
+/// a one-way hash that cannot be found from the id alone; it expires after
+/// `ledger_retention`.
 pub(crate) fn keys_of(rules: &[Arc<Rule>], customer: &str) -> Vec<u128> {
     let mut keys = Vec::new();
     for rule in rules {
         if rule.cooldown.is_some() {
             keys.push(key_hash("cooldown", &rule.id, &[customer.to_string()]));
         }
-        let only_customer = !rule.once_per.is_empty()
-            && rule
-                .once_per
-                .iter()
-                .all(|f| matches!(f, OncePerField::Event(crate::rules::KeyField::Customer)));
-        if only_customer {
+        let event_fields = rule
+            .once_per
+            .iter()
+            .all(|f| matches!(f, OncePerField::Event(_)));
+        if !rule.once_per.is_empty() && event_fields {
             let values = vec![customer.to_string(); rule.once_per.len()];
             keys.push(key_hash("once_per", &rule.id, &values));
         }

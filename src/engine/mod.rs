@@ -457,8 +457,9 @@ impl Engine {
             .rules
             .iter()
             .filter(|r| matches!(r.kind, RuleKind::Threshold(_)))
-            .filter(|r| matches!(r.key.as_slice(), [crate::rules::KeyField::Customer]))
-            .map(|r| key_hash("window", &r.id, &[customer.to_string()]))
+            // Windows keyed by the customer id alone (however the field is
+            // named); other keys are one-way hashes of other values.
+            .map(|r| key_hash("window", &r.id, &vec![customer.to_string(); r.key.len()]))
             .collect();
         let mut f = Forgotten::default();
         for part in self.partitions.values_mut() {

@@ -896,3 +896,81 @@ fn an_engine_that_is_not_durable_notes_nothing() {
         .iter()
         .all(|w| w.table == persist::StateTable::Partitions));
 }
+
+#[test]
+fn forget_erases_one_customers_episodes_windows_and_ledgers_and_no_one_elses() {
+    let rules = format!(
+        "{DROPOFF}{}",
+        r#"
+[[rule]]
+id = "payment-failures"
+kind = "threshold"
+trigger = { event = "payment_failed" }
+count = 3
+within = "1h"
+cooldown = "1d"
+notify = { channel = "email", template = "t" }
+
+[[rule]]
+id = "welcome"
+kind = "match"
+trigger = { event = "signed_up" }
+once_per = ["customer_id"]
+notify = { channel = "email", template = "t" }
+"#
+    );
+    let mut e = engine_cfg(&rules, None, false, true);
+    e.assign(0);
+    let mut events = Vec::new();
+    for c in ["c1", "c2"] {
+        events.push(checkout(c, 0));
+        events.push(ev("payment_failed", c, MIN, json!({})));
+        events.push(ev("signed_up", c, 2 * MIN, json!({})));
+        // Three failures fire the threshold rule: its cooldown is recorded.
+        for i in 0..3 {
+            events.push(ev("payment_failed", c, 3 * MIN + i, json!({})));
+        }
+        // And one more opens a new window.
+        events.push(ev("payment_failed", c, 4 * MIN, json!({})));
+    }
+    run(&mut e, &events, Clock::Virtual);
+    e.take_changes();
+    let before = e.stats();
+    let f = e.forget("c1");
+    assert_eq!(
+        f,
+        Forgotten {
+            episodes: 1,
+            fired: 0,
+            windows: 1,
+            ledger_entries: 2,
+        },
+        "c1's episode, window, cooldown and once_per entry"
+    );
+    // The removals are journalled for the next durable commit.
+    assert!(!e.take_changes().is_empty());
+    let after = e.stats();
+    assert_eq!(after.open_episodes, before.open_episodes - 1);
+    assert_eq!(e.forget("c1"), Forgotten::default(), "nothing left of c1");
+    // c2 is untouched: their episode still fires, their ledgers still hold.
+    let fired = run(
+        &mut e,
+        &[
+            ev("signed_up", "c2", 5 * MIN, json!({})),
+            ev("signed_up", "c1", 5 * MIN, json!({})),
+            ev("page_view", "c3", 40 * MIN, json!({})),
+        ],
+        Clock::Virtual,
+    );
+    assert!(fired.contains(&("welcome".into(), "c2".into(), Outcome::Duplicate, 5 * MIN)));
+    assert!(fired.contains(&("welcome".into(), "c1".into(), Outcome::Fire, 5 * MIN)));
+    assert!(fired.contains(&(
+        "checkout-dropoff".into(),
+        "c2".into(),
+        Outcome::Fire,
+        30 * MIN
+    )));
+    assert!(!fired
+        .iter()
+        .any(|f| f.0 == "checkout-dropoff" && f.1 == "c1"));
+}

@@ -75,7 +75,12 @@ struct Route {
     wake: Notify,
 }
 
+/// A last look before a notification goes to its channel: `Some(reason)`
+/// withdraws it (the customer's consent, read from their profile now).
+pub type SendCheck = Arc<dyn Fn(&Notification) -> Option<String> + Send + Sync>;
+
 struct Shared {
+    send_check: std::sync::OnceLock<SendCheck>,
     outbox: Outbox,
     routes: BTreeMap<String, Route>,
     queue: Mutex<Queue>,
@@ -126,6 +131,7 @@ impl Dispatcher {
         let dead = outbox.dead_count().map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            send_check: std::sync::OnceLock::new(),
             outbox,
             routes,
             queue: Mutex::new(queue),
@@ -257,6 +263,11 @@ impl Dispatcher {
         taken.into_iter().map(|p| p.notification.id).collect()
     }
 
+    /// Installs the send-time check (once; later calls are ignored).
+    pub fn set_send_check(&self, check: SendCheck) {
+        let _ = self.shared.send_check.set(check);
+    }
+
     /// Drops notifications from the queue without sending or recording
     /// them (their outbox entries are already deleted: `forget`). One
     /// already handed to its channel cannot be called back.
@@ -376,6 +387,11 @@ impl Dispatcher {
     async fn attempt(&self, route: &Route, mut p: Pending, settle_tx: &SettleTx) {
         let n = &p.notification;
         let m = &self.shared.metrics;
+        if let Some(reason) = self.shared.send_check.get().and_then(|c| c(n)) {
+            tracing::info!(stage = "deliver", rule = %n.rule_id, channel = %n.channel, notification_id = %n.id, "withdrawn at send time: the customer no longer consents");
+            let _ = settle_tx.send((p.notification.clone(), Settle::Unsubscribed(reason)));
+            return;
+        }
         let result = route.channel.send(n).await;
         let label = match &result {
             Ok(()) => "ok",
@@ -469,6 +485,7 @@ impl Dispatcher {
                         let outcome = match other {
                             Settle::Sent => "sent",
                             Settle::Resolved => "resolved",
+                            Settle::Unsubscribed(_) => "unsubscribed",
                             _ => "dead_letter",
                         };
                         done.push((n, outcome));
@@ -512,6 +529,7 @@ async fn settler(d: Dispatcher, mut rx: mpsc::UnboundedReceiver<(Notification, S
                 let (outcome, reason) = match s {
                     Settle::Sent => ("sent", None),
                     Settle::Resolved => ("resolved", None),
+                    Settle::Unsubscribed(r) => ("unsubscribed", Some(r.clone())),
                     Settle::Dead(d) => ("dead_letter", Some(d.reason.clone())),
                     Settle::Retry(_) => return None,
                 };

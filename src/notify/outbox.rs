@@ -62,6 +62,8 @@ pub enum Enqueued {
 pub enum Settle {
     Sent,
     Resolved,
+    /// Withdrawn at send time: the customer no longer consents.
+    Unsubscribed(String),
     Dead(DeadLetter),
     /// Back to pending, for a later attempt.
     Retry(Pending),
@@ -191,7 +193,7 @@ impl Outbox {
             for (id, how) in batch {
                 let id = id.as_str();
                 match how {
-                    Settle::Sent | Settle::Resolved => {
+                    Settle::Sent | Settle::Resolved | Settle::Unsubscribed(_) => {
                         pending.remove(id)?;
                         done.insert(id, now as u64)?;
                     }
@@ -393,6 +395,8 @@ mod tests {
             },
             event: serde_json::json!({"cart": {"total": 42.0}}),
             entry: None,
+            unsubscribe_url: None,
+            not_before: None,
         }
     }
 
