@@ -298,6 +298,24 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn the_unsubscribe_url_renders_encoded_and_refuses_line_breaks() {
+        let ctx = json!({"customer": {"id": "ana@x.example/1"}});
+        let url = render_line(
+            "https://acme.example/u?c={{ customer.id | urlencode }}",
+            &ctx,
+        )
+        .unwrap();
+        // Like Jinja's, minijinja's urlencode keeps `/`.
+        assert_eq!(url, "https://acme.example/u?c=ana%40x.example/1");
+        let bad = json!({"customer": {"id": "a\r\nBcc: x@evil.example"}});
+        assert!(matches!(
+            render_line("https://acme.example/u?c={{ customer.id }}", &bad),
+            Err(RenderError::HeaderInjection(_))
+        ));
+        assert!(render_line("{{ customer.nope }}", &ctx).is_err(), "strict");
+    }
+
     fn load(files: &[(&str, &str)]) -> (Templates, Vec<Diagnostic>) {
         let dir = tempfile::tempdir().unwrap();
         for (n, b) in files {
