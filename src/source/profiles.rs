@@ -100,7 +100,11 @@ fn run(
                 tracing::warn!(error_code = "kafka_unreachable", stage = "profiles", error = %e, "waiting for the Kafka brokers to read the profiles topic");
             }
         }
-        std::thread::sleep(wait);
+        // In slices, so a shutdown is not held up by the wait.
+        let until = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < until && !shutdown.is_cancelled() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         wait = (wait * 2).min(Duration::from_secs(30));
     };
 
