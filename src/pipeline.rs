@@ -176,3 +176,221 @@ pub fn delivery_record(
         send_at: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::engine::{Clock, Engine, EngineConfig, Output};
+    use crate::event::EventSchema;
+    use crate::policy::{parse_clock, Cap, QuietHours};
+    use crate::rules::{load_rules, LoadOptions};
+
+    const RULES: &str = r#"
+[[rule]]
+id = "promo"
+kind = "match"
+class = "marketing"
+trigger = { event = "page_view" }
+notify = { channel = "email", template = "t" }
+
+[[rule]]
+id = "promo-shadow"
+kind = "match"
+class = "marketing"
+mode = "shadow"
+trigger = { event = "pricing_view" }
+notify = { channel = "email", template = "t" }
+
+[[rule]]
+id = "promo-holdout"
+kind = "match"
+class = "marketing"
+holdout_percent = 50
+trigger = { event = "cart_view" }
+notify = { channel = "email", template = "t" }
+
+[[rule]]
+id = "payment"
+kind = "match"
+trigger = { event = "payment_failed" }
+notify = { channel = "email", template = "t" }
+"#;
+
+    struct Rig {
+        engine: Engine,
+        templates: Templates,
+        email: FieldPath,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(
+            dir.path().join("templates/t.subject"),
+            "Hi {{ customer.name | default('') }}",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("templates/t.txt"), "Body").unwrap();
+        std::fs::write(dir.path().join("r.toml"), RULES).unwrap();
+        let loaded =
+            load_rules(dir.path(), &LoadOptions::default()).unwrap_or_else(|d| panic!("{d}"));
+        let mut engine = Engine::new(Arc::new(loaded.rules), EngineConfig::default(), &[]);
+        engine.assign(0);
+        Rig {
+            engine,
+            templates: loaded.templates,
+            email: FieldPath::parse("customer.email").unwrap(),
+            _dir: dir,
+        }
+    }
+
+    fn decide(rig: &mut Rig, kind: &str, customer: &str, extra: serde_json::Value) -> Decision {
+        let mut payload = json!({"type": kind, "customer_id": customer, "ts": 1_000, "event_id": format!("{kind}-{customer}-{extra}")});
+        if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        let schema = EventSchema {
+            kind: FieldPath::parse("type").unwrap(),
+            customer: FieldPath::parse("customer_id").unwrap(),
+            time: FieldPath::parse("ts").unwrap(),
+            id: Some(FieldPath::parse("event_id").unwrap()),
+        };
+        let event = Arc::new(schema.from_value(payload).unwrap());
+        let mut out = Output::default();
+        rig.engine.on_event(0, &event, Clock::Virtual, &mut out);
+        out.decisions.pop().expect("the rule fires")
+    }
+
+    fn ms(t: &str) -> Millis {
+        t.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn the_policy_decides_in_order_and_every_decision_is_recorded() {
+        let mut rig = rig();
+        let policy = PolicyConfig {
+            max_per_customer: Some(Cap {
+                count: 1,
+                per: 24 * 3_600_000,
+            }),
+            quiet_hours: Some(QuietHours {
+                start: parse_clock("21:00").unwrap(),
+                end: parse_clock("08:00").unwrap(),
+            }),
+            ..PolicyConfig::default()
+        };
+        let mut caps = CapLedger::default();
+        let noon = ms("2026-05-01T12:00:00Z");
+        let night = ms("2026-05-01T23:00:00Z");
+        let addr = json!({"customer": {"email": "ana@example.com"}});
+        let profile =
+            json!({"name": "Ana", "timezone": "Asia/Tokyo", "consent": {"marketing": false}});
+        let templates = std::mem::take(&mut rig.templates);
+        let email = rig.email.clone();
+        let cx = Decide {
+            templates: &templates,
+            email: &email,
+            unsubscribe_url: Some("https://acme.example/u/{{ customer.id }}"),
+            policy: &policy,
+        };
+
+        // No consent: stopped before anything else, with a reason.
+        let d = decide(&mut rig, "page_view", "ana", addr.clone());
+        let p = prepare(&d, &cx, true, Some(&profile), noon, &mut caps);
+        assert_eq!(p.outcome(), "unsubscribed");
+        let r = record(&d, &p, noon);
+        assert_eq!(
+            (r.outcome.as_str(), r.customer.as_str()),
+            ("unsubscribed", "ana")
+        );
+        assert!(r.reason.unwrap().contains("consent"));
+        // …but a transactional message still goes, with the profile's name,
+        // and without an unsubscribe link.
+        let d = decide(&mut rig, "payment_failed", "ana", addr.clone());
+        match prepare(&d, &cx, true, Some(&profile), noon, &mut caps) {
+            Prepared::Send(n) => {
+                assert_eq!(n.message.subject, "Hi Ana");
+                assert_eq!(n.unsubscribe_url, None);
+                assert_eq!(n.not_before, None);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A marketing message at noon UTC goes now, with its unsubscribe link…
+        let d = decide(&mut rig, "page_view", "bo", addr.clone());
+        let p = prepare(&d, &cx, true, None, noon, &mut caps);
+        assert_eq!((p.outcome(), p.decided()), ("sent", "fired"));
+        if let Prepared::Send(n) = &p {
+            assert_eq!(
+                n.unsubscribe_url.as_deref(),
+                Some("https://acme.example/u/bo")
+            );
+        }
+        // …and fills bo's cap of one: the next is capped.
+        let d = decide(
+            &mut rig,
+            "page_view",
+            "bo",
+            json!({"n": 2, "customer": {"email": "bo@example.com"}}),
+        );
+        assert_eq!(
+            prepare(&d, &cx, true, None, noon, &mut caps).outcome(),
+            "capped"
+        );
+
+        // At 23:00 UTC, a UTC customer is in quiet hours: deferred to 08:00.
+        let d = decide(&mut rig, "page_view", "cy", addr.clone());
+        let p = prepare(&d, &cx, true, None, night, &mut caps);
+        assert_eq!(p.outcome(), "deferred");
+        let r = record(&d, &p, night);
+        assert_eq!(r.send_at, Some(ms("2026-05-02T08:00:00Z")));
+        // The same hour is 08:00 in Tokyo: outside the window, sent now.
+        let tokyo = json!({"timezone": "Asia/Tokyo"});
+        let d = decide(&mut rig, "page_view", "dee", addr.clone());
+        assert_eq!(
+            prepare(&d, &cx, true, Some(&tokyo), night, &mut caps).outcome(),
+            "sent"
+        );
+
+        // No address: no_address, and it does not use up the cap.
+        let d = decide(&mut rig, "page_view", "eve", json!({}));
+        assert_eq!(
+            prepare(&d, &cx, true, None, noon, &mut caps).outcome(),
+            "no_address"
+        );
+        assert_eq!(caps.count("eve", noon, 24 * 3_600_000), 0);
+
+        // Shadow: recorded, not sent, and the cap is not used.
+        let d = decide(&mut rig, "pricing_view", "fay", addr.clone());
+        let p = prepare(&d, &cx, true, None, noon, &mut caps);
+        assert_eq!(
+            (p.outcome(), record(&d, &p, noon).outcome.as_str()),
+            ("shadow", "shadow")
+        );
+        assert_eq!(caps.count("fay", noon, 24 * 3_600_000), 0);
+
+        // Holdout: exactly the customers the stable hash puts in the group.
+        let mut held = 0;
+        for i in 0..40 {
+            let c = format!("h{i}");
+            let d = decide(&mut rig, "cart_view", &c, addr.clone());
+            let p = prepare(&d, &cx, true, None, noon, &mut caps);
+            let expect = crate::policy::in_holdout(&d.firing.rule, &c);
+            assert_eq!(p.outcome() == "holdout", expect, "{c}");
+            if expect {
+                held += 1;
+                assert_eq!(
+                    caps.count(&c, noon, 24 * 3_600_000),
+                    0,
+                    "a held-out customer keeps their allowance"
+                );
+            }
+        }
+        assert!((8..=32).contains(&held), "{held} of 40 in a 50% holdout");
+    }
+}

@@ -401,6 +401,50 @@ mod tests {
     }
 
     #[test]
+    fn a_deferred_notification_waits_durably_and_forget_takes_a_customers_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+            let mut late = sample("late");
+            late.not_before = Some(5_000);
+            let mut other = sample("other");
+            other.customer = "c-2".into();
+            let r = outbox
+                .enqueue(vec![late, sample("now"), other], 10)
+                .unwrap();
+            assert_eq!(r[0].1.next_at, 5_000, "due at the end of quiet hours");
+            assert_eq!(r[1].1.next_at, 10);
+        }
+        // The deferral survives a restart.
+        let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+        let pending = outbox.pending().unwrap();
+        let late = pending
+            .iter()
+            .find(|p| p.notification.id == "late")
+            .unwrap();
+        assert_eq!(
+            (late.next_at, late.notification.not_before),
+            (5_000, Some(5_000))
+        );
+        // forget: c-1's two entries go, c-2's stays.
+        let tx = outbox.store().db().begin_write().unwrap();
+        let (mut ids, dead) = Outbox::forget_in(&tx, "c-1").unwrap();
+        tx.commit().unwrap();
+        ids.sort();
+        assert_eq!(
+            (ids, dead),
+            (vec!["late".to_string(), "now".to_string()], 0)
+        );
+        let left: Vec<String> = outbox
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.notification.id)
+            .collect();
+        assert_eq!(left, vec!["other".to_string()]);
+    }
+
+    #[test]
     fn survives_reopen_and_never_queues_an_id_twice() {
         let dir = tempfile::tempdir().unwrap();
         {
