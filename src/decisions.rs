@@ -57,11 +57,11 @@ impl DecisionRecord {
         }
     }
 
-    /// One line for `forewarn explain`.
+    /// A few lines for `forewarn explain`.
     pub fn describe(&self) -> String {
         let mut s = format!(
             "{}  {:<13} {}  via {}",
-            format_time(self.at),
+            wall(self.at),
             self.outcome,
             self.rule,
             self.channel
@@ -70,7 +70,7 @@ impl DecisionRecord {
             "fired" => "decided to send now".to_string(),
             "deferred" => format!(
                 "quiet hours: will be sent at {}",
-                self.send_at.map_or("?".into(), format_time)
+                self.send_at.map_or("?".into(), wall)
             ),
             "sent" => "accepted by the channel".to_string(),
             "resolved" => {
@@ -93,7 +93,8 @@ impl DecisionRecord {
             s.push_str(&format!("\n    why: {r}"));
         }
         s.push_str(&format!(
-            "\n    episode started {}{}; notification {}",
+            "\n    event time {}; episode started {}{}; notification {}",
+            format_time(self.fired_at),
             format_time(self.episode_start),
             self.deadline
                 .map(|d| format!(", deadline {}", format_time(d)))
@@ -102,6 +103,13 @@ impl DecisionRecord {
         ));
         s
     }
+}
+
+/// A wall-clock time with fixed millisecond precision, so lines align.
+fn wall(ms: Millis) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|_| ms.to_string())
 }
 
 /// Creates the table on first use.
@@ -234,6 +242,24 @@ mod tests {
             deadline: Some(at),
             send_at: None,
         }
+    }
+
+    #[test]
+    fn explain_lines_say_what_happened_and_why() {
+        let mut r = rec("c1", 1_767_225_600_000, "deferred");
+        r.send_at = Some(1_767_254_400_000);
+        r.reason = Some("marketing message inside the customer's quiet hours".into());
+        let text = r.describe();
+        assert!(
+            text.starts_with("2026-01-01T00:00:00.000Z  deferred"),
+            "{text}"
+        );
+        assert!(
+            text.contains("will be sent at 2026-01-01T08:00:00.000Z"),
+            "{text}"
+        );
+        assert!(text.contains("why: marketing message"), "{text}");
+        assert!(text.contains("notification n1767225600000"), "{text}");
     }
 
     #[test]

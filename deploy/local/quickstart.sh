@@ -94,3 +94,8 @@ kill -TERM "$FOREWARN_PID"
 status=0; wait "$FOREWARN_PID" || status=$?
 echo "forewarn exited with status $status; its log is $WORK/forewarn.log"
 [ "$status" -eq 0 ]
+
+log "why did customer c-100 hear from us? forewarn explain (the decision log)"
+FOREWARN__STATE__DIR="$WORK/data" \
+FOREWARN__CHANNELS__EMAIL__DIR="$WORK/outbox" \
+  "$FOREWARN" explain --customer c-100 --config deploy/local/forewarn.toml
