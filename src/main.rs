@@ -355,18 +355,31 @@ fn render(
     }
 }
 
+/// The config, and the way to its state: the store when the daemon is
+/// stopped, its admin API when it runs.
+fn open_access(
+    path: &std::path::Path,
+) -> Result<(Config, forewarn::dead_letters::Access), ExitCode> {
+    let cfg = load_config(path)?;
+    match forewarn::dead_letters::Access::open(
+        &cfg.state_dir,
+        cfg.admin_listen,
+        cfg.admin_token.clone(),
+    ) {
+        Ok(a) => Ok((cfg, a)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 async fn explain(customer: String, path: PathBuf, limit: usize, json: bool) -> ExitCode {
-    use forewarn::dead_letters::Access;
-    let cfg = match load_config(&path) {
-        Ok(c) => c,
+    let (_, access) = match open_access(&path) {
+        Ok(x) => x,
         Err(code) => return code,
     };
-    let access = Access::open(&cfg.state_dir, cfg.admin_listen, cfg.admin_token.clone());
-    let records = match access {
-        Ok(a) => a.decisions(&customer, limit).await,
-        Err(e) => Err(e),
-    };
-    let records = match records {
+    let records = match access.decisions(&customer, limit).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -395,17 +408,9 @@ async fn explain(customer: String, path: PathBuf, limit: usize, json: bool) -> E
 }
 
 async fn forget(customer: String, path: PathBuf) -> ExitCode {
-    use forewarn::dead_letters::Access;
-    let cfg = match load_config(&path) {
-        Ok(c) => c,
+    let (cfg, access) = match open_access(&path) {
+        Ok(x) => x,
         Err(code) => return code,
-    };
-    let access = match Access::open(&cfg.state_dir, cfg.admin_listen, cfg.admin_token.clone()) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
     };
     let rules_dir = cfg.rules_dir.clone();
     let retain = [
@@ -438,21 +443,13 @@ async fn forget(customer: String, path: PathBuf) -> ExitCode {
 }
 
 async fn dead_letters(config: Option<PathBuf>, action: DeadLetterAction) -> ExitCode {
-    use forewarn::dead_letters::Access;
     let Some(path) = config else {
         eprintln!("error: pass --config FILE: dead letters live in that config's state.dir");
         return ExitCode::from(2);
     };
-    let cfg = match load_config(&path) {
-        Ok(c) => c,
+    let (_, access) = match open_access(&path) {
+        Ok(x) => x,
         Err(code) => return code,
-    };
-    let access = match Access::open(&cfg.state_dir, cfg.admin_listen, cfg.admin_token.clone()) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
     };
     let ids = |ids: Vec<String>, all: bool| -> Option<Vec<String>> {
         if ids.is_empty() && !all {
