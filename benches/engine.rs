@@ -12,8 +12,10 @@
 //!    global allocator (requested sizes; malloc's own overhead excluded).
 //! 3. Durable: the throughput run again with the daemon's durability on:
 //!    every `state.commit_max_events` events (5,000 by default; 1,000 for
-//!    comparison) the engine's changes, the decided notifications (composed
-//!    from the templates) and the positions commit in one fsync'd redb
+//!    comparison) the engine's changes, the decided notifications (through
+//!    the daemon's decide stage: the contact policy with a marketing cap,
+//!    then the templates), their decision log entries and the positions
+//!    commit in one fsync'd redb
 //!    transaction on a second thread while the next batch is processed,
 //!    as `daemon::Pipeline::start_commit` does. Wall time, since the fsync
 //!    waits are the point; the engine-only wall figure of the same events
@@ -861,9 +863,10 @@ struct Durable {
     store_bytes: u64,
 }
 
-/// The daemon's path with durability: decode, evaluate, compose the
-/// firings' notifications, and every `batch` events commit the engine's
-/// changes, the notifications and the positions in one transaction.
+/// The daemon's path with durability: decode, evaluate, decide (policy +
+/// compose) the firings, and every `batch` events commit the engine's
+/// changes, the notifications, the decision log entries and the
+/// positions in one transaction.
 fn run_durable(
     rules: &Arc<RuleSet>,
     templates: &forewarn::notify::template::Templates,
@@ -877,6 +880,7 @@ fn run_durable(
     let dir = tempfile::tempdir().unwrap();
     let store = forewarn::state::Store::open(dir.path()).unwrap();
     forewarn::state::engine::open(&store).unwrap();
+    forewarn::decisions::open(&store).unwrap();
     Outbox::open(store.clone()).unwrap();
     let mut engine = Engine::new(
         Arc::clone(rules),
@@ -890,7 +894,24 @@ fn run_durable(
     let email = FieldPath::parse("customer.email").unwrap();
     let mut out = Output::default();
     let mut notifications = Vec::new();
+    let mut decisions = Vec::new();
     let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+    // The daemon's decide stage: the contact policy (a marketing cap, no
+    // quiet hours: the stream spans one hour), then compose.
+    let policy = forewarn::policy::PolicyConfig {
+        max_per_customer: Some(forewarn::policy::Cap {
+            count: 2,
+            per: 24 * 3_600_000,
+        }),
+        ..Default::default()
+    };
+    let cx = forewarn::pipeline::Decide {
+        templates,
+        email: &email,
+        unsubscribe_url: None,
+        policy: &policy,
+    };
+    let mut caps = forewarn::policy::CapLedger::default();
     let (mut queued, mut rows) = (0, 0);
     let mut by_table = std::collections::BTreeMap::new();
     let changelog = forewarn::state::engine::Changelog::default();
@@ -903,6 +924,7 @@ fn run_durable(
         Vec<forewarn::engine::persist::Write>,
         Vec<(i32, Vec<forewarn::engine::persist::Write>)>,
         Vec<forewarn::notify::Notification>,
+        Vec<forewarn::decisions::DecisionRecord>,
         HashMap<(String, i32), i64>,
     );
     let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
@@ -913,11 +935,12 @@ fn run_durable(
         let changelog = changelog.clone();
         std::thread::spawn(move || {
             let (mut commits, mut total, mut max) = (0usize, Duration::ZERO, Duration::ZERO);
-            for (writes, snapshots, notifications, positions) in job_rx {
+            for (writes, snapshots, notifications, decisions, positions) in job_rx {
                 let t = Instant::now();
                 let tx = store.db().begin_write().unwrap();
                 forewarn::state::engine::commit(&tx, &changelog, &writes, &snapshots).unwrap();
                 Outbox::enqueue_in(&tx, notifications, BASE_TIME).unwrap();
+                forewarn::decisions::write_in(&tx, &decisions).unwrap();
                 forewarn::state::engine::put_positions(&tx, &positions).unwrap();
                 tx.commit().unwrap();
                 let took = t.elapsed();
@@ -932,6 +955,7 @@ fn run_durable(
     let mut in_flight = false;
     let mut commit = |engine: &mut Engine,
                       notifications: &mut Vec<forewarn::notify::Notification>,
+                      decisions: &mut Vec<forewarn::decisions::DecisionRecord>,
                       positions: &mut HashMap<(String, i32), i64>| {
         // The previous commit lands first, as in the daemon.
         if std::mem::take(&mut in_flight) {
@@ -954,6 +978,7 @@ fn run_durable(
             writes,
             snapshots,
             std::mem::take(notifications),
+            std::mem::take(decisions),
             std::mem::take(positions),
         ))
         .unwrap();
@@ -968,15 +993,11 @@ fn run_durable(
             engine.on_event(p, &event, Clock::Virtual, &mut out);
             let t = Instant::now();
             for d in out.decisions.drain(..) {
-                if d.outcome == Outcome::Fire {
-                    if let Ok(n) = forewarn::notify::compose(
-                        &d.firing,
-                        templates,
-                        &forewarn::notify::Recipient::from_event(&email),
-                        true,
-                    ) {
-                        notifications.push(n);
-                    }
+                let now = d.firing.fired_at;
+                let prepared = forewarn::pipeline::prepare(&d, &cx, true, None, now, &mut caps);
+                decisions.push(forewarn::pipeline::record(&d, &prepared, now));
+                if let forewarn::pipeline::Prepared::Send(n) = prepared {
+                    notifications.push(n);
                 }
             }
             compose_time += t.elapsed();
@@ -986,7 +1007,12 @@ fn run_durable(
             positions.insert(("events".to_string(), p), i as i64 + 1);
         }
         if (i + 1) % batch == 0 || i + 1 == n {
-            commit(&mut engine, &mut notifications, &mut positions);
+            commit(
+                &mut engine,
+                &mut notifications,
+                &mut decisions,
+                &mut positions,
+            );
         }
     }
     drop(jobs);
@@ -1523,7 +1549,7 @@ fn main() {
             .unwrap();
             writeln!(
                 o,
-                "    consumer thread: collecting changes {:.2} s, composing notifications {:.2} s, decode + evaluate + journal + waiting for commits {:.2} s; commit thread: {:.2} s of transactions",
+                "    consumer thread: collecting changes {:.2} s, deciding (policy, compose, decision records) {:.2} s, decode + evaluate + journal + waiting for commits {:.2} s; commit thread: {:.2} s of transactions",
                 d.take_time.as_secs_f64(),
                 d.compose_time.as_secs_f64(),
                 (d.wall - d.take_time - d.compose_time).as_secs_f64(),
