@@ -841,6 +841,7 @@ impl Pipeline {
         if !out.resolved.is_empty() {
             // Decided in this batch: never reaches the outbox.
             let mut elsewhere: HashSet<&str> = out.resolved.iter().map(String::as_str).collect();
+            let decisions = &mut self.batch.decisions;
             self.batch.notifications.retain(|n| {
                 let gone = elsewhere.remove(n.id.as_str());
                 if gone {
@@ -848,20 +849,26 @@ impl Pipeline {
                     m.notifications
                         .with_label_values(&[&n.rule_id, &n.channel, "resolved"])
                         .inc();
+                    decisions.push(crate::pipeline::delivery_record(
+                        n,
+                        "resolved",
+                        now,
+                        Some("an until or cancel_on event arrived before it was sent".into()),
+                    ));
                 }
                 !gone
             });
             // Being committed: resolved once the dispatcher has them.
             // Committed before: the dispatcher drops those not yet sent.
-            let mut now = Vec::new();
+            let mut committed = Vec::new();
             for id in elsewhere {
                 match &mut self.in_flight {
                     Some(f) if f.ids.contains(id) => f.resolve_after.push(id.to_string()),
-                    _ => now.push(id.to_string()),
+                    _ => committed.push(id.to_string()),
                 }
             }
-            if !now.is_empty() {
-                self.dispatcher.resolve(&now);
+            if !committed.is_empty() {
+                self.dispatcher.resolve(&committed);
             }
         }
     }
