@@ -238,6 +238,17 @@ impl Broker {
             .expect("produce");
     }
 
+    /// A tombstone: a record with `key` and no value (on a compacted
+    /// topic, "delete this key").
+    pub async fn produce_tombstone(&self, topic: &str, key: &str) {
+        let record: FutureRecord<'_, str, str> = FutureRecord::to(topic).key(key);
+        self.producer()
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce a tombstone");
+    }
+
     /// Sends `records` (partition or `None` for the key's, key, payload)
     /// through one producer, all in flight at once, and waits for every
     /// acknowledgement. Records for one partition keep their order.
@@ -543,6 +554,37 @@ pub fn parse_mail(path: &Path) -> Mail {
     }
 }
 
+/// [`http_get`] with extra request headers, e.g. `("Authorization",
+/// "Bearer …")`: (status, body).
+pub fn http_get_with(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 /// A plain HTTP/1.1 GET on loopback: (status, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
@@ -657,6 +699,12 @@ pub struct ConfigOptions<'a> {
     pub kafka_properties: &'a [(&'a str, &'a str)],
     /// `state.snapshot_min_bytes` (tiny: engine state snapshots often).
     pub snapshot_min_bytes: Option<u64>,
+    /// More `key = value` lines for `[customers]` (e.g. `profiles_topic`).
+    pub customers_toml: &'a str,
+    /// More `key = value` lines for `[admin]` (e.g. `token_env`).
+    pub admin_toml: &'a str,
+    /// Whole sections appended to the file (e.g. `[policy]`).
+    pub extra_toml: &'a str,
 }
 
 /// [`write_config`] with [`ConfigOptions`]: `dir/forewarn.toml`, state in
@@ -714,6 +762,7 @@ idle_timeout = "1s"
 {lateness}
 [customers]
 email = "customer.email"
+{customers_toml}
 
 [state]
 dir = {state:?}
@@ -723,11 +772,16 @@ dir = {rules:?}
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
+{admin_toml}
 
 {channels}
+{extra_toml}
 "#,
         state = dir.join("state").display().to_string(),
         rules = rules.display().to_string(),
+        customers_toml = opts.customers_toml,
+        admin_toml = opts.admin_toml,
+        extra_toml = opts.extra_toml,
     );
     let path = dir.join("forewarn.toml");
     std::fs::write(&path, body).expect("write config");
@@ -759,6 +813,18 @@ impl DaemonProcess {
         log: &Path,
         args: &[&str],
     ) -> DaemonProcess {
+        Self::spawn_with_env(config, admin_port, log, args, &[])
+    }
+
+    /// [`DaemonProcess::spawn_with_args`] with more environment variables
+    /// (e.g. the one `admin.token_env` names).
+    pub fn spawn_with_env(
+        config: &Path,
+        admin_port: u16,
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> DaemonProcess {
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -769,6 +835,7 @@ impl DaemonProcess {
             .arg(config)
             .args(args)
             .env("FOREWARN_LOG", "info,rdkafka=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(err))
             .spawn()
