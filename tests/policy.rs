@@ -17,6 +17,8 @@
 //! - the admin API answers 401 without the bearer token (or with a wrong
 //!   one), and with it returns only the customer asked for, also for an id
 //!   with `@` and `/` (percent-encoded);
+//! - a deferred marketing mail is withdrawn when the customer's profile
+//!   withdraws consent before it is due (`deferred`, then `unsubscribed`);
 //! - `forewarn forget` erases a customer's decision log through the daemon.
 //!
 //! Quiet hours are judged on the wall clock when a firing is decided, so
@@ -29,9 +31,10 @@
 //! - t: daemon starts, reads the profiles, becomes ready (a few seconds);
 //! - events produced; at once: 7 mails (ana, bruno's transactional, chie's
 //!   transactional, dora, eve ×2, hugo outside the holdout); bruno's
-//!   marketing one is deferred; explain, metrics and the admin API are
-//!   checked while it waits;
-//! - `end`: bruno's marketing mail arrives (the 8th);
+//!   marketing one is deferred, and so is bianca's (same zone), whose
+//!   profile then withdraws her consent; explain, metrics and the admin
+//!   API are checked while they wait;
+//! - `end`: bruno's marketing mail arrives (the 8th), bianca's is withdrawn;
 //! - chie is forgotten; explain shows nothing for her; still 8 mails.
 
 mod harness;
@@ -406,6 +409,7 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
     // percent-encoded). Hugo-in falls in the holdout group of
     // HOLDOUT_RULE, hugo-out does not (the same hash the daemon uses).
     let (ana, bruno, chie, dora, eve) = ("ana", "bruno", "chie", "dora@eu/7", "eve");
+    let bianca = "bianca";
     let hugo = |inside: bool| {
         (0..10_000)
             .map(|i| format!("hugo-{i}"))
@@ -440,6 +444,11 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
         (
             bruno,
             json!({"email": "bruno@example.com", "name": "Bruno", "timezone": quiet.bruno_zone}),
+        ),
+        (
+            bianca,
+            json!({"email": "bianca@example.com", "timezone": quiet.bruno_zone,
+                   "consent": {"marketing": true}}),
         ),
         (
             chie,
@@ -514,7 +523,7 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
     let (_, m) = http_get(&admin, "/metrics").expect("metrics");
     assert_eq!(
         metric(&m, "forewarn_profiles_total", &[("result", "upserted")]),
-        Some(5.0),
+        Some(6.0),
         "{m}"
     );
     assert_eq!(
@@ -547,6 +556,7 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
             json!({"customer": {"email": "ana.old@example.com"}}),
         ),
         pricing(bruno, 1, json!({"customer": {"timezone": "UTC"}})),
+        pricing(bianca, 1, json!({})),
         event(
             "payment_failed",
             "pf-bruno-1",
@@ -585,7 +595,8 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
     ];
     broker.produce_all(&events_topic, &events).await;
 
-    // At once: seven mails; bruno's marketing one waits for the window's end.
+    // At once: seven mails; bruno's and bianca's marketing ones wait for
+    // the window's end.
     let immediate = sorted(vec![
         marketing_mail("ana@example.com", ana, MARKETING),
         transactional_mail("bruno@example.com", bruno),
@@ -622,6 +633,28 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
             wait,
         )
         .await;
+    // Bianca's waits for the window's end too; meanwhile she unsubscribes
+    // (a new profile on the topic, read by the running daemon).
+    let bianca_log = cli
+        .wait_story(
+            &daemon,
+            bianca,
+            &expected(&[(MARKETING, &["deferred"])]),
+            wait,
+        )
+        .await;
+    assert_eq!(bianca_log[0].send_at, Some(end_ms), "{bianca_log:#?}");
+    let withdrawn = json!({"email": "bianca@example.com", "timezone": quiet.bruno_zone,
+                           "consent": {"marketing": false}});
+    broker
+        .produce(&profiles_topic, Some(bianca), &withdrawn.to_string())
+        .await;
+    wait_for("the new profile read", Duration::from_secs(10), || {
+        let (_, m) = http_get(&admin, "/metrics").ok()?;
+        (metric(&m, "forewarn_profiles_total", &[("result", "upserted")]) == Some(7.0))
+            .then_some(())
+    })
+    .await;
     let chie_log = cli
         .wait_story(
             &daemon,
@@ -665,6 +698,7 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
     for (c, log) in [
         (ana, &ana_log),
         (bruno, &bruno_log),
+        (bianca, &bianca_log),
         (chie, &chie_log),
         (dora, &dora_log),
         (eve, &eve_log),
@@ -769,7 +803,7 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
             "forewarn_notifications_deferred_total",
             &[("rule", MARKETING)]
         ),
-        Some(1.0),
+        Some(2.0),
         "{m}"
     );
 
@@ -806,7 +840,7 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
     for id in &other_ids {
         assert!(!body.contains(id), "ana's answer carries {id}: {body}");
     }
-    for other in [bruno, chie, eve, "dora", "hugo"] {
+    for other in [bruno, bianca, chie, eve, "dora", "hugo"] {
         assert!(!body.contains(other), "ana's answer names {other}: {body}");
     }
     // An id with `@` and `/`, percent-encoded.
@@ -831,7 +865,8 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
     let (status, body) = api_get(&admin, "/api/customers/dora@eu/7/decisions", Some(&bearer));
     assert_ne!(status, 200, "an unencoded `/` is another path: {body}");
 
-    // The window ends: bruno's marketing mail, not a moment before.
+    // The window ends: bruno's marketing mail, not a moment before, and
+    // none for bianca.
     if now_ms() < end_ms - 1000 {
         assert_eq!(
             smtp.messages().len(),
@@ -875,11 +910,42 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
         .find(|r| r.rule == MARKETING && r.outcome == "sent")
         .expect("the deferred mail's sent record");
     assert!(sent.at >= end_ms, "sent before send_at: {bruno_log:#?}");
-    let text = cli.explain_text(bruno).await;
+    // Bianca's was withdrawn at send time: no mail (still eight), and
+    // her log says why.
+    let bianca_log = cli
+        .wait_story(
+            &daemon,
+            bianca,
+            &expected(&[(MARKETING, &["deferred", "unsubscribed"])]),
+            wait,
+        )
+        .await;
     assert!(
-        text.find("deferred") < text.rfind("accepted by the channel"),
+        reason(&bianca_log, "unsubscribed").contains("withdrew consent"),
+        "{bianca_log:#?}"
+    );
+    wait_for("the withdrawn mail counted", wait, || {
+        let (_, m) = http_get(&admin, "/metrics").ok()?;
+        let n = metric(
+            &m,
+            "forewarn_notifications_total",
+            &[("rule", MARKETING), ("outcome", "unsubscribed")],
+        );
+        (n == Some(2.0)).then_some(())
+    })
+    .await;
+    // As text: deferred first, then sent; bianca's withdrawal with its reason.
+    let text = cli.explain_text(bruno).await;
+    let deferred_at = text.find("quiet hours: will be sent at");
+    let sent_at = text.rfind("accepted by the channel");
+    assert!(
+        deferred_at.is_some() && sent_at.is_some() && deferred_at < sent_at,
         "{text}"
     );
+    let text = cli.explain_text(bianca).await;
+    for w in ["deferred", "unsubscribed", "withdrew consent"] {
+        assert!(text.contains(w), "explain bianca lacks {w:?}:\n{text}");
+    }
 
     // GDPR erasure through the running daemon.
     let (ok, out, err) = cli.run(&["forget", "--customer", chie]).await;
