@@ -252,13 +252,31 @@ pub fn admit(
                 reason: format!(
                     "{n} marketing message{} already decided for this customer within {} (policy.max_per_customer allows {})",
                     if n == 1 { " was" } else { "s were" },
-                    humantime::format_duration(std::time::Duration::from_millis(cap.per as u64)),
+                    period(cap.per),
                     cap.count
                 ),
             });
         }
     }
     Ok(())
+}
+
+/// A period as people write it in the config: "24h", "7d", "90m", "1h 30m".
+fn period(ms: Millis) -> String {
+    const UNITS: [(Millis, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    if let Some((n, u)) = UNITS.iter().find(|(n, _)| ms % n == 0 && ms / n < 1000) {
+        // A whole number of days is still said in hours up to a day, as in "24h".
+        if *u == "d" && ms == 86_400_000 {
+            return "24h".into();
+        }
+        return format!("{}{u}", ms / n);
+    }
+    humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64)).to_string()
 }
 
 /// Whether (rule, customer) falls in the rule's holdout group: a stable
