@@ -21,12 +21,17 @@
 //! both groups, so quiet-hour deferrals do not shift it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config::{KafkaConfig, Secret};
 use crate::decisions::DecisionRecord;
-use crate::event::{format_time, Millis};
+use crate::event::{format_time, EventSchema, Millis, PayloadNeed};
+use crate::state::{Store, StoreError};
 
 /// Below this many customers in a group, the normal approximation (and any
 /// verdict) is not to be trusted.
@@ -655,21 +660,384 @@ impl Report {
     }
 }
 
-// ---------------------------------------------------------------- errors
+// ---------------------------------------------------------------- the edges
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("no decisions were recorded for rule {rule:?}: check the rule id (the `id` in its TOML file), or that it has fired since the decision log was kept")]
     NoDecisions { rule: String },
+    #[error("no state store at {path}: pass --config with the daemon's config (its state.dir), or run where the daemon's ./data is")]
+    NoStore { path: PathBuf },
+    #[error("the state store {path} is in use by a running daemon: pass --config with its config, so the report can ask the daemon's admin API instead")]
+    LockedWithoutConfig { path: PathBuf },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the daemon holds the state store, and its admin API at {url} did not answer: {error}; is admin.listen right?")]
+    Admin { url: String, error: String },
+    #[error("the daemon's admin API at {url} refused the request ({status}): {message}")]
+    AdminRefused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("cannot read the events file {path}: {error}; check the --events path")]
+    EventsFile { path: PathBuf, error: String },
+    #[error("topic {topic:?} does not exist on {brokers}: check kafka.topics in the config, or pass --events FILE.jsonl")]
+    MissingTopic { topic: String, brokers: String },
+    #[error("cannot read the events from Kafka ({brokers}): {error}; check kafka.brokers and kafka.properties, or pass --events FILE.jsonl")]
+    Kafka { brokers: String, error: String },
 }
 
 impl ReportError {
     /// 2 for what the user can fix in the command or config, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ReportError::NoDecisions { .. } => 2,
+            ReportError::NoDecisions { .. }
+            | ReportError::NoStore { .. }
+            | ReportError::LockedWithoutConfig { .. }
+            | ReportError::AdminRefused { .. }
+            | ReportError::EventsFile { .. }
+            | ReportError::MissingTopic { .. } => 2,
+            ReportError::Store(_) | ReportError::Admin { .. } | ReportError::Kafka { .. } => 1,
         }
     }
+}
+
+/// The running daemon's admin API, for when it holds the store.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub enum EventSource {
+    File(PathBuf),
+    Kafka(KafkaConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    pub rule: String,
+    pub outcome_event: String,
+    pub within: Duration,
+    pub state_dir: PathBuf,
+    /// `None` without a config: then a locked store is an error.
+    pub admin: Option<AdminApi>,
+    pub schema: EventSchema,
+    pub events: EventSource,
+}
+
+/// What `forewarn report` runs: decisions, then events, then figures.
+pub async fn run(opts: &ReportOptions) -> Result<Report, ReportError> {
+    let (records, decisions_from) =
+        load_decisions(&opts.state_dir, opts.admin.as_ref(), &opts.rule).await?;
+    let mut m = Measure::new(&opts.rule, &records, &opts.outcome_event, opts.within)?;
+    drop(records);
+    let (m, end, events_from) = match &opts.events {
+        EventSource::File(path) => {
+            read_file(path, &opts.schema, &mut m)?;
+            (m, None, path.display().to_string())
+        }
+        EventSource::Kafka(kafka) => {
+            let (kafka, schema) = (kafka.clone(), opts.schema.clone());
+            let from = format!("topics {:?} on {}", kafka.topics, kafka.brokers);
+            let brokers = kafka.brokers.clone();
+            // librdkafka's BaseConsumer blocks: off the async threads.
+            let m = tokio::task::spawn_blocking(move || {
+                read_kafka(&kafka, &schema, &mut m).map(|()| m)
+            })
+            .await
+            .map_err(|e| ReportError::Kafka {
+                brokers,
+                error: e.to_string(),
+            })??;
+            // A topic read to its end reaches now.
+            (m, Some(crate::event::now_millis()), from)
+        }
+    };
+    let mut report = m.finish(end);
+    report.decisions_from = decisions_from;
+    report.events_from = events_from;
+    Ok(report)
+}
+
+/// The rule's decision records, and where they came from.
+pub async fn load_decisions(
+    state_dir: &Path,
+    admin: Option<&AdminApi>,
+    rule: &str,
+) -> Result<(Vec<DecisionRecord>, String), ReportError> {
+    let file = state_dir.join(crate::state::FILE_NAME);
+    // Store::open would create an empty store: a wrong directory would
+    // then read as "no decisions" instead of saying what is wrong.
+    if !file.exists() {
+        return Err(ReportError::NoStore { path: file });
+    }
+    match Store::open(state_dir) {
+        Ok(store) => {
+            // The table exists once the daemon has run; creating it here
+            // is what the daemon would do, and lets an empty log say so.
+            crate::decisions::open(&store)?;
+            let records = crate::decisions::for_rule(&store, rule)?;
+            Ok((records, format!("the state store {}", file.display())))
+        }
+        Err(StoreError::Locked { path }) => match admin {
+            None => Err(ReportError::LockedWithoutConfig { path }),
+            Some(api) => {
+                let url = format!("http://{}", api.listen);
+                let records = fetch_decisions(&url, api.token.as_ref(), rule).await?;
+                Ok((records, format!("the running daemon at {url}")))
+            }
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn fetch_decisions(
+    base: &str,
+    token: Option<&Secret>,
+    rule: &str,
+) -> Result<Vec<DecisionRecord>, ReportError> {
+    let err = |e: String| ReportError::Admin {
+        url: base.to_string(),
+        error: e,
+    };
+    let mut url = reqwest::Url::parse(base).map_err(|e| err(e.to_string()))?;
+    url.path_segments_mut()
+        .map_err(|()| err("not a base URL".into()))?
+        .extend(["api", "rules", rule, "decisions"]);
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {}", t.expose()));
+    }
+    let resp = req.send().await.map_err(|e| err(e.to_string()))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| err(e.to_string()))?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(ReportError::AdminRefused {
+            url: base.to_string(),
+            status: status.as_u16(),
+            message: "it has no /api/rules/{id}/decisions: the running daemon is an older forewarn; upgrade it, or stop it to read the store directly".into(),
+        });
+    }
+    if status.is_client_error() {
+        return Err(ReportError::AdminRefused {
+            url: base.to_string(),
+            status: status.as_u16(),
+            message: text.trim().to_string(),
+        });
+    }
+    if !status.is_success() {
+        return Err(err(format!("{status}: {}", text.trim())));
+    }
+    serde_json::from_str(&text).map_err(|e| err(format!("unexpected answer: {e}")))
+}
+
+/// One JSON event per line; blank lines are skipped, invalid ones counted.
+pub fn read_file(path: &Path, schema: &EventSchema, m: &mut Measure) -> Result<(), ReportError> {
+    let fail = |e: std::io::Error| ReportError::EventsFile {
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    };
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(fail)?);
+    let mut line = Vec::new();
+    let mut n = 0usize;
+    loop {
+        line.clear();
+        // Bytes, not String: a line of bad UTF-8 is an invalid event, not
+        // the end of the report.
+        if reader.read_until(b'\n', &mut line).map_err(fail)? == 0 {
+            return Ok(());
+        }
+        n += 1;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match schema.decode_lazy(&line, |_| PayloadNeed::Nothing) {
+            Ok(e) => m.observe(&e.kind, &e.customer, e.time),
+            Err(e) => m.invalid(format!("line {n}: {e}")),
+        }
+    }
+}
+
+/// A one-shot command reports a broker failure once, in its error: not as
+/// a stream of librdkafka's retry logs.
+struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, _: &str) {}
+    fn error(&self, _: rdkafka::error::KafkaError, _: &str) {}
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+/// Reads the configured topics from just before the first exposure up to
+/// the high watermarks they had at start, then stops. A fresh group id and
+/// no commits: the daemon's consumer group is never touched.
+pub fn read_kafka(
+    cfg: &KafkaConfig,
+    schema: &EventSchema,
+    m: &mut Measure,
+) -> Result<(), ReportError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    // Without a record for this long, the brokers are taken to be gone.
+    const STALL: Duration = Duration::from_secs(60);
+    // Record timestamps are the producer's clock, not event time.
+    const SLACK_MS: Millis = 60_000;
+
+    let Some(first) = m.first_exposure() else {
+        return Ok(()); // no group: no event can count
+    };
+    let kafka = |e: String| ReportError::Kafka {
+        brokers: cfg.brokers.clone(),
+        error: e,
+    };
+    let mut cc = crate::source::kafka::client_config(cfg);
+    cc.set(
+        "group.id",
+        format!(
+            "forewarn-report-{}-{}",
+            std::process::id(),
+            crate::event::now_millis()
+        ),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("auto.offset.reset", "earliest");
+    let consumer: BaseConsumer<Quiet> = cc
+        .create_with_context(Quiet)
+        .map_err(|e| kafka(e.to_string()))?;
+
+    // topic → partition → the end to reach (high watermark at start).
+    let mut ends: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+    for topic in &cfg.topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .map_err(|e| kafka(e.to_string()))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(ReportError::MissingTopic {
+                topic: topic.clone(),
+                brokers: cfg.brokers.clone(),
+            });
+        }
+        for p in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, TIMEOUT)
+                .map_err(|e| kafka(format!("the end of {topic} partition {p}: {e}")))?;
+            if high > low {
+                ends.entry(topic.clone()).or_default().insert(p, high);
+            }
+        }
+    }
+
+    let mut by_time = TopicPartitionList::new();
+    for (topic, ps) in &ends {
+        for &p in ps.keys() {
+            by_time
+                .add_partition_offset(topic, p, Offset::Offset(first.saturating_sub(SLACK_MS)))
+                .map_err(|e| kafka(e.to_string()))?;
+        }
+    }
+    let starts = consumer.offsets_for_times(by_time, TIMEOUT).ok();
+    let mut assign = TopicPartitionList::new();
+    for (topic, ps) in ends.iter_mut() {
+        ps.retain(|&p, _| {
+            let found = starts
+                .as_ref()
+                .and_then(|s| s.find_partition(topic, p))
+                .map(|e| e.offset());
+            let start = match found {
+                Some(Offset::Offset(o)) => Offset::Offset(o),
+                // No record at or after that time: nothing to read here.
+                Some(Offset::End) => return false,
+                // The broker could not say: read it all (slower, still right).
+                _ => Offset::Beginning,
+            };
+            tracing::debug!(topic = %topic, partition = p, ?start, "report: reading from");
+            assign.add_partition_offset(topic, p, start).is_ok()
+        });
+    }
+    ends.retain(|_, ps| !ps.is_empty());
+    if ends.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&assign).map_err(|e| kafka(e.to_string()))?;
+
+    let mut last_progress = std::time::Instant::now();
+    let mut last_error = None;
+    while !ends.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(msg)) => {
+                last_progress = std::time::Instant::now();
+                let Some(ps) = ends.get_mut(msg.topic()) else {
+                    continue;
+                };
+                let Some(&end) = ps.get(&msg.partition()) else {
+                    continue; // that partition is done: newer records are not ours
+                };
+                if msg.offset() < end {
+                    let at = || {
+                        format!(
+                            "{} partition {} offset {}",
+                            msg.topic(),
+                            msg.partition(),
+                            msg.offset()
+                        )
+                    };
+                    match msg.payload() {
+                        Some(bytes) => match schema.decode_lazy(bytes, |_| PayloadNeed::Nothing) {
+                            Ok(e) => m.observe(&e.kind, &e.customer, e.time),
+                            Err(e) => m.invalid(format!("{}: {e}", at())),
+                        },
+                        None => m.invalid(format!("{}: the record has no value", at())),
+                    }
+                }
+                if msg.offset() + 1 >= end {
+                    ps.remove(&msg.partition());
+                    if ps.is_empty() {
+                        let topic = msg.topic().to_string();
+                        ends.remove(&topic);
+                    }
+                }
+            }
+            Some(Err(e)) => last_error = Some(e.to_string()),
+            None => {
+                // Transaction markers and compaction leave gaps, so the
+                // last offset below the end may never come as a record.
+                if let Ok(positions) = consumer.position() {
+                    for e in positions.elements() {
+                        if let (Offset::Offset(o), Some(ps)) = (e.offset(), ends.get_mut(e.topic()))
+                        {
+                            if ps.get(&e.partition()).is_some_and(|&end| o >= end) {
+                                ps.remove(&e.partition());
+                            }
+                        }
+                    }
+                    ends.retain(|_, ps| !ps.is_empty());
+                }
+                if last_progress.elapsed() > STALL {
+                    return Err(kafka(format!(
+                        "no record for {}s before the end of the topics was reached{}",
+                        STALL.as_secs(),
+                        last_error
+                            .map(|e| format!(" (last error: {e})"))
+                            .unwrap_or_default()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -966,5 +1334,131 @@ mod tests {
         let r = m.finish(Some(20 * H));
         assert_eq!(r.still_open, 80);
         assert!(r.notes.iter().any(|n| n.contains("window is still open")));
+    }
+
+    #[tokio::test]
+    async fn end_to_end_from_a_store_and_a_jsonl_file() {
+        use crate::event::FieldPath;
+        use std::io::Write;
+
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("data");
+        let store = Store::open(&state).unwrap();
+        crate::decisions::open(&store).unwrap();
+        let t0: Millis = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        let mut records = Vec::new();
+        for i in 0..40 {
+            let mut fired = rec(&format!("n{i}"), "fired", t0);
+            fired.notification_id = format!("id-n{i}");
+            records.push(fired.then("sent", t0 + 5_000, None));
+            records.push(fired);
+            let mut held = rec(&format!("h{i}"), "holdout", t0);
+            held.notification_id = format!("id-h{i}");
+            records.push(held);
+        }
+        let mut other_rule = rec("n0", "sent", t0);
+        other_rule.rule = "another-rule".into();
+        records.push(other_rule);
+        crate::decisions::write(&store, &records).unwrap();
+        drop(store);
+
+        let events = dir.path().join("events.jsonl");
+        let mut f = std::fs::File::create(&events).unwrap();
+        let line = |kind: &str, customer: &str, t: Millis| {
+            format!(
+                r#"{{"type":"{kind}","customer_id":"{customer}","ts":"{}","event_id":"{customer}-{t}"}}"#,
+                format_time(t)
+            )
+        };
+        for i in 0..20 {
+            writeln!(f, "{}", line("order_placed", &format!("n{i}"), t0 + H)).unwrap();
+        }
+        for i in 0..4 {
+            writeln!(f, "{}", line("order_placed", &format!("h{i}"), t0 + 2 * H)).unwrap();
+        }
+        writeln!(f, "{}", line("page_viewed", "h9", t0 + 3 * H)).unwrap();
+        writeln!(f, "not json").unwrap();
+        writeln!(f).unwrap();
+        writeln!(
+            f,
+            r#"{{"type":"order_placed","ts":"2026-01-01T01:00:00Z"}}"#
+        )
+        .unwrap();
+        drop(f);
+
+        let p = |s: &str| FieldPath::parse(s).unwrap();
+        let opts = ReportOptions {
+            rule: "checkout-dropoff".into(),
+            outcome_event: "order_placed".into(),
+            within: Duration::from_secs(24 * 3600),
+            state_dir: state.clone(),
+            admin: None,
+            schema: EventSchema {
+                kind: p("type"),
+                customer: p("customer_id"),
+                time: p("ts"),
+                id: Some(p("event_id")),
+            },
+            events: EventSource::File(events.clone()),
+        };
+        let r = run(&opts).await.unwrap();
+        assert_eq!((r.notified.customers, r.notified.converted), (40, 20));
+        assert_eq!((r.holdout.customers, r.holdout.converted), (40, 4));
+        assert_eq!((r.events.read, r.events.outcome_events), (25, 24));
+        assert_eq!(r.events.invalid, 2);
+        assert!(
+            r.events.invalid_examples[0].starts_with("line 26: "),
+            "{:?}",
+            r.events.invalid_examples
+        );
+        assert!(
+            r.verdict.contains("the rule appears to help"),
+            "{}",
+            r.verdict
+        );
+        assert!(r.decisions_from.contains("state store"));
+        let text = r.text();
+        assert!(text.contains("invalid event: line 28"), "{text}");
+
+        // A rule the log does not know: exit code 2, with what to check.
+        let err = run(&ReportOptions {
+            rule: "checkout-dropof".into(),
+            ..opts.clone()
+        })
+        .await
+        .err()
+        .unwrap();
+        assert!(matches!(err, ReportError::NoDecisions { .. }), "{err}");
+        assert_eq!(err.exit_code(), 2);
+
+        // A state directory without a store is not silently created.
+        let err = run(&ReportOptions {
+            state_dir: dir.path().join("elsewhere"),
+            ..opts.clone()
+        })
+        .await
+        .err()
+        .unwrap();
+        assert!(matches!(err, ReportError::NoStore { .. }), "{err}");
+        assert!(!dir.path().join("elsewhere").exists());
+
+        // A missing events file names the flag to fix.
+        let err = run(&ReportOptions {
+            events: EventSource::File(dir.path().join("missing.jsonl")),
+            ..opts.clone()
+        })
+        .await
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("--events"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+
+        // While something else holds the store, and no admin API is known.
+        let _held = Store::open(&state).unwrap();
+        let err = run(&opts).await.err().unwrap();
+        assert!(
+            matches!(err, ReportError::LockedWithoutConfig { .. }),
+            "{err}"
+        );
     }
 }
