@@ -664,7 +664,7 @@ impl Report {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("no decisions were recorded for rule {rule:?}: check the rule id (the `id` in its TOML file), or that it has fired since the decision log was kept")]
+    #[error("no decisions were recorded for rule {rule:?}: check the rule id (the `id` in its TOML file), or that it has fired within state.decision_log_retention")]
     NoDecisions { rule: String },
     #[error("no state store at {path}: pass --config with the daemon's config (its state.dir), or run where the daemon's ./data is")]
     NoStore { path: PathBuf },
