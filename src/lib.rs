@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod render;
 pub mod replay;
+pub mod report;
 pub mod rules;
 pub mod source;
 pub mod state;

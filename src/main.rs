@@ -75,6 +75,27 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Does a rule help? Compare how often notified and holdout customers went on to do an outcome event.
+    Report {
+        /// The rule id.
+        #[arg(long)]
+        rule: String,
+        /// The event type that counts as success, e.g. order_placed.
+        #[arg(long)]
+        outcome_event: String,
+        /// How long after the rule's decision the outcome counts, e.g. 24h or 7d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        within: std::time::Duration,
+        /// The daemon config: state.dir, admin.listen and token, the event fields, the Kafka topics.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Read the events from this JSONL file instead of the configured Kafka topics.
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Preview a rule's message exactly as its channel would send it, from one sample event.
     Render {
         /// The rule id.
@@ -202,6 +223,14 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::Report {
+                rule,
+                outcome_event,
+                within,
+                config,
+                events,
+                json,
+            } => report(rule, outcome_event, within, config, events, json).await,
             Command::Render {
                 rule,
                 event,
@@ -761,6 +790,84 @@ async fn replay(
             dir.display()
         ),
         None => println!("would-be messages: not written (--no-write)"),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `forewarn report`: exit code 2 for what the user can fix (see
+/// `ReportError::exit_code`), 1 when a store, daemon or broker fails.
+async fn report(
+    rule: String,
+    outcome_event: String,
+    within: std::time::Duration,
+    config: Option<PathBuf>,
+    events: Option<PathBuf>,
+    json: bool,
+) -> ExitCode {
+    use forewarn::event::{EventSchema, FieldPath};
+    use forewarn::report::{AdminApi, EventSource, ReportOptions};
+    if within.is_zero() {
+        eprintln!("error: --within must be longer than 0, e.g. 24h or 7d");
+        return ExitCode::from(2);
+    }
+    let (state_dir, admin, schema, kafka) = match config {
+        Some(path) => match load_config(&path) {
+            Ok(c) => (
+                c.state_dir,
+                Some(AdminApi {
+                    listen: c.admin_listen,
+                    token: c.admin_token,
+                }),
+                c.events,
+                Some(c.kafka),
+            ),
+            Err(code) => return code,
+        },
+        None => {
+            let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
+            let schema = EventSchema {
+                kind: p("type"),
+                customer: p("customer_id"),
+                time: p("ts"),
+                id: Some(p("event_id")),
+            };
+            (PathBuf::from("./data"), None, schema, None)
+        }
+    };
+    let events = match (events, kafka) {
+        (Some(file), _) => EventSource::File(file),
+        (None, Some(kafka)) => EventSource::Kafka(kafka),
+        (None, None) => {
+            eprintln!("error: pass --events FILE.jsonl, or --config FILE to read the events from its Kafka topics");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = ReportOptions {
+        rule,
+        outcome_event,
+        within,
+        state_dir,
+        admin,
+        schema,
+        events,
+    };
+    let report = match forewarn::report::run(&opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: cannot write the report as JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.text());
     }
     ExitCode::SUCCESS
 }
