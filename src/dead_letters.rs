@@ -212,8 +212,8 @@ impl Access {
     }
 }
 
-/// Percent-encodes a customer id for a URL path segment.
-fn path_segment(s: &str) -> String {
+/// Percent-encodes an id (customer, rule) for a URL path segment.
+pub fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -799,39 +799,31 @@ async fn fetch_decisions(
     token: Option<&Secret>,
     rule: &str,
 ) -> Result<Vec<DecisionRecord>, ReportError> {
-    let err = |e: String| ReportError::Admin {
-        url: base.to_string(),
-        error: e,
-    };
-    let mut url = reqwest::Url::parse(base).map_err(|e| err(e.to_string()))?;
-    url.path_segments_mut()
-        .map_err(|()| err("not a base URL".into()))?
-        .extend(["api", "rules", rule, "decisions"]);
-    let mut req = reqwest::Client::new().get(url);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {}", t.expose()));
-    }
-    let resp = req.send().await.map_err(|e| err(e.to_string()))?;
-    let status = resp.status();
-    let text = resp.text().await.map_err(|e| err(e.to_string()))?;
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Err(ReportError::AdminRefused {
-            url: base.to_string(),
-            status: status.as_u16(),
-            message: "it has no /api/rules/{id}/decisions: the running daemon is an older forewarn; upgrade it, or stop it to read the store directly".into(),
-        });
-    }
-    if status.is_client_error() {
-        return Err(ReportError::AdminRefused {
-            url: base.to_string(),
-            status: status.as_u16(),
-            message: text.trim().to_string(),
-        });
-    }
-    if !status.is_success() {
-        return Err(err(format!("{status}: {}", text.trim())));
-    }
-    serde_json::from_str(&text).map_err(|e| err(format!("unexpected answer: {e}")))
+    use crate::dead_letters::{path_segment, Access, AccessError};
+    let path = format!("/api/rules/{}/decisions", path_segment(rule));
+    Access::call(base, token, &path, None::<&()>)
+        .await
+        .map_err(|e| match e {
+            AccessError::NotFound(_) => ReportError::AdminRefused {
+                url: base.to_string(),
+                status: 404,
+                message: "it has no /api/rules/{id}/decisions: the running daemon is an older forewarn; upgrade it, or stop it to read the store directly".into(),
+            },
+            AccessError::Refused {
+                url,
+                status,
+                message,
+            } => ReportError::AdminRefused {
+                url,
+                status,
+                message,
+            },
+            AccessError::Admin { url, error } => ReportError::Admin { url, error },
+            other => ReportError::Admin {
+                url: base.to_string(),
+                error: other.to_string(),
+            },
+        })
 }
 
 /// One JSON event per line; blank lines are skipped, invalid ones counted.
