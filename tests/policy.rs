@@ -947,6 +947,46 @@ async fn profiles_quiet_hours_consent_cap_and_holdout_end_to_end() {
         assert!(text.contains(w), "explain bianca lacks {w:?}:\n{text}");
     }
 
+    // Does the holdout rule help? `forewarn report` against the running
+    // daemon (decisions through its admin API) and the broker (events from
+    // the topic): hugo-in (holdout) orders, hugo-out (notified) does not.
+    broker
+        .produce_all(
+            &events_topic,
+            &[event("order_placed", "order-hugo-in", &hugo_in, json!({}))],
+        )
+        .await;
+    let (ok, out, err) = cli
+        .run(&[
+            "report",
+            "--rule",
+            HOLDOUT_RULE,
+            "--outcome-event",
+            "order_placed",
+            "--within",
+            "1h",
+            "--json",
+        ])
+        .await;
+    assert!(ok, "forewarn report failed: {err}");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["notified"]["customers"], 1, "{report:#}");
+    assert_eq!(report["notified"]["converted"], 0, "{report:#}");
+    assert_eq!(report["holdout"]["customers"], 1, "{report:#}");
+    assert_eq!(report["holdout"]["converted"], 1, "{report:#}");
+    assert_eq!(report["events"]["outcome_events"], 1, "{report:#}");
+    assert!(
+        report["decisions_from"]
+            .as_str()
+            .unwrap_or("")
+            .contains("running daemon"),
+        "{report:#}"
+    );
+    assert!(
+        report["warnings"].as_array().is_some_and(|w| !w.is_empty()),
+        "one customer per group must be called too few: {report:#}"
+    );
+
     // GDPR erasure through the running daemon.
     let (ok, out, err) = cli.run(&["forget", "--customer", chie]).await;
     assert!(
