@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
-use super::project::{decode_trigger, encode_trigger};
+use super::project::decode_trigger;
 use std::collections::{BTreeSet, HashMap};
 
 use super::{
@@ -294,8 +294,7 @@ pub(super) fn on_trigger(
     {
         return;
     }
-    let fields = cx.retain[idx as usize].as_deref();
-    episodes.insert(k, event.time, deadline, idx, encode_trigger(event, fields));
+    episodes.insert(k, event.time, deadline, idx, cx.encoded_trigger(idx, event));
 }
 
 pub(super) fn on_closer(

@@ -239,6 +239,8 @@ pub struct Engine {
     needs: HashMap<String, Option<Vec<crate::event::FieldPath>>>,
     /// Per rule: the trigger fields to keep in an episode (None: all).
     retain: Vec<Option<Vec<crate::event::FieldPath>>>,
+    /// Per rule: the index of the first rule with the same `retain` set.
+    retain_class: Vec<u32>,
     cel: cel::Context<'static, 'static>,
     cfg: EngineConfig,
     partitions: BTreeMap<PartitionId, Partition>,
@@ -261,11 +263,15 @@ impl Engine {
             .collect();
         let bindings = event_bindings(&rules);
         let needs = payload_needs(&rules, &retain, &bindings);
+        let retain_class = (0..retain.len())
+            .map(|i| retain.iter().position(|r| *r == retain[i]).unwrap_or(i) as u32)
+            .collect();
         Engine {
             rules,
             bindings,
             needs,
             retain,
+            retain_class,
             cel: base_context(),
             cfg,
             partitions: BTreeMap::new(),
@@ -512,6 +518,8 @@ impl Engine {
             let cx = Cx {
                 rules: &self.rules,
                 retain: &self.retain,
+                retain_class: &self.retain_class,
+                encoded: Default::default(),
                 cfg: &self.cfg,
                 scope: &scope,
                 partition: p,
@@ -741,6 +749,11 @@ fn payload_needs(
 struct Cx<'a> {
     rules: &'a RuleSet,
     retain: &'a [Option<Vec<crate::event::FieldPath>>],
+    /// Per rule: which distinct `retain` set it has (equal sets, equal ids).
+    retain_class: &'a [u32],
+    /// This event's stored form per retain class, encoded once however
+    /// many absence rules it opens an episode for.
+    encoded: std::cell::RefCell<smallvec::SmallVec<[(u32, Box<[u8]>); 2]>>,
     cfg: &'a EngineConfig,
     scope: &'a LazyScope<'a>,
     partition: PartitionId,
@@ -749,6 +762,20 @@ struct Cx<'a> {
 
 /// Applies the ledgers (stale, once_per, cooldown) to a firing and records
 /// the decision: the one way every rule kind emits.
+impl Cx<'_> {
+    /// The trigger as rule `idx` stores it (see [`project::encode_trigger`]).
+    fn encoded_trigger(&self, idx: u32, event: &Event) -> Box<[u8]> {
+        let class = self.retain_class[idx as usize];
+        let mut cache = self.encoded.borrow_mut();
+        if let Some((_, bytes)) = cache.iter().find(|(c, _)| *c == class) {
+            return bytes.clone();
+        }
+        let bytes = project::encode_trigger(event, self.retain[idx as usize].as_deref());
+        cache.push((class, bytes.clone()));
+        bytes
+    }
+}
+
 fn record(
     firing: Firing,
     clock: Clock,
