@@ -451,6 +451,11 @@ async fn consume(
                 for s in std::iter::from_fn(|| pipeline.settled.try_recv().ok()) {
                     pipeline.engine.settle(&s.id);
                 }
+                // Cap entries of customers who went quiet leave memory and
+                // the store (at the next commit), so the ledger stays bounded.
+                if let Some(cap) = pipeline.policy.max_per_customer {
+                    pipeline.caps.expire(now, cap.per);
+                }
                 pipeline.apply(out);
                 if let Err(e) = pipeline.start_commit(&source).await {
                     stop = Some(e);

@@ -130,6 +130,8 @@ pub struct Deferral {
 pub struct CapLedger {
     sent: HashMap<String, Vec<Millis>>,
     changed: HashSet<String>,
+    /// `expire` runs again from this time on.
+    next_expiry: Millis,
 }
 
 impl CapLedger {
@@ -154,6 +156,25 @@ impl CapLedger {
     pub fn record(&mut self, customer: &str, at: Millis) {
         self.sent.entry(customer.to_string()).or_default().push(at);
         self.changed.insert(customer.to_string());
+    }
+
+    /// Drops every customer whose newest entry is `per` old or older (at
+    /// most one pass per minute of `now`). Returns how many went.
+    pub fn expire(&mut self, now: Millis, per: Millis) -> usize {
+        if now < self.next_expiry {
+            return 0;
+        }
+        self.next_expiry = now + 60_000;
+        let before = self.sent.len();
+        let changed = &mut self.changed;
+        self.sent.retain(|customer, times| {
+            let keep = times.iter().any(|&t| t > now - per);
+            if !keep {
+                changed.insert(customer.clone());
+            }
+            keep
+        });
+        before - self.sent.len()
     }
 
     /// Loads a persisted entry.
@@ -561,6 +582,12 @@ mod tests {
         let changes = caps.take_changes();
         assert!(changes.iter().any(|(c, t)| c == "c1" && t.len() == 1));
         assert!(caps.take_changes().is_empty());
+        // Customers who went quiet are expired as a whole (a delete each).
+        assert_eq!(caps.expire(t0 + 48 * hour, 24 * hour), 1, "c1");
+        assert!(caps.is_empty());
+        let deletes = caps.take_changes();
+        assert_eq!(deletes.len(), 1);
+        assert!(deletes.iter().all(|(_, t)| t.is_empty()));
     }
 
     #[test]

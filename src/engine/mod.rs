@@ -746,6 +746,9 @@ fn payload_needs(
 }
 
 /// What the per-kind modules need from the engine for one event.
+/// (retain class, the trigger as stored) for the event being processed.
+type EncodedTriggers = std::cell::RefCell<smallvec::SmallVec<[(u32, Box<[u8]>); 2]>>;
+
 struct Cx<'a> {
     rules: &'a RuleSet,
     retain: &'a [Option<Vec<crate::event::FieldPath>>],
@@ -753,7 +756,7 @@ struct Cx<'a> {
     retain_class: &'a [u32],
     /// This event's stored form per retain class, encoded once however
     /// many absence rules it opens an episode for.
-    encoded: std::cell::RefCell<smallvec::SmallVec<[(u32, Box<[u8]>); 2]>>,
+    encoded: EncodedTriggers,
     cfg: &'a EngineConfig,
     scope: &'a LazyScope<'a>,
     partition: PartitionId,
