@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +82,8 @@ pub struct Daemon {
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Notify it to reload the rules (what SIGHUP does).
+    pub reload: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<Result<(), DaemonError>>,
     admin: tokio::task::JoinHandle<()>,
 }
@@ -276,10 +279,13 @@ impl Daemon {
         };
         let check_state = fresh_state && !options.reset_state;
         let health_for_task = Arc::clone(&health);
+        let reload = Arc::new(tokio::sync::Notify::new());
+        let reload_for_task = Arc::clone(&reload);
         let task = tokio::spawn(async move {
             let consumed = consume(
                 config,
                 pipeline,
+                reload_for_task,
                 check_state,
                 health_for_task,
                 metrics_for_task,
@@ -295,6 +301,7 @@ impl Daemon {
             admin_addr,
             metrics,
             health,
+            reload,
             task,
             admin,
         })
@@ -318,6 +325,7 @@ impl Daemon {
 async fn consume(
     config: Config,
     mut pipeline: Pipeline,
+    reload: Arc<tokio::sync::Notify>,
     check_state: bool,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -381,6 +389,7 @@ async fn consume(
     let idle_timeout = config.idle_timeout;
     let commit_interval = config.commit_interval;
     let commit_max_events = config.commit_max_events;
+    let mut rules_watch = RulesWatch::new(&config.rules_dir);
     let mut forget_requests = pipeline
         .forget_requests
         .take()
@@ -402,6 +411,13 @@ async fn consume(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = reload.notified() => {
+                if let Err(e) = pipeline.reload(&source, &config, "signal").await {
+                    stop = Some(e);
+                    break;
+                }
+                rules_watch.accept(&config.rules_dir);
+            }
             Some((customer, reply)) = forget_requests.recv() => {
                 match pipeline.forget(&source, &customer).await {
                     Ok(erased) => {
@@ -450,6 +466,13 @@ async fn consume(
                 }
                 for s in std::iter::from_fn(|| pipeline.settled.try_recv().ok()) {
                     pipeline.engine.settle(&s.id);
+                }
+                // A change in the rules folder, once it has settled.
+                if rules_watch.changed(&config.rules_dir) {
+                    if let Err(e) = pipeline.reload(&source, &config, "rules folder changed").await {
+                        stop = Some(e);
+                        break;
+                    }
                 }
                 // Cap entries of customers who went quiet leave memory and
                 // the store (at the next commit), so the ledger stays bounded.
@@ -679,6 +702,81 @@ async fn compactor(
     }
 }
 
+/// Watches the rules folder by polling a fingerprint of its files (path,
+/// size, modification time): no extra crate or inotify limits, and editors
+/// that save by rename are seen too. A change counts once the folder has
+/// looked the same for two polls in a row, so a half-copied set is not
+/// loaded.
+struct RulesWatch {
+    active: u64,
+    seen: Option<u64>,
+}
+
+impl RulesWatch {
+    fn new(dir: &Path) -> RulesWatch {
+        RulesWatch {
+            active: fingerprint(dir),
+            seen: None,
+        }
+    }
+
+    /// True once when the folder changed and then stayed the same.
+    fn changed(&mut self, dir: &Path) -> bool {
+        let now = fingerprint(dir);
+        if now == self.active {
+            self.seen = None;
+            return false;
+        }
+        if self.seen == Some(now) {
+            self.active = now;
+            self.seen = None;
+            return true;
+        }
+        self.seen = Some(now);
+        false
+    }
+
+    /// The folder as it is now is the active one (after a SIGHUP reload).
+    fn accept(&mut self, dir: &Path) {
+        self.active = fingerprint(dir);
+        self.seen = None;
+    }
+}
+
+fn fingerprint(dir: &Path) -> u64 {
+    fn walk(dir: &Path, out: &mut Vec<(String, u64, u128)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                walk(&path, out);
+            } else {
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                out.push((path.display().to_string(), meta.len(), modified));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files.sort();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (path, len, modified) in files {
+        h.update(path.as_bytes());
+        h.update(&len.to_le_bytes());
+        h.update(&modified.to_le_bytes());
+    }
+    h.digest()
+}
+
 /// Decode → engine → prepare → batch; the batch commits to the store,
 /// then the dispatcher delivers.
 struct Pipeline {
@@ -876,6 +974,57 @@ impl Pipeline {
                 self.dispatcher.resolve(&committed);
             }
         }
+    }
+
+    /// Hot reload: loads the rules folder again; a valid set replaces the
+    /// active one at a batch boundary (see [`Engine::reloaded`] for what
+    /// happens to existing state), an invalid one is reported with the
+    /// same diagnostics as `forewarn check` and the active set stays.
+    async fn reload(
+        &mut self,
+        source: &KafkaSource,
+        config: &Config,
+        trigger: &str,
+    ) -> Result<(), DaemonError> {
+        let dir = config.rules_dir.clone();
+        let channels: BTreeSet<String> = config.channels.keys().cloned().collect();
+        let loaded = tokio::task::spawn_blocking(move || {
+            load_rules(
+                &dir,
+                &LoadOptions {
+                    channels: Some(channels),
+                },
+            )
+        })
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))?;
+        let m = Arc::clone(&self.metrics);
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(diags) => {
+                m.rule_reloads.with_label_values(&["rejected"]).inc();
+                tracing::error!(error_code = "rules_reload_rejected", stage = "reload", trigger, dir = %config.rules_dir.display(), "the changed rules are invalid, so the active rules stay in place; fix these and save again (or check with `forewarn check`):\n{diags}");
+                return Ok(());
+            }
+        };
+        // Everything decided under the old rules is durable first.
+        self.flush(source).await?;
+        let count = loaded.rules.len();
+        let (engine, r) = self.engine.reloaded(Arc::new(loaded.rules));
+        self.engine = engine;
+        self.templates = loaded.templates;
+        m.rules_loaded.set(count as i64);
+        m.rule_reloads.with_label_values(&["applied"]).inc();
+        tracing::info!(
+            stage = "reload",
+            trigger,
+            rules = count,
+            episodes_kept = r.episodes,
+            awaiting_delivery = r.fired,
+            dropped = r.dropped,
+            "rules reloaded"
+        );
+        Ok(())
     }
 
     /// Erases a customer (GDPR): engine state and the cap ledger through a

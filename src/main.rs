@@ -563,7 +563,15 @@ async fn run(config: PathBuf, reset_state: bool) -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     let options = forewarn::daemon::StartOptions { reset_state };
-    match forewarn::daemon::run(config, options, shutdown).await {
+    let started = forewarn::daemon::Daemon::start_with(config, options, shutdown).await;
+    let result = match started {
+        Ok(daemon) => {
+            tokio::spawn(reload_on_sighup(std::sync::Arc::clone(&daemon.reload)));
+            daemon.wait().await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => {
             tracing::info!("stopped cleanly");
             ExitCode::SUCCESS
@@ -573,6 +581,22 @@ async fn run(config: PathBuf, reset_state: bool) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGHUP reloads the rules (as a change in the rules folder does).
+async fn reload_on_sighup(reload: std::sync::Arc<tokio::sync::Notify>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!(
+            error_code = "signal_setup_failed",
+            "cannot install the SIGHUP handler; rules still reload when their folder changes"
+        );
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the rules");
+        reload.notify_one();
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Metrics {
     /// `unsubscribed`, `no_address`, `render_failed`, `resolved`,
     /// `dead_letter`).
     pub notifications: IntCounterVec,
+    /// Rule reloads by result (`applied`, `rejected`).
+    pub rule_reloads: IntCounterVec,
     /// Marketing sends deferred out of quiet hours, by rule (each is
     /// counted again in `notifications` at its final outcome).
     pub deferred: IntCounterVec,
@@ -127,6 +129,11 @@ impl Metrics {
             "forewarn_notifications_total",
             "Notifications, by rule, channel and outcome.",
             &["rule", "channel", "outcome"],
+        );
+        let rule_reloads = counter(
+            "forewarn_rule_reloads_total",
+            "Rule reloads (SIGHUP or a change in the rules folder), by result.",
+            &["result"],
         );
         let deferred = counter(
             "forewarn_notifications_deferred_total",
@@ -280,6 +287,7 @@ impl Metrics {
             rule_firings,
             deferred,
             profiles,
+            rule_reloads,
             rule_errors,
             notifications,
             delivery_attempts,

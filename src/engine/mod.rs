@@ -241,6 +241,8 @@ pub struct Engine {
     retain: Vec<Option<Vec<crate::event::FieldPath>>>,
     /// Per rule: the index of the first rule with the same `retain` set.
     retain_class: Vec<u32>,
+    /// What every stored trigger keeps (see [`Engine::new`]).
+    always_retain: Vec<crate::event::FieldPath>,
     cel: cel::Context<'static, 'static>,
     cfg: EngineConfig,
     partitions: BTreeMap<PartitionId, Partition>,
@@ -272,6 +274,7 @@ impl Engine {
             needs,
             retain,
             retain_class,
+            always_retain: always_retain.to_vec(),
             cel: base_context(),
             cfg,
             partitions: BTreeMap::new(),
@@ -408,6 +411,40 @@ impl Engine {
         // event or tick, like any other.
         self.fired_through = None;
         report
+    }
+
+    /// The same state under a new rule set (hot reload). Every partition is
+    /// snapshotted and restored, so a reload treats state exactly as a
+    /// restart with the new rules would: open episodes (and fired ones
+    /// awaiting delivery) of a rule that is gone, disabled or of another
+    /// kind now are dropped, and when durable deleted at the next flush;
+    /// those of a rule that kept its id and kind stay as they are, with the
+    /// deadline they were opened with. Windows and ledger entries are keyed
+    /// by hashes of (rule, key): a kept rule keeps them, a removed rule's
+    /// expire on their own.
+    pub fn reloaded(&self, rules: Arc<RuleSet>) -> (Engine, persist::Restored) {
+        let mut next = Engine::new(rules, self.cfg.clone(), &self.always_retain);
+        let mut total = persist::Restored::default();
+        for p in self.partitions() {
+            let rows: Vec<persist::Row> = self
+                .snapshot(p)
+                .into_iter()
+                .filter_map(|w| {
+                    w.value.map(|value| persist::Row {
+                        table: w.table,
+                        key: w.key,
+                        value,
+                    })
+                })
+                .collect();
+            let r = next.restore(p, &rows, &|_| true);
+            total.episodes += r.episodes;
+            total.fired += r.fired;
+            total.windows += r.windows;
+            total.ledger += r.ledger;
+            total.dropped += r.dropped;
+        }
+        (next, total)
     }
 
     /// Stops tracking a partition and drops its state (the durable store

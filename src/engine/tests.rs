@@ -974,3 +974,77 @@ notify = { channel = "email", template = "t" }
         .iter()
         .any(|f| f.0 == "checkout-dropoff" && f.1 == "c1"));
 }
+
+#[test]
+fn a_reload_keeps_the_episodes_of_kept_rules_with_their_deadlines_and_drops_the_rest() {
+    let other = r#"
+[[rule]]
+id = "payment-retry"
+kind = "absence"
+trigger = { event = "payment_failed" }
+until = { event = "payment_succeeded" }
+within = "10m"
+notify = { channel = "email", template = "t" }
+"#;
+    let mut e = engine_for(&format!("{DROPOFF}{other}"), None);
+    run(
+        &mut e,
+        &[
+            checkout("c1", 0),
+            ev("payment_failed", "c1", MIN, json!({})),
+        ],
+        Clock::Virtual,
+    );
+    assert_eq!(e.stats().open_episodes, 2);
+    // The new set: the drop-off rule with a longer window, the payment
+    // rule gone.
+    let changed = engine_for(
+        &DROPOFF.replace("within = \"30m\"", "within = \"2h\""),
+        None,
+    );
+    let (mut e, restored) = e.reloaded(Arc::clone(changed.rules()));
+    assert_eq!(
+        (restored.episodes, restored.dropped),
+        (1, 1),
+        "{restored:?}"
+    );
+    assert_eq!(e.stats().open_episodes, 1);
+    // The kept episode fires at the deadline it was opened with (30 min),
+    // not the new rule's 2 h; the dropped one never fires.
+    let fired = run(
+        &mut e,
+        &[ev("page_view", "c9", 31 * MIN, json!({}))],
+        Clock::Virtual,
+    );
+    assert_eq!(
+        fired,
+        vec![(
+            "checkout-dropoff".into(),
+            "c1".into(),
+            Outcome::Fire,
+            30 * MIN
+        )]
+    );
+    // New triggers follow the new rule.
+    run(&mut e, &[checkout("c2", 40 * MIN)], Clock::Virtual);
+    let fired = run(
+        &mut e,
+        &[ev("page_view", "c9", 80 * MIN, json!({}))],
+        Clock::Virtual,
+    );
+    assert!(fired.is_empty(), "2 h now: {fired:?}");
+    let fired = run(
+        &mut e,
+        &[ev("page_view", "c9", 161 * MIN, json!({}))],
+        Clock::Virtual,
+    );
+    assert_eq!(
+        fired,
+        vec![(
+            "checkout-dropoff".into(),
+            "c2".into(),
+            Outcome::Fire,
+            160 * MIN
+        )]
+    );
+}
