@@ -99,7 +99,6 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
             opts.policy.consent_field.clone(),
         ],
     );
-    let mut caps = CapLedger::default();
     engine.assign(0);
     let channel = match &opts.out_dir {
         Some(dir) => Some(
@@ -110,6 +109,12 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
             .map_err(ReplayError::Write)?,
         ),
         None => None,
+    };
+    let mut sink = Sink {
+        templates: &loaded.templates,
+        opts,
+        channel: channel.as_ref(),
+        caps: CapLedger::default(),
     };
     let read_err = |error| ReplayError::Read {
         path: opts.events.display().to_string(),
@@ -136,15 +141,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         report.last_event = Some(report.last_event.map_or(event.time, |l| l.max(event.time)));
         let mut out = Output::default();
         engine.on_event(0, &event, Clock::Virtual, &mut out);
-        record(
-            &mut report,
-            out,
-            &loaded.templates,
-            opts,
-            channel.as_ref(),
-            &mut caps,
-        )
-        .await?;
+        record(&mut report, out, &mut sink).await?;
     }
     let end = match (opts.until, report.last_event) {
         (Some(u), Some(l)) => Some(u.max(l)),
@@ -153,28 +150,27 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     if let Some(end) = end {
         let mut out = Output::default();
         engine.advance_to(end, Clock::Virtual, &mut out);
-        record(
-            &mut report,
-            out,
-            &loaded.templates,
-            opts,
-            channel.as_ref(),
-            &mut caps,
-        )
-        .await?;
+        record(&mut report, out, &mut sink).await?;
     }
     report.still_open = engine.stats().open_episodes;
     Ok(report)
 }
 
+/// What deciding and writing a replay's firings needs besides the report.
+struct Sink<'a> {
+    templates: &'a Templates,
+    opts: &'a ReplayOptions,
+    channel: Option<&'a FileChannel>,
+    caps: CapLedger,
+}
+
 async fn record(
     report: &mut ReplayReport,
     out: Output,
-    templates: &Templates,
-    opts: &ReplayOptions,
-    channel: Option<&FileChannel>,
-    caps: &mut CapLedger,
+    sink: &mut Sink<'_>,
 ) -> Result<(), ReplayError> {
+    let (templates, opts, channel, caps) =
+        (sink.templates, sink.opts, sink.channel, &mut sink.caps);
     let cx = Decide {
         templates,
         email: &opts.email,
