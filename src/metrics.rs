@@ -27,6 +27,9 @@ pub struct Metrics {
     /// `unsubscribed`, `no_address`, `render_failed`, `resolved`,
     /// `dead_letter`).
     pub notifications: IntCounterVec,
+    /// Per assigned (topic, partition): records not yet durably processed
+    /// (high watermark − committed offset).
+    pub consumer_lag: IntGaugeVec,
     /// Rule reloads by result (`applied`, `rejected`).
     pub rule_reloads: IntCounterVec,
     /// Marketing sends deferred out of quiet hours, by rule (each is
@@ -130,6 +133,17 @@ impl Metrics {
             "Notifications, by rule, channel and outcome.",
             &["rule", "channel", "outcome"],
         );
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "forewarn_consumer_lag",
+                "Records not yet durably processed per assigned partition (high watermark - committed offset).",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("metric definitions are static and valid");
+        registry
+            .register(Box::new(consumer_lag.clone()))
+            .expect("each metric is registered once");
         let rule_reloads = counter(
             "forewarn_rule_reloads_total",
             "Rule reloads (SIGHUP or a change in the rules folder), by result.",
@@ -288,6 +302,7 @@ impl Metrics {
             deferred,
             profiles,
             rule_reloads,
+            consumer_lag,
             rule_errors,
             notifications,
             delivery_attempts,

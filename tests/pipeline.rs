@@ -126,6 +126,26 @@ async fn events_become_emails_and_invalid_records_are_dead_lettered() {
         2,
         "only the two matching events with addresses are mailed"
     );
+    // Every record is durably processed and committed: no lag left on
+    // any assigned partition (librdkafka's statistics, every 5 s).
+    let lag = wait_for(
+        "consumer lag 0 on every partition",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = http_get(&admin, "/metrics").ok()?;
+            let lags: Vec<f64> = body
+                .lines()
+                .filter(|l| {
+                    l.starts_with("forewarn_consumer_lag{")
+                        && l.contains(&format!("topic=\"{topic}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+                .collect();
+            (!lags.is_empty() && lags.iter().all(|&l| l == 0.0)).then_some(lags)
+        },
+    )
+    .await;
+    assert!(!lag.is_empty());
     for (reason, n) in [
         ("not_json", 1.0),
         ("missing_customer", 1.0),

@@ -69,6 +69,8 @@ pub struct SourceContext {
     store: Option<crate::state::Store>,
     revoked: Revoked,
     assigned: Assigned,
+    /// (topic, partition) labels of `forewarn_consumer_lag` now set.
+    lag_labels: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl SourceContext {
@@ -128,6 +130,41 @@ impl SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of
+    /// each assigned partition, high watermark − committed offset (forewarn
+    /// commits only what is durable), or − the read position before the
+    /// first commit. Partitions no longer assigned leave the gauge.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let mut now = std::collections::HashSet::new();
+        for (topic, t) in &stats.topics {
+            for (&p, part) in &t.partitions {
+                if p < 0 || !part.desired || part.hi_offset < 0 {
+                    continue;
+                }
+                let done = if part.committed_offset >= 0 {
+                    part.committed_offset
+                } else {
+                    part.app_offset
+                };
+                if done < 0 {
+                    continue;
+                }
+                let label = p.to_string();
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[topic, &label])
+                    .set((part.hi_offset - done).max(0));
+                now.insert((topic.clone(), label));
+            }
+        }
+        if let Ok(mut seen) = self.lag_labels.lock() {
+            for (topic, p) in seen.difference(&now) {
+                let _ = self.metrics.consumer_lag.remove_label_values(&[topic, p]);
+            }
+            *seen = now;
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka reconnects by itself; this is for humans and /readyz.
         tracing::warn!(error_code = "kafka_client_error", stage = "source", error = %error, reason, "Kafka client error");
@@ -305,6 +342,8 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
+            // For forewarn_consumer_lag (kafka.properties may change it).
+            .set("statistics.interval.ms", "5000")
             .set("reconnect.backoff.max.ms", "2000");
         for (k, v) in &cfg.properties {
             cc.set(k, v);
@@ -317,6 +356,7 @@ impl KafkaSource {
                 store,
                 revoked: Arc::clone(&revoked),
                 assigned: Arc::clone(&assigned),
+                lag_labels: Default::default(),
             })
             .map_err(SourceError::Client)?;
         let consumer = Arc::new(consumer);
