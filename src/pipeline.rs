@@ -185,7 +185,6 @@ mod tests {
 
     use super::*;
     use crate::engine::{Clock, Engine, EngineConfig, Output};
-    use crate::event::EventSchema;
     use crate::policy::{parse_clock, Cap, QuietHours};
     use crate::rules::{load_rules, LoadOptions};
 
@@ -250,17 +249,13 @@ notify = { channel = "email", template = "t" }
     }
 
     fn decide(rig: &mut Rig, kind: &str, customer: &str, extra: serde_json::Value) -> Decision {
-        let mut payload = json!({"type": kind, "customer_id": customer, "ts": 1_000, "event_id": format!("{kind}-{customer}-{extra}")});
-        if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
-            p.extend(e.clone());
+        // A distinct event id per call: match rules fire on each event.
+        let mut extra = extra;
+        let id = format!("{kind}-{customer}-{extra}");
+        if let Some(e) = extra.as_object_mut() {
+            e.insert("event_id".into(), json!(id));
         }
-        let schema = EventSchema {
-            kind: FieldPath::parse("type").unwrap(),
-            customer: FieldPath::parse("customer_id").unwrap(),
-            time: FieldPath::parse("ts").unwrap(),
-            id: Some(FieldPath::parse("event_id").unwrap()),
-        };
-        let event = Arc::new(schema.from_value(payload).unwrap());
+        let event = crate::engine::tests::ev(kind, customer, 1_000, extra);
         let mut out = Output::default();
         rig.engine.on_event(0, &event, Clock::Virtual, &mut out);
         out.decisions.pop().expect("the rule fires")

@@ -70,21 +70,11 @@ fn customer_of(mail: &Mail) -> String {
 /// A rules folder for one test: `rules_toml` as `rules.toml`, and one
 /// template, `notice`, whose subject names the rule and the customer.
 fn write_rules(dir: &Path, rules_toml: &str) -> PathBuf {
-    let rules = dir.join("rules");
-    let templates = rules.join("templates");
-    std::fs::create_dir_all(&templates).expect("rules dir");
-    std::fs::write(rules.join("rules.toml"), rules_toml).expect("rules file");
-    std::fs::write(
-        templates.join("notice.subject"),
-        "{{ rule.id }} for {{ customer.id }}\n",
-    )
-    .expect("template");
-    std::fs::write(
-        templates.join("notice.txt"),
+    write_rules_dir(
+        dir,
+        rules_toml,
         "Hi {{ customer.id }},\n\nrule {{ rule.id }}, notification {{ notification.id }}.\n",
     )
-    .expect("template");
-    rules
 }
 
 /// An absence rule in the shape of the shipped `checkout-dropoff`, without

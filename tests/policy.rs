@@ -95,21 +95,11 @@ notify          = {{ channel = "email", template = "notice" }}
 }
 
 fn write_rules(dir: &Path) -> std::path::PathBuf {
-    let rules = dir.join("rules");
-    let templates = rules.join("templates");
-    std::fs::create_dir_all(&templates).expect("rules dir");
-    std::fs::write(rules.join("rules.toml"), rules_toml()).expect("rules file");
-    std::fs::write(
-        templates.join("notice.subject"),
-        "{{ rule.id }} for {{ customer.id }}\n",
-    )
-    .expect("template");
-    std::fs::write(
-        templates.join("notice.txt"),
+    write_rules_dir(
+        dir,
+        &rules_toml(),
         "Hi {{ customer.name | default(\"there\") }},\n\nnotification {{ notification.id }}.\n",
     )
-    .expect("template");
-    rules
 }
 
 // ------------------------------------------------------------ quiet hours

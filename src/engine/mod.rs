@@ -895,4 +895,4 @@ pub fn notification_id(rule_id: &str, key: &[String], episode_start: Millis) -> 
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -51,7 +51,9 @@ fn engine_cfg(
     )
 }
 
-fn ev(kind: &str, customer: &str, t: Millis, extra: serde_json::Value) -> Arc<Event> {
+/// An event in the default schema (`type`, `customer_id`, `ts`), with
+/// `extra` merged in. Shared with the pipeline tests.
+pub(crate) fn ev(kind: &str, customer: &str, t: Millis, extra: serde_json::Value) -> Arc<Event> {
     let mut payload = json!({"type": kind, "customer_id": customer, "ts": t});
     if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
         p.extend(e.clone());

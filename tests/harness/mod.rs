@@ -903,3 +903,21 @@ impl Drop for DaemonProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A rules folder for tests: `dir/rules/rules.toml` and one template,
+/// `notice`, whose subject names the rule and customer and whose text is
+/// `text`. Returns the folder.
+#[allow(dead_code)]
+pub fn write_rules_dir(dir: &Path, rules_toml: &str, text: &str) -> PathBuf {
+    let rules = dir.join("rules");
+    let templates = rules.join("templates");
+    std::fs::create_dir_all(&templates).expect("rules dir");
+    std::fs::write(rules.join("rules.toml"), rules_toml).expect("rules file");
+    std::fs::write(
+        templates.join("notice.subject"),
+        "{{ rule.id }} for {{ customer.id }}\n",
+    )
+    .expect("template");
+    std::fs::write(templates.join("notice.txt"), text).expect("template");
+    rules
+}
