@@ -58,6 +58,62 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// librdkafka properties (`kafka.properties`, a Kafka channel's
+/// `properties`). Its `Debug` shows every key but redacts the values of
+/// secret ones (passwords, private keys, OAuth and JAAS settings).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(BTreeMap<String, String>);
+
+impl KafkaProperties {
+    pub fn new(map: BTreeMap<String, String>) -> Self {
+        KafkaProperties(map)
+    }
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+    /// Whether a property's value is a secret (never printed).
+    pub fn is_secret(key: &str) -> bool {
+        key.contains("password")
+            || key.contains("secret")
+            || key.ends_with("key.pem")
+            || key.ends_with(".jaas.config")
+            || key == "sasl.oauthbearer.config"
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaProperties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Value<'a>(&'a str, bool);
+        impl fmt::Debug for Value<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                if self.1 {
+                    f.write_str("[redacted]")
+                } else {
+                    write!(f, "{:?}", self.0)
+                }
+            }
+        }
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, Value(v, KafkaProperties::is_secret(k)))),
+            )
+            .finish()
+    }
+}
+
 // ---------------------------------------------------------------- raw shape
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +171,10 @@ struct RawKafka {
     dead_letter_topic: Option<String>,
     #[serde(default)]
     properties: BTreeMap<String, String>,
+    /// librdkafka property → the environment variable holding its value
+    /// (secrets such as `sasl.password` stay out of the file).
+    #[serde(default)]
+    properties_env: BTreeMap<String, String>,
 }
 
 fn default_group_id() -> String {
@@ -403,8 +463,9 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub topics: Vec<String>,
     pub dead_letter_topic: Option<String>,
-    /// Passed to librdkafka as-is (security.protocol, sasl.*, ssl.*).
-    pub properties: BTreeMap<String, String>,
+    /// Passed to librdkafka as-is (security.protocol, sasl.*, ssl.*),
+    /// with `properties_env` resolved into it.
+    pub properties: KafkaProperties,
 }
 
 #[derive(Debug, Clone)]
@@ -521,7 +582,7 @@ pub struct KafkaChannelConfig {
     pub topic: String,
     pub brokers: String,
     /// Handed to librdkafka as-is, over `[kafka.properties]`.
-    pub properties: BTreeMap<String, String>,
+    pub properties: KafkaProperties,
     pub timeout: Duration,
 }
 
@@ -605,7 +666,7 @@ impl Config {
         })
     }
 
-    fn from_raw(raw: RawConfig) -> Result<Config, Vec<String>> {
+    fn from_raw(mut raw: RawConfig) -> Result<Config, Vec<String>> {
         let mut p = Vec::new();
 
         if raw.kafka.brokers.trim().is_empty() {
@@ -643,6 +704,19 @@ impl Config {
                 p.push(format!("kafka.properties.\"{key}\" is managed by forewarn: use kafka.brokers / kafka.group_id instead, or remove it"));
             }
         }
+        for (prop, var) in std::mem::take(&mut raw.kafka.properties_env) {
+            if raw.kafka.properties.contains_key(&prop) {
+                p.push(format!("kafka.properties.\"{prop}\" and kafka.properties_env.\"{prop}\" are both set: keep one (properties_env keeps the secret out of the file)"));
+                continue;
+            }
+            match std::env::var(&var) {
+                Ok(v) if !v.is_empty() => {
+                    raw.kafka.properties.insert(prop, v);
+                }
+                _ => p.push(format!("kafka.properties_env.\"{prop}\" = {var:?}, but that environment variable is not set or empty: export it before starting forewarn")),
+            }
+        }
+        kafka_security(&mut p, "kafka.properties", &raw.kafka.properties);
 
         let mut path = |key: &str, v: &str| match FieldPath::parse(v) {
             Ok(fp) => Some(fp),
@@ -738,7 +812,7 @@ impl Config {
                 group_id: raw.kafka.group_id,
                 topics,
                 dead_letter_topic: raw.kafka.dead_letter_topic,
-                properties: raw.kafka.properties,
+                properties: KafkaProperties::new(raw.kafka.properties),
             },
             events: EventSchema {
                 kind,
@@ -852,6 +926,121 @@ fn mailbox(p: &mut Vec<String>, key: &str, v: &str) -> Option<lettre::message::M
 
 /// Reads a secret from an environment variable or a file (never from the
 /// config text itself), pushing a problem when it is unusable.
+/// Catches a half-configured Kafka security setup at start-up and in
+/// `forewarn check --config`, where librdkafka would only log "SSL handshake
+/// failed" or retry authentication forever. `key` names the table, e.g.
+/// `kafka.properties`.
+fn kafka_security(p: &mut Vec<String>, key: &str, props: &BTreeMap<String, String>) {
+    let get = |k: &str| props.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let protocol = get("security.protocol").unwrap_or("plaintext");
+    let lower = protocol.to_ascii_lowercase();
+    if !matches!(
+        lower.as_str(),
+        "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
+    ) {
+        p.push(format!("{key}.\"security.protocol\" = {protocol:?} is not a protocol librdkafka knows: use \"SASL_SSL\" (SASL over TLS), \"SSL\" (TLS, optionally with a client certificate), \"SASL_PLAINTEXT\" or \"PLAINTEXT\""));
+        return;
+    }
+    let tls = lower.ends_with("ssl");
+    let sasl = lower.starts_with("sasl");
+    let shown = match get("security.protocol") {
+        Some(v) => format!("{v:?}"),
+        None => "not set (PLAINTEXT)".to_string(),
+    };
+    let first = |prefix: &str| props.keys().find(|k| k.starts_with(prefix));
+    if !tls {
+        if let Some(k) = first("ssl.") {
+            p.push(format!("{key}.\"{k}\" is set but security.protocol is {shown}, so TLS is off and it would be ignored: set {key}.\"security.protocol\" = \"SSL\" (or \"SASL_SSL\" with SASL)"));
+        }
+    }
+    if !sasl {
+        if let Some(k) = first("sasl.") {
+            p.push(format!("{key}.\"{k}\" is set but security.protocol is {shown}, so SASL is off and it would be ignored: set {key}.\"security.protocol\" = \"SASL_SSL\""));
+        }
+    }
+    if sasl {
+        match get("sasl.mechanisms").or_else(|| get("sasl.mechanism")) {
+            None => p.push(format!("{key}.\"security.protocol\" = {protocol:?} but sasl.mechanisms is not set (librdkafka would try Kerberos): set {key}.\"sasl.mechanisms\" = \"SCRAM-SHA-512\", \"SCRAM-SHA-256\", \"PLAIN\", \"OAUTHBEARER\" or \"GSSAPI\"")),
+            Some(m) => match m.to_ascii_uppercase().as_str() {
+                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => {
+                    for (prop, hint) in [
+                        ("sasl.username", "the user forewarn logs in as"),
+                        ("sasl.password", "its password; better from the environment: kafka.properties_env.\"sasl.password\" = \"KAFKA_SASL_PASSWORD\""),
+                    ] {
+                        if get(prop).is_none() {
+                            p.push(format!("{key}.\"sasl.mechanisms\" = {m:?} needs {prop}, which is not set: set {key}.\"{prop}\" to {hint}"));
+                        }
+                    }
+                }
+                "GSSAPI" | "OAUTHBEARER" => {}
+                _ => p.push(format!("{key}.\"sasl.mechanisms\" = {m:?} is not a SASL mechanism librdkafka knows: use \"SCRAM-SHA-512\", \"SCRAM-SHA-256\", \"PLAIN\", \"OAUTHBEARER\" or \"GSSAPI\"")),
+            },
+        }
+    }
+    if !tls {
+        return;
+    }
+    // A client certificate is a pair: one half alone fails the handshake.
+    for (cert, pkey) in [
+        ("ssl.certificate.location", "ssl.key.location"),
+        ("ssl.certificate.pem", "ssl.key.pem"),
+    ] {
+        match (get(cert), get(pkey)) {
+            (Some(_), None) => p.push(format!("{key}.\"{cert}\" is set without {pkey}: a client certificate (mutual TLS) needs its private key too; set {key}.\"{pkey}\", or remove {cert}")),
+            (None, Some(_)) => p.push(format!("{key}.\"{pkey}\" is set without {cert}: a private key (mutual TLS) needs its certificate too; set {key}.\"{cert}\", or remove {pkey}")),
+            _ => {}
+        }
+    }
+    if get("ssl.keystore.location").is_some() && get("ssl.keystore.password").is_none() {
+        p.push(format!("{key}.\"ssl.keystore.location\" is set without ssl.keystore.password: set it (kafka.properties_env.\"ssl.keystore.password\" keeps it out of the file)"));
+    }
+    // Files librdkafka would fail to read only when it first connects.
+    for (prop, what, marker) in [
+        (
+            "ssl.ca.location",
+            "CA certificate",
+            Some("-----BEGIN CERTIFICATE-----"),
+        ),
+        (
+            "ssl.certificate.location",
+            "client certificate",
+            Some("-----BEGIN CERTIFICATE-----"),
+        ),
+        ("ssl.key.location", "private key", Some("PRIVATE KEY-----")),
+        ("ssl.keystore.location", "PKCS#12 keystore", None),
+        ("ssl.crl.location", "certificate revocation list", None),
+    ] {
+        let Some(path) = get(prop) else { continue };
+        if prop == "ssl.ca.location" && path == "probe" {
+            continue;
+        }
+        let path = Path::new(path);
+        match std::fs::metadata(path) {
+            Err(e) => p.push(format!(
+                "{key}.\"{prop}\" = {:?} cannot be read ({e}): point it at the {what} file (PEM)",
+                path.display()
+            )),
+            // A CA directory (hashed certificates) is allowed.
+            Ok(m) if m.is_dir() => {
+                if prop != "ssl.ca.location" {
+                    p.push(format!(
+                        "{key}.\"{prop}\" = {:?} is a directory: point it at the {what} file",
+                        path.display()
+                    ));
+                }
+            }
+            Ok(_) => {
+                let Some(marker) = marker else { continue };
+                match std::fs::read(path) {
+                    Ok(bytes) if String::from_utf8_lossy(&bytes).contains(marker) => {}
+                    Ok(_) => p.push(format!("{key}.\"{prop}\" = {:?} holds no PEM {what} (no \"{marker}\" line): convert it, e.g. openssl x509 -in cert.der -inform der -out cert.pem (or openssl pkcs12 for a .p12 bundle)", path.display())),
+                    Err(e) => p.push(format!("{key}.\"{prop}\" = {:?} cannot be read ({e}): make it readable by the user forewarn runs as", path.display())),
+                }
+            }
+        }
+    }
+}
+
 fn secret(
     p: &mut Vec<String>,
     key: &dyn Fn(&str) -> String,
@@ -1114,6 +1303,10 @@ fn channel(
                 }
                 properties.insert(k, v);
             }
+            if ch.properties.is_some() {
+                kafka_security(p, &key("properties"), &properties);
+            }
+            let properties = KafkaProperties::new(properties);
             timeout.map(|timeout| {
                 ChannelKind::Kafka(KafkaChannelConfig {
                     topic,
@@ -1282,6 +1475,126 @@ type = "carrier-pigeon"
             panic!("smtp expected")
         };
         assert_eq!(smtp.credentials.as_ref().unwrap().1.expose(), "hunter2");
+    }
+
+    fn kafka_problems(dir: &Path, properties: &str) -> Vec<String> {
+        let body = format!("{MINIMAL}\n[kafka.properties]\n{properties}\n");
+        match Config::load_with_env(&write(dir, &body), vec![]) {
+            Ok(_) => vec![],
+            Err(e) => e.problems,
+        }
+    }
+
+    #[test]
+    fn a_half_configured_kafka_security_setup_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = d.join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let key = d.join("client.key");
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let der = d.join("ca.der");
+        std::fs::write(&der, [0x30u8, 0x82, 0x01, 0x0a]).unwrap();
+        let ca_s = ca.display().to_string();
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "\"security.protocol\" = \"TLS\"".into(),
+                "kafka.properties.\"security.protocol\" = \"TLS\" is not a protocol librdkafka knows: use \"SASL_SSL\"",
+            ),
+            (
+                format!("\"ssl.ca.location\" = {ca_s:?}"),
+                "kafka.properties.\"ssl.ca.location\" is set but security.protocol is not set (PLAINTEXT), so TLS is off and it would be ignored: set kafka.properties.\"security.protocol\" = \"SSL\"",
+            ),
+            (
+                "\"security.protocol\" = \"SSL\"\n\"sasl.username\" = \"u\"".into(),
+                "\"sasl.username\" is set but security.protocol is \"SSL\", so SASL is off and it would be ignored: set kafka.properties.\"security.protocol\" = \"SASL_SSL\"",
+            ),
+            (
+                "\"security.protocol\" = \"SASL_SSL\"".into(),
+                "but sasl.mechanisms is not set (librdkafka would try Kerberos)",
+            ),
+            (
+                "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"forewarn\"".into(),
+                "\"sasl.mechanisms\" = \"SCRAM-SHA-512\" needs sasl.password, which is not set: set kafka.properties.\"sasl.password\" to its password; better from the environment: kafka.properties_env.\"sasl.password\"",
+            ),
+            (
+                "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"SCRAM\"".into(),
+                "\"sasl.mechanisms\" = \"SCRAM\" is not a SASL mechanism librdkafka knows",
+            ),
+            (
+                format!("\"security.protocol\" = \"SSL\"\n\"ssl.key.location\" = {:?}", key.display().to_string()),
+                "\"ssl.key.location\" is set without ssl.certificate.location: a private key (mutual TLS) needs its certificate too",
+            ),
+            (
+                format!("\"security.protocol\" = \"SSL\"\n\"ssl.certificate.location\" = {ca_s:?}"),
+                "\"ssl.certificate.location\" is set without ssl.key.location",
+            ),
+            (
+                "\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"/nonexistent/ca.pem\"".into(),
+                "kafka.properties.\"ssl.ca.location\" = \"/nonexistent/ca.pem\" cannot be read",
+            ),
+            (
+                format!("\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = {:?}", der.display().to_string()),
+                "holds no PEM CA certificate (no \"-----BEGIN CERTIFICATE-----\" line): convert it",
+            ),
+            (
+                format!("\"security.protocol\" = \"SSL\"\n\"ssl.certificate.location\" = {ca_s:?}\n\"ssl.key.location\" = {ca_s:?}"),
+                "holds no PEM private key",
+            ),
+        ];
+        for (props, want) in cases {
+            let problems = kafka_problems(d, &props);
+            assert!(
+                problems.iter().any(|p| p.contains(want)),
+                "{props}\nwanted {want:?} in {problems:#?}"
+            );
+        }
+
+        // Whole setups pass: SASL_SSL with SCRAM, and mutual TLS.
+        for props in [
+            format!("\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"forewarn\"\n\"sasl.password\" = \"pw\"\n\"ssl.ca.location\" = {ca_s:?}"),
+            format!("\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = {:?}\n\"ssl.certificate.location\" = {ca_s:?}\n\"ssl.key.location\" = {:?}", d.display().to_string(), key.display().to_string()),
+            "\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"probe\"".into(),
+        ] {
+            assert_eq!(kafka_problems(d, &props), Vec::<String>::new(), "{props}");
+        }
+    }
+
+    #[test]
+    fn kafka_secrets_come_from_the_environment_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("FOREWARN_TEST_KAFKA_SASL_PW", "kafka-hunter2");
+        let body = format!(
+            "{MINIMAL}\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\"sasl.username\" = \"forewarn\"\n[kafka.properties_env]\n\"sasl.password\" = \"FOREWARN_TEST_KAFKA_SASL_PW\"\n"
+        );
+        let cfg = Config::load_with_env(&write(dir.path(), &body), vec![]).unwrap();
+        assert_eq!(
+            cfg.kafka.properties.get("sasl.password"),
+            Some("kafka-hunter2")
+        );
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("kafka-hunter2"), "{dbg}");
+        assert!(
+            dbg.contains(r#""sasl.password": [redacted], "sasl.username": "forewarn""#),
+            "{dbg}"
+        );
+
+        let body = format!(
+            "{MINIMAL}\n[kafka.properties_env]\n\"sasl.password\" = \"FOREWARN_TEST_KAFKA_UNSET\"\n"
+        );
+        let err = Config::load_with_env(&write(dir.path(), &body), vec![]).unwrap_err();
+        assert!(
+            err.to_string().contains("kafka.properties_env.\"sasl.password\" = \"FOREWARN_TEST_KAFKA_UNSET\", but that environment variable is not set"),
+            "{err}"
+        );
     }
 
     #[test]
