@@ -28,7 +28,11 @@ pub(super) fn trigger_holds<'c>(
         Err(e) => {
             out.errors.push(RuleError {
                 rule_id: rule.id.clone(),
-                message: format!("condition {:?}: {e}", expr.source()),
+                message: format!(
+                    "condition {:?}: {}",
+                    expr.source(),
+                    crate::redact::values(&e.to_string())
+                ),
             });
             false
         }
@@ -61,7 +65,12 @@ pub(super) fn on_trigger(
                     Err(e) => {
                         out.errors.push(RuleError {
                             rule_id: rule.id.clone(),
-                            message: format!("catalog {:?} entry {:?}: {e}", c.name, entry.id),
+                            message: format!(
+                                "catalog {:?} entry {:?}: {}",
+                                c.name,
+                                entry.id,
+                                crate::redact::values(&e.to_string())
+                            ),
                         });
                         false
                     }

@@ -120,6 +120,8 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleError {
     pub rule_id: String,
+    /// Safe to log: runtime values and addresses in it are masked
+    /// (`crate::redact::values`).
     pub message: String,
 }
 

@@ -12,7 +12,8 @@ transient/permanent DATA failures (--fail-first/--fail-code) and a hung server
 
 Usage: python3 smtp_sink.py --port PORT --dir DIR [--host 127.0.0.1]
          [--tls-cert CERT.pem --tls-key KEY.pem] [--require-starttls]
-         [--auth-user U --auth-password P] [--fail-first N] [--fail-code 451] [--hang]
+         [--auth-user U --auth-password P] [--fail-first N] [--fail-code 451]
+         [--fail-reply TEXT] [--hang]
          [--quiet]
 Needs Python 3.11 and aiosmtpd 1.4.6 (stdlib otherwise).
 """
@@ -43,6 +44,8 @@ class SinkHandler:
         self.fail_left = args.fail_first
         code = args.fail_code
         text = "4.3.0 try again later" if 400 <= code < 500 else "5.3.0 rejected (smtp_sink --fail-code)"
+        if args.fail_reply:
+            text = args.fail_reply
         self.fail_reply = f"{code} {text}"
         self.advertise_auth = args.auth_user is not None
         self.quiet = args.quiet
@@ -57,8 +60,9 @@ class SinkHandler:
     async def handle_DATA(self, server, session, envelope):
         if self.fail_left > 0:
             self.fail_left -= 1
-            log(f"rejecting DATA with {self.fail_reply!r} ({self.fail_left} failures left)")
-            return self.fail_reply
+            reply = self.fail_reply.replace("{rcpt}", ", ".join(envelope.rcpt_tos))
+            log(f"rejecting DATA ({self.fail_left} failures left)")
+            return reply
         self.seq += 1
         stem = f"{self.seq:06d}-{secrets.token_hex(4)}"
         meta = {
@@ -151,6 +155,9 @@ def parse_args(argv=None):
     p.add_argument("--auth-password")
     p.add_argument("--fail-first", type=int, default=0, metavar="N")
     p.add_argument("--fail-code", type=int, default=451)
+    p.add_argument("--fail-reply", metavar="TEXT",
+                   help="the failure reply's text after the code; {rcpt} is replaced by the recipients "
+                        "(real servers echo them: '5.1.1 <{rcpt}>: Recipient address rejected')")
     p.add_argument("--hang", action="store_true")
     p.add_argument("--quiet", action="store_true", help="do not log each stored message")
     a = p.parse_args(argv)

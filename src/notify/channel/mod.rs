@@ -32,17 +32,19 @@ pub struct ChannelError {
 }
 
 impl ChannelError {
+    /// `message` may quote a server's reply; addresses in it are masked
+    /// (it reaches logs and dead letters).
     pub fn transient(message: impl Into<String>) -> Self {
         ChannelError {
             retry: Retry::Transient,
-            message: message.into(),
+            message: crate::redact::addresses(&message.into()),
             retry_after: None,
         }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
         ChannelError {
             retry: Retry::Permanent,
-            message: message.into(),
+            message: crate::redact::addresses(&message.into()),
             retry_after: None,
         }
     }

@@ -98,7 +98,9 @@ impl WebhookChannel {
                 } else {
                     "failed"
                 };
-                ChannelError::transient(format!("webhook POST {what}: {e}"))
+                // Without the URL: webhook URLs often carry a secret
+                // (Slack's do), and this text reaches the logs.
+                ChannelError::transient(format!("webhook POST {what}: {}", e.without_url()))
             })?;
         let status = response.status();
         if status.is_success() {
