@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh machine (Tansu, aiosmtpd, openssl), then
+# Installs what the tests need on a fresh machine (Tansu, aiosmtpd, openssl,
+# promtool), then
 # runs the linters and every test: unit, integration and end-to-end against
 # a real Kafka-compatible broker and a real SMTP server on 127.0.0.1.
 #
@@ -12,6 +13,7 @@ source deploy/local/common.sh
 ensure_tansu
 ensure_aiosmtpd
 ensure_openssl
+ensure_promtool
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -45,3 +45,13 @@ ensure_openssl() {
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+
+# promtool (Debian's prometheus package): the observability test checks
+# /metrics with `promtool check metrics`.
+ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    return
+  fi
+  log "installing promtool (Debian's prometheus package) with apt-get"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+}
