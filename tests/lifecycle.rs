@@ -76,6 +76,110 @@ async fn sigterm_drains_and_commits_so_a_restart_sends_nothing_twice() {
     assert!(status.success(), "{}", daemon.logs());
 }
 
+/// SIGTERM in the middle of a burst: events still arriving, hundreds of
+/// mails decided but not yet sent. The daemon exits 0 within the grace
+/// period with its positions committed to the group; what it decided and
+/// had not sent waits in the persisted outbox, so a restart sends every
+/// mail exactly once, none lost and none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_burst_exits_0_commits_and_keeps_the_outbox() {
+    const N: usize = 2000;
+    let broker = Broker::start().await;
+    let smtp = SmtpSink::start_with(&["--quiet"]).await;
+    let topic = format!("events-{}", free_port());
+    broker.create_topic(&topic, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let config = write_config(
+        dir.path(),
+        &broker.brokers,
+        &[&topic],
+        None,
+        admin_port,
+        &smtp_channel(smtp.port),
+    );
+    let mut daemon = DaemonProcess::spawn(&config, admin_port, &dir.path().join("run1.log"));
+    daemon.wait_ready(Duration::from_secs(60)).await;
+
+    // The burst: N events in chunks, still being produced at SIGTERM.
+    let records: Vec<(String, String)> =
+        (0..N).map(|n| (format!("c-{n}"), delay_event(n))).collect();
+    let producer = {
+        let client = broker.producer_one_record_per_batch();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            for chunk in records.chunks(100) {
+                let refs: Vec<(Option<i32>, Option<&str>, &str)> = chunk
+                    .iter()
+                    .map(|(k, p)| (None, Some(k.as_str()), p.as_str()))
+                    .collect();
+                Broker::produce_batch(&client, &topic, &refs).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    smtp.wait_for_count(50, Duration::from_secs(60)).await;
+    daemon.signal("TERM");
+    let status = daemon
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exits within 30 s of SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        daemon.logs_tail(40)
+    );
+    let sent_before = smtp.messages().len();
+    assert!(
+        sent_before < N,
+        "the stop came after every mail was sent, so it proves nothing about the outbox"
+    );
+    let logs = daemon.logs();
+    assert!(logs.contains("positions committed"), "{logs}");
+    producer.await.unwrap();
+    let group = format!("forewarn-test-{admin_port}");
+    let committed = broker
+        .committed_total(&group, &topic)
+        .await
+        .expect("the broker answers");
+    assert!(
+        committed > 0 && committed < N as i64,
+        "committed {committed} of {N} records"
+    );
+
+    // The restart resumes at the committed positions and sends what the
+    // outbox kept and what the topic still holds: every mail once.
+    let daemon = DaemonProcess::spawn(&config, admin_port, &dir.path().join("run2.log"));
+    let resumed = wait_for("the restart", Duration::from_secs(60), || {
+        let logs = daemon.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("resuming notifications left in the outbox"))?;
+        line.split("pending=").nth(1)?.trim().parse::<usize>().ok()
+    })
+    .await;
+    assert_eq!(
+        sent_before + resumed,
+        committed as usize,
+        "every event processed before the stop was either sent or kept in the outbox"
+    );
+    let start = std::time::Instant::now();
+    while smtp.files().len() < N && start.elapsed() < Duration::from_secs(180) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails = smtp.messages();
+    let mut to: Vec<&str> = mails.iter().map(|m| m.to.as_str()).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!(
+        (mails.len(), to.len()),
+        (N, N),
+        "{N} mails, one per customer (sent before the stop: {sent_before}, kept: {resumed}); log:\n{}",
+        daemon.logs_tail(20)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_makes_it_unready_not_dead_and_it_carries_on() {
     let mut broker = Broker::start_persistent().await;
