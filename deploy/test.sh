@@ -21,6 +21,8 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 log "forewarn check (the shipped rules and the local config)"
 cargo run --quiet -- check --config deploy/local/forewarn.toml rules
+log "forewarn test (the shipped rules' tests in rules/tests/)"
+cargo run --quiet -- test rules
 log "deploy/ artefacts (hadolint, kubernetes-validate, compose schema, systemd-analyze, promtool)"
 deploy/check.sh
 log "cargo test (unit, integration, end-to-end)"

@@ -23,5 +23,6 @@ pub mod render;
 pub mod replay;
 pub mod report;
 pub mod rules;
+pub mod ruletest;
 pub mod source;
 pub mod state;

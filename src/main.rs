@@ -1,7 +1,7 @@
 //! The `forewarn` command line. Thin: parse arguments, set up logging,
 //! turn signals into a cancellation token, call the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -50,6 +50,17 @@ enum Command {
         /// Also validate this daemon config, and the rules' channels against it.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Run the rule tests in DIR/tests/*.toml: events in, expected decisions out. Exit code 1 on a failure.
+    Test {
+        /// The rules folder (tests in its tests/ folder). Default: rules.dir from --config, else ./rules.
+        dir: Option<PathBuf>,
+        /// A daemon config, for the event field paths, address path and contact policy.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Run only the tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Run the engine in virtual time over recorded events and report what would have been sent.
     Replay {
@@ -204,6 +215,11 @@ fn main() -> ExitCode {
                 reset_state,
             } => run(config, reset_state).await,
             Command::Check { dir, config } => check(dir, config),
+            Command::Test {
+                dir,
+                config,
+                filter,
+            } => test(dir, config, filter),
             Command::Replay {
                 events,
                 rules,
@@ -669,6 +685,129 @@ fn check(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// What running rules in virtual time (replay, test) takes from a daemon
+/// config, or the defaults without one.
+struct VirtualSettings {
+    schema: forewarn::event::EventSchema,
+    email: forewarn::event::FieldPath,
+    engine: forewarn::engine::EngineConfig,
+    rules_dir: PathBuf,
+    addressless_channels: std::collections::BTreeSet<String>,
+    policy: forewarn::policy::PolicyConfig,
+    unsubscribe_url: Option<String>,
+}
+
+/// `None` after printing the config's problems.
+fn virtual_settings(config: Option<&Path>) -> Option<VirtualSettings> {
+    use forewarn::engine::EngineConfig;
+    use forewarn::event::{EventSchema, FieldPath};
+    Some(match config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => VirtualSettings {
+                schema: c.events.clone(),
+                email: c.customers.email.clone(),
+                engine: EngineConfig {
+                    allowed_lateness: c.allowed_lateness.as_millis() as i64,
+                    ledger_retention: c.ledger_retention.as_millis() as i64,
+                    send_time_guard: false,
+                    durable: false,
+                },
+                rules_dir: c.rules_dir.clone(),
+                addressless_channels: c
+                    .channels
+                    .iter()
+                    .filter(|(_, ch)| !ch.kind.needs_address())
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+                policy: c.policy.clone(),
+                unsubscribe_url: c.customers.unsubscribe_url.clone(),
+            },
+            Err(e) => {
+                eprint!("{e}");
+                return None;
+            }
+        },
+        None => {
+            let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
+            VirtualSettings {
+                schema: EventSchema {
+                    kind: p("type"),
+                    customer: p("customer_id"),
+                    time: p("ts"),
+                    id: Some(p("event_id")),
+                },
+                email: p("customer.email"),
+                engine: EngineConfig::default(),
+                rules_dir: PathBuf::from("rules"),
+                addressless_channels: Default::default(),
+                policy: Default::default(),
+                unsubscribe_url: None,
+            }
+        }
+    })
+}
+
+/// `forewarn test`: exit 0 when every test passes, 1 on a failure, 2 when
+/// the config, rules or test files are invalid.
+fn test(dir: Option<PathBuf>, config: Option<PathBuf>, filter: Option<String>) -> ExitCode {
+    use forewarn::ruletest::{check_rule_names, load_tests, run_all, Suite};
+    let Some(settings) = virtual_settings(config.as_deref()) else {
+        return ExitCode::from(2);
+    };
+    let rules_dir = dir.unwrap_or(settings.rules_dir);
+    let loaded = match load_rules(&rules_dir, &LoadOptions::default()) {
+        Ok(l) => l,
+        Err(d) => {
+            println!("{d}");
+            return ExitCode::from(2);
+        }
+    };
+    let tests_dir = rules_dir.join("tests");
+    let tests = match load_tests(&tests_dir, &settings.schema) {
+        Ok(t) => t,
+        Err(d) => {
+            println!("{d}");
+            return ExitCode::from(2);
+        }
+    };
+    let unknown = check_rule_names(&tests, &loaded.rules);
+    if !unknown.0.is_empty() {
+        println!("{unknown}");
+        return ExitCode::from(2);
+    }
+    let suite = Suite {
+        rules: std::sync::Arc::new(loaded.rules),
+        templates: &loaded.templates,
+        schema: settings.schema,
+        email: settings.email,
+        engine: settings.engine,
+        policy: settings.policy,
+        unsubscribe_url: settings.unsubscribe_url,
+        addressless_channels: settings.addressless_channels,
+    };
+    let mut out = String::new();
+    let (passed, failed) = run_all(&suite, &tests, filter.as_deref(), &mut out);
+    print!("{out}");
+    let of = match &filter {
+        Some(f) => format!(
+            "{} of {} tests in {} match --filter {f:?}",
+            passed + failed,
+            tests.len(),
+            tests_dir.display()
+        ),
+        None => format!("{} tests in {}", tests.len(), tests_dir.display()),
+    };
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed ({of})",
+        if failed == 0 { "ok" } else { "FAILED" },
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 async fn replay(
     events: PathBuf,
     rules: Option<PathBuf>,
@@ -677,7 +816,6 @@ async fn replay(
     list: bool,
     until: Option<String>,
 ) -> ExitCode {
-    use forewarn::engine::EngineConfig;
     let until = match until.as_deref() {
         None => None,
         Some("now") => Some(forewarn::event::now_millis()),
@@ -689,52 +827,20 @@ async fn replay(
             }
         },
     };
-    use forewarn::event::{format_time, EventSchema, FieldPath};
+    use forewarn::event::format_time;
     use forewarn::replay::{replay, ReplayOptions};
-    let (schema, email, engine, rules_dir, addressless_channels, policy, unsubscribe_url) =
-        match config {
-            Some(path) => match Config::load(&path) {
-                Ok(c) => (
-                    c.events.clone(),
-                    c.customers.email.clone(),
-                    EngineConfig {
-                        allowed_lateness: c.allowed_lateness.as_millis() as i64,
-                        ledger_retention: c.ledger_retention.as_millis() as i64,
-                        send_time_guard: false,
-                        durable: false,
-                    },
-                    c.rules_dir.clone(),
-                    c.channels
-                        .iter()
-                        .filter(|(_, ch)| !ch.kind.needs_address())
-                        .map(|(name, _)| name.clone())
-                        .collect(),
-                    c.policy.clone(),
-                    c.customers.unsubscribe_url.clone(),
-                ),
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::from(2);
-                }
-            },
-            None => {
-                let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
-                (
-                    EventSchema {
-                        kind: p("type"),
-                        customer: p("customer_id"),
-                        time: p("ts"),
-                        id: Some(p("event_id")),
-                    },
-                    p("customer.email"),
-                    EngineConfig::default(),
-                    PathBuf::from("rules"),
-                    Default::default(),
-                    Default::default(),
-                    None,
-                )
-            }
-        };
+    let Some(VirtualSettings {
+        schema,
+        email,
+        engine,
+        rules_dir,
+        addressless_channels,
+        policy,
+        unsubscribe_url,
+    }) = virtual_settings(config.as_deref())
+    else {
+        return ExitCode::from(2);
+    };
     let opts = ReplayOptions {
         events,
         rules_dir: rules.unwrap_or(rules_dir),
