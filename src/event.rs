@@ -86,6 +86,20 @@ pub struct EventSchema {
     pub id: Option<FieldPath>,
 }
 
+impl EventSchema {
+    /// The fields the CX tools assume without a daemon config: `type`,
+    /// `customer_id`, `ts` and `event_id` (the config's defaults, plus the id).
+    pub fn conventional() -> EventSchema {
+        let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
+        EventSchema {
+            kind: p("type"),
+            customer: p("customer_id"),
+            time: p("ts"),
+            id: Some(p("event_id")),
+        }
+    }
+}
+
 /// Event time in milliseconds since the Unix epoch (UTC).
 pub type Millis = i64;
 

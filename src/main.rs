@@ -354,12 +354,7 @@ fn render(
             rule,
             event,
             rules_dir: rules.unwrap_or_else(|| PathBuf::from("rules")),
-            schema: EventSchema {
-                kind: p("type"),
-                customer: p("customer_id"),
-                time: p("ts"),
-                id: Some(p("event_id")),
-            },
+            schema: EventSchema::conventional(),
             email: p("customer.email"),
             channels: None,
             unsubscribe_url: None,
@@ -730,12 +725,7 @@ fn virtual_settings(config: Option<&Path>) -> Option<VirtualSettings> {
         None => {
             let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
             VirtualSettings {
-                schema: EventSchema {
-                    kind: p("type"),
-                    customer: p("customer_id"),
-                    time: p("ts"),
-                    id: Some(p("event_id")),
-                },
+                schema: EventSchema::conventional(),
                 email: p("customer.email"),
                 engine: EngineConfig::default(),
                 rules_dir: PathBuf::from("rules"),
@@ -934,7 +924,7 @@ async fn report(
     events: Option<PathBuf>,
     json: bool,
 ) -> ExitCode {
-    use forewarn::event::{EventSchema, FieldPath};
+    use forewarn::event::EventSchema;
     use forewarn::report::{AdminApi, EventSource, ReportOptions};
     if within.is_zero() {
         eprintln!("error: --within must be longer than 0, e.g. 24h or 7d");
@@ -953,16 +943,12 @@ async fn report(
             ),
             Err(code) => return code,
         },
-        None => {
-            let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
-            let schema = EventSchema {
-                kind: p("type"),
-                customer: p("customer_id"),
-                time: p("ts"),
-                id: Some(p("event_id")),
-            };
-            (PathBuf::from("./data"), None, schema, None)
-        }
+        None => (
+            PathBuf::from("./data"),
+            None,
+            EventSchema::conventional(),
+            None,
+        ),
     };
     let events = match (events, kafka) {
         (Some(file), _) => EventSource::File(file),

@@ -99,20 +99,8 @@ struct RawExpect {
     to: Option<String>,
 }
 
-/// Outcomes a test may expect: what replay reports, plus the policy's.
-const OUTCOMES: &[&str] = &[
-    "sent",
-    "deferred",
-    "shadow",
-    "holdout",
-    "capped",
-    "unsubscribed",
-    "cooldown",
-    "duplicate",
-    "stale",
-    "no_address",
-    "render_failed",
-];
+/// Outcomes a test may expect: the ones replay reports.
+const OUTCOMES: &[&str] = crate::replay::OUTCOME_COLUMNS;
 
 // ------------------------------------------------------------ parsed form
 
@@ -785,13 +773,7 @@ mod tests {
     use crate::rules::{load_rules, LoadOptions};
 
     fn schema() -> EventSchema {
-        let p = |s: &str| FieldPath::parse(s).unwrap();
-        EventSchema {
-            kind: p("type"),
-            customer: p("customer_id"),
-            time: p("ts"),
-            id: Some(p("event_id")),
-        }
+        EventSchema::conventional()
     }
 
     /// Writes `body` as the only test file and loads it.
