@@ -85,6 +85,11 @@ enum Command {
         /// Let time run on to this RFC 3339 time (or `now`) after the last event, so later deadlines fire too.
         #[arg(long)]
         until: Option<String>,
+        /// Replay the same events through this second rules folder too, and
+        /// show how it differs: outcome counts, and which customers would
+        /// gain or lose a message. Messages written are the new rules'.
+        #[arg(long, value_name = "NEW_RULES_DIR")]
+        compare: Option<PathBuf>,
     },
     /// Does a rule help? Compare how often notified and holdout customers went on to do an outcome event.
     Report {
@@ -228,6 +233,7 @@ fn main() -> ExitCode {
                 no_write,
                 list,
                 until,
+                compare,
             } => {
                 replay(
                     events,
@@ -236,6 +242,7 @@ fn main() -> ExitCode {
                     (!no_write).then_some(out),
                     list,
                     until,
+                    compare,
                 )
                 .await
             }
@@ -805,6 +812,7 @@ async fn replay(
     out: Option<PathBuf>,
     list: bool,
     until: Option<String>,
+    compare: Option<PathBuf>,
 ) -> ExitCode {
     let until = match until.as_deref() {
         None => None,
@@ -846,6 +854,35 @@ async fn replay(
         policy,
         unsubscribe_url,
     };
+    if let Some(new_rules) = compare {
+        // The old rules only count; the new ones write their messages.
+        let old = ReplayOptions {
+            out_dir: None,
+            ..opts.clone()
+        };
+        let new = ReplayOptions {
+            rules_dir: new_rules.clone(),
+            ..opts
+        };
+        let (old_report, new_report) = match (replay(&old).await, replay(&new).await) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "{} events; old rules: {}, new rules: {}\n",
+            new_report.events,
+            old.rules_dir.display(),
+            new_rules.display()
+        );
+        print!(
+            "{}",
+            forewarn::replay::compare(&old_report, &new_report).table(10)
+        );
+        return ExitCode::SUCCESS;
+    }
     let report = match replay(&opts).await {
         Ok(r) => r,
         Err(e) => {

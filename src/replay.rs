@@ -23,6 +23,7 @@ use crate::pipeline::{prepare, Decide, Prepared};
 use crate::policy::{CapLedger, PolicyConfig};
 use crate::rules::{load_rules, Diagnostics, LoadOptions};
 
+#[derive(Clone)]
 pub struct ReplayOptions {
     pub events: PathBuf,
     pub rules_dir: PathBuf,
@@ -276,4 +277,225 @@ impl ReplayReport {
 /// Default location of would-be messages.
 pub fn default_out_dir() -> &'static Path {
     Path::new("replay-out")
+}
+
+/// How two rule sets decide on the same events (`forewarn replay --rules
+/// OLD --compare NEW`).
+#[derive(Debug, Default, PartialEq)]
+pub struct Comparison {
+    /// rule → outcome → (old count, new count), for every rule either set
+    /// has and every outcome either produced.
+    pub counts: BTreeMap<String, BTreeMap<&'static str, (u64, u64)>>,
+    /// rule → customers the new rules message and the old did not.
+    pub gained: BTreeMap<String, Vec<String>>,
+    /// rule → customers the old rules messaged and the new do not.
+    pub lost: BTreeMap<String, Vec<String>>,
+    /// Rules only in one of the two sets.
+    pub only_old: Vec<String>,
+    pub only_new: Vec<String>,
+}
+
+/// A customer is messaged by a rule when a decision was `sent` or
+/// `deferred` (sent later, out of quiet hours).
+fn messaged(r: &ReplayReport) -> std::collections::BTreeSet<(&str, &str)> {
+    r.decisions
+        .iter()
+        .filter(|d| matches!(d.outcome, "sent" | "deferred"))
+        .map(|d| (d.rule.as_str(), d.customer.as_str()))
+        .collect()
+}
+
+pub fn compare(old: &ReplayReport, new: &ReplayReport) -> Comparison {
+    let mut c = Comparison::default();
+    for (rule, counts) in &old.outcomes {
+        let row = c.counts.entry(rule.clone()).or_default();
+        for (o, n) in counts {
+            row.entry(o).or_default().0 = *n;
+        }
+    }
+    for (rule, counts) in &new.outcomes {
+        let row = c.counts.entry(rule.clone()).or_default();
+        for (o, n) in counts {
+            row.entry(o).or_default().1 = *n;
+        }
+    }
+    c.only_old = old
+        .outcomes
+        .keys()
+        .filter(|r| !new.outcomes.contains_key(*r))
+        .cloned()
+        .collect();
+    c.only_new = new
+        .outcomes
+        .keys()
+        .filter(|r| !old.outcomes.contains_key(*r))
+        .cloned()
+        .collect();
+    let (a, b) = (messaged(old), messaged(new));
+    for (rule, customer) in b.difference(&a) {
+        c.gained
+            .entry(rule.to_string())
+            .or_default()
+            .push(customer.to_string());
+    }
+    for (rule, customer) in a.difference(&b) {
+        c.lost
+            .entry(rule.to_string())
+            .or_default()
+            .push(customer.to_string());
+    }
+    c
+}
+
+impl Comparison {
+    /// For the terminal: the outcome counts that changed, then who gains
+    /// and who loses a message (at most `show` customers per rule).
+    pub fn table(&self, show: usize) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let width = self
+            .counts
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let _ = writeln!(
+            s,
+            "{:<width$}  {:<13} {:>7} {:>7} {:>7}",
+            "rule", "outcome", "old", "new", "change"
+        );
+        let mut same = 0;
+        for (rule, row) in &self.counts {
+            for (outcome, (a, b)) in row {
+                if a == b {
+                    same += 1;
+                    continue;
+                }
+                let _ = writeln!(
+                    s,
+                    "{rule:<width$}  {outcome:<13} {a:>7} {b:>7} {:>+7}",
+                    *b as i64 - *a as i64
+                );
+            }
+        }
+        if same > 0
+            && self
+                .counts
+                .values()
+                .flat_map(|r| r.values())
+                .all(|(a, b)| a == b)
+        {
+            let _ = writeln!(s, "(no outcome changed)");
+        }
+        for r in &self.only_old {
+            let _ = writeln!(s, "rule {r} is only in the old rules");
+        }
+        for r in &self.only_new {
+            let _ = writeln!(s, "rule {r} is only in the new rules");
+        }
+        let list = |s: &mut String, title: &str, m: &BTreeMap<String, Vec<String>>| {
+            if m.is_empty() {
+                return;
+            }
+            let _ = writeln!(s, "\n{title}:");
+            for (rule, customers) in m {
+                let mut names = customers
+                    .iter()
+                    .take(show)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if customers.len() > show {
+                    let _ = write!(names, ", … {} more", customers.len() - show);
+                }
+                let _ = writeln!(s, "  {rule:<width$}  {:>5}  {names}", customers.len());
+            }
+        };
+        list(
+            &mut s,
+            "customers who would gain a message (new rules message them, old did not)",
+            &self.gained,
+        );
+        list(
+            &mut s,
+            "customers who would lose a message (old rules messaged them, new do not)",
+            &self.lost,
+        );
+        if self.gained.is_empty() && self.lost.is_empty() {
+            let _ = writeln!(s, "\nno customer gains or loses a message");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(decisions: &[(&str, &str, &'static str)]) -> ReplayReport {
+        let mut r = ReplayReport::default();
+        for (i, (rule, customer, outcome)) in decisions.iter().enumerate() {
+            *r.outcomes
+                .entry(rule.to_string())
+                .or_default()
+                .entry(outcome)
+                .or_default() += 1;
+            r.decisions.push(ReplayDecision {
+                rule: rule.to_string(),
+                customer: customer.to_string(),
+                notification_id: format!("n{i}"),
+                outcome,
+                fired_at: i as Millis,
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn compare_counts_outcomes_and_names_who_gains_and_loses() {
+        let old = report(&[
+            ("dropoff", "c1", "sent"),
+            ("dropoff", "c2", "sent"),
+            ("dropoff", "c3", "cooldown"),
+            ("retired", "c1", "sent"),
+        ]);
+        let new = report(&[
+            ("dropoff", "c1", "sent"),
+            ("dropoff", "c3", "deferred"),
+            ("dropoff", "c4", "sent"),
+            ("fresh", "c9", "shadow"),
+        ]);
+        let c = compare(&old, &new);
+        assert_eq!(c.counts["dropoff"]["sent"], (2, 2));
+        assert_eq!(c.counts["dropoff"]["cooldown"], (1, 0));
+        assert_eq!(c.counts["dropoff"]["deferred"], (0, 1));
+        assert_eq!(c.gained["dropoff"], vec!["c3", "c4"]);
+        assert_eq!(c.lost["dropoff"], vec!["c2"]);
+        assert_eq!(c.lost["retired"], vec!["c1"]);
+        assert!(!c.gained.contains_key("fresh"), "shadow messages nobody");
+        assert_eq!(
+            (c.only_old.clone(), c.only_new.clone()),
+            (vec!["retired".to_string()], vec!["fresh".to_string()])
+        );
+        let t = c.table(1);
+        assert!(
+            t.contains("dropoff  cooldown            1       0      -1"),
+            "{t}"
+        );
+        assert!(t.contains("dropoff      2  c3, … 1 more"), "{t}");
+        assert!(t.contains("rule retired is only in the old rules"), "{t}");
+        assert!(
+            !t.contains("dropoff  sent"),
+            "unchanged rows are left out: {t}"
+        );
+    }
+
+    #[test]
+    fn identical_rule_sets_compare_as_unchanged() {
+        let r = report(&[("dropoff", "c1", "sent")]);
+        let t = compare(&r, &r).table(5);
+        assert!(t.contains("(no outcome changed)"), "{t}");
+        assert!(t.contains("no customer gains or loses a message"), "{t}");
+    }
 }
