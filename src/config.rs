@@ -709,11 +709,15 @@ impl Config {
                 p.push(format!("kafka.properties.\"{prop}\" and kafka.properties_env.\"{prop}\" are both set: keep one (properties_env keeps the secret out of the file)"));
                 continue;
             }
-            match std::env::var(&var) {
-                Ok(v) if !v.is_empty() => {
-                    raw.kafka.properties.insert(prop, v);
-                }
-                _ => p.push(format!("kafka.properties_env.\"{prop}\" = {var:?}, but that environment variable is not set or empty: export it before starting forewarn")),
+            let key = format!("kafka.properties_env.\"{prop}\"");
+            if let Some(v) = secret(
+                &mut p,
+                &|_| key.clone(),
+                ("", &Some(var)),
+                ("", &None),
+                "property value",
+            ) {
+                raw.kafka.properties.insert(prop, v.expose().to_string());
             }
         }
         kafka_security(&mut p, "kafka.properties", &raw.kafka.properties);

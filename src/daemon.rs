@@ -249,11 +249,7 @@ impl Daemon {
                     send_time_guard: true,
                     durable: true,
                 },
-                &[
-                    config.customers.email.clone(),
-                    config.policy.timezone_field.clone(),
-                    config.policy.consent_field.clone(),
-                ],
+                &config.policy.retained_fields(&config.customers.email),
             ),
             templates: loaded.templates,
             policy: config.policy.clone(),

@@ -460,11 +460,7 @@ async fn forget(customer: String, path: PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     let rules_dir = cfg.rules_dir.clone();
-    let retain = [
-        cfg.customers.email.clone(),
-        cfg.policy.timezone_field.clone(),
-        cfg.policy.consent_field.clone(),
-    ];
+    let retain = cfg.policy.retained_fields(&cfg.customers.email);
     let offline = |store: &forewarn::state::Store| {
         let loaded = forewarn::rules::load_rules(&rules_dir, &Default::default()).map_err(|d| {
             forewarn::state::StoreError::Db(format!(

@@ -70,6 +70,19 @@ impl Default for PolicyConfig {
     }
 }
 
+impl PolicyConfig {
+    /// The event fields every stored trigger keeps besides what its rule
+    /// uses (the engine's `always_retain`): the recipient address `email`
+    /// and what the policy reads at decide time (time zone, consent).
+    pub fn retained_fields(&self, email: &FieldPath) -> [FieldPath; 3] {
+        [
+            email.clone(),
+            self.timezone_field.clone(),
+            self.consent_field.clone(),
+        ]
+    }
+}
+
 /// A customer as the policy and the templates see them: the profile from
 /// the profiles topic (if any) over the fields of the event.
 #[derive(Debug, Clone, Copy)]

@@ -94,11 +94,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let mut engine = Engine::new(
         Arc::new(loaded.rules),
         opts.engine.clone(),
-        &[
-            opts.email.clone(),
-            opts.policy.timezone_field.clone(),
-            opts.policy.consent_field.clone(),
-        ],
+        &opts.policy.retained_fields(&opts.email),
     );
     engine.assign(0);
     let channel = match &opts.out_dir {

@@ -481,11 +481,7 @@ impl Suite<'_> {
         let mut engine = Engine::new(
             Arc::clone(&self.rules),
             self.engine.clone(),
-            &[
-                self.email.clone(),
-                self.policy.timezone_field.clone(),
-                self.policy.consent_field.clone(),
-            ],
+            &self.policy.retained_fields(&self.email),
         );
         engine.assign(0);
         let mut caps = CapLedger::default();

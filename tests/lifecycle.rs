@@ -109,11 +109,7 @@ async fn sigterm_during_a_burst_exits_0_commits_and_keeps_the_outbox() {
         let topic = topic.clone();
         tokio::spawn(async move {
             for chunk in records.chunks(100) {
-                let refs: Vec<(Option<i32>, Option<&str>, &str)> = chunk
-                    .iter()
-                    .map(|(k, p)| (None, Some(k.as_str()), p.as_str()))
-                    .collect();
-                Broker::produce_batch(&client, &topic, &refs).await;
+                Broker::produce_keyed(&client, &topic, chunk).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })

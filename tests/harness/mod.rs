@@ -218,11 +218,18 @@ impl Broker {
     }
 
     pub fn producer(&self) -> FutureProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("message.timeout.ms", "10000")
-            .create()
-            .expect("producer")
+        self.producer_with(&[])
+    }
+
+    /// [`Broker::producer`] with more librdkafka settings.
+    fn producer_with(&self, settings: &[(&str, &str)]) -> FutureProducer {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("message.timeout.ms", "10000");
+        for (k, v) in settings {
+            c.set(*k, *v);
+        }
+        c.create().expect("producer")
     }
 
     /// A producer that sends each record in a batch of its own. Tansu
@@ -233,12 +240,7 @@ impl Broker {
     /// were produced at once use this, so they test forewarn, not Tansu.
     #[allow(dead_code)]
     pub fn producer_one_record_per_batch(&self) -> FutureProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("message.timeout.ms", "10000")
-            .set("batch.num.messages", "1")
-            .create()
-            .expect("producer")
+        self.producer_with(&[("batch.num.messages", "1")])
     }
 
     pub async fn produce(&self, topic: &str, key: Option<&str>, payload: &str) {
@@ -300,11 +302,20 @@ impl Broker {
     /// Sends (key, payload) records through one new producer; see
     /// [`Broker::produce_batch`].
     pub async fn produce_all(&self, topic: &str, records: &[(String, String)]) {
+        Self::produce_keyed(&self.producer(), topic, records).await;
+    }
+
+    /// (key, payload) records through `producer`; see [`Broker::produce_batch`].
+    pub async fn produce_keyed(
+        producer: &FutureProducer,
+        topic: &str,
+        records: &[(String, String)],
+    ) {
         let refs: Vec<(Option<i32>, Option<&str>, &str)> = records
             .iter()
             .map(|(k, p)| (None, Some(k.as_str()), p.as_str()))
             .collect();
-        Self::produce_batch(&self.producer(), topic, &refs).await;
+        Self::produce_batch(producer, topic, &refs).await;
     }
 
     /// The sum over `topic`'s partitions of `group`'s committed offsets
