@@ -14,6 +14,7 @@ pub mod decisions;
 pub mod engine;
 pub mod event;
 pub mod forget;
+pub mod jsonl;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;

@@ -64,7 +64,7 @@ enum Command {
     },
     /// Run the engine in virtual time over recorded events and report what would have been sent.
     Replay {
-        /// Recorded events, one JSON object per line.
+        /// Recorded events, one JSON object per line (gzip-compressed or not).
         #[arg(long)]
         events: PathBuf,
         /// The rules folder. Default: rules.dir from --config, else ./rules.
@@ -105,7 +105,7 @@ enum Command {
         /// The daemon config: state.dir, admin.listen and token, the event fields, the Kafka topics.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Read the events from this JSONL file instead of the configured Kafka topics.
+        /// Read the events from this JSONL file (gzip-compressed or not) instead of the configured Kafka topics.
         #[arg(long)]
         events: Option<PathBuf>,
         /// Print the figures as JSON.
@@ -166,7 +166,7 @@ enum Command {
         brokers: String,
         #[arg(long)]
         topic: String,
-        /// A JSONL file; `-` reads standard input.
+        /// A JSONL file (gzip-compressed or not); `-` reads standard input.
         file: PathBuf,
         /// Field whose value becomes the record key (dotted path).
         #[arg(long, default_value = "customer_id")]
@@ -1040,10 +1040,10 @@ async fn produce(
     let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
-        match std::fs::File::open(&file) {
-            Ok(f) => Box::new(std::io::BufReader::new(f)),
+        match forewarn::jsonl::open(&file) {
+            Ok(r) => r,
             Err(e) => {
-                eprintln!("error: cannot open {}: {e}", file.display());
+                eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
         }

@@ -117,8 +117,8 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         path: opts.events.display().to_string(),
         error,
     };
-    let file = std::fs::File::open(&opts.events).map_err(read_err)?;
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+    let reader = crate::jsonl::open(&opts.events).map_err(|e| read_err(e.error))?;
+    for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(read_err)?;
         if line.trim().is_empty() {
             continue;

@@ -832,7 +832,7 @@ pub fn read_file(path: &Path, schema: &EventSchema, m: &mut Measure) -> Result<(
         path: path.to_path_buf(),
         error: e.to_string(),
     };
-    let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(fail)?);
+    let mut reader = crate::jsonl::open(path).map_err(|e| fail(e.error))?;
     let mut line = Vec::new();
     let mut n = 0usize;
     loop {

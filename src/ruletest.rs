@@ -224,9 +224,12 @@ fn load_file(file: &Path, schema: &EventSchema) -> Result<Vec<Test>, Vec<Diagnos
         let mut events = Vec::new();
         if let Some(f) = &t.events_file {
             let path = file.parent().unwrap_or(Path::new(".")).join(f.get_ref());
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    for (n, line) in text.lines().enumerate() {
+            let lines = crate::jsonl::open(&path)
+                .map_err(|e| e.error)
+                .and_then(|r| std::io::BufRead::lines(r).collect::<std::io::Result<Vec<String>>>());
+            match lines {
+                Ok(lines) => {
+                    for (n, line) in lines.iter().enumerate() {
                         if !line.trim().is_empty() {
                             events.push((
                                 format!("{}:{}", f.get_ref(), n + 1),
