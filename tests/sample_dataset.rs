@@ -1,8 +1,15 @@
-//! The sample week (rules/samples/week.jsonl.gz) is exactly what its
-//! generator (examples/sample_week.rs) writes.
+//! The sample week (rules/samples/week.jsonl.gz): it is exactly what its
+//! generator (examples/sample_week.rs) writes, and replayed through the
+//! shipped rules with rules/samples/week.toml it shows what the rules
+//! guide says it shows. No broker: replay runs in virtual time.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use forewarn::config::Config;
+use forewarn::engine::EngineConfig;
+use forewarn::replay::{replay, ReplayOptions, ReplayReport};
 
 // The generator is an example program; its `main` and command line go
 // unused here.
@@ -11,6 +18,7 @@ use std::path::{Path, PathBuf};
 mod sample_week;
 
 const SAMPLE: &str = "rules/samples/week.jsonl.gz";
+const CONFIG: &str = "rules/samples/week.toml";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -72,4 +80,192 @@ fn the_generator_knows_the_offsets_of_its_time_zones() {
         let expected = jiff::Timestamp::from_second(t).unwrap().to_string();
         assert_eq!(sample_week::rfc3339(t), expected, "case {i}");
     }
+}
+
+/// Replay options built the way `forewarn replay --config` builds them.
+fn options(config: &Config, events: PathBuf) -> ReplayOptions {
+    ReplayOptions {
+        events,
+        rules_dir: root().join(&config.rules_dir),
+        schema: config.events.clone(),
+        email: config.customers.email.clone(),
+        engine: EngineConfig {
+            allowed_lateness: config.allowed_lateness.as_millis() as i64,
+            ledger_retention: config.ledger_retention.as_millis() as i64,
+            send_time_guard: false,
+            durable: false,
+        },
+        out_dir: None,
+        from: forewarn::config::DEFAULT_FROM.parse().unwrap(),
+        until: None,
+        addressless_channels: config
+            .channels
+            .iter()
+            .filter(|(_, ch)| !ch.kind.needs_address())
+            .map(|(name, _)| name.clone())
+            .collect(),
+        policy: config.policy.clone(),
+        unsubscribe_url: config.customers.unsubscribe_url.clone(),
+    }
+}
+
+async fn replay_the_week() -> ReplayReport {
+    let config = Config::load(&root().join(CONFIG)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.policy.max_per_customer.is_some() && config.policy.quiet_hours.is_some());
+    replay(&options(&config, root().join(SAMPLE)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What the replay decides, rule by rule (outcomes that did not happen
+/// are left out). Deterministic: the same file, rules and config always
+/// give these numbers. A change to the rules, the engine or the policy
+/// that moves them shows here; update them (and the table in
+/// rules/README.md) when the change is meant.
+const EXPECTED: &[(&str, &[(&str, u64)])] = &[
+    ("card-declined", &[("sent", 31)]),
+    (
+        "carrier-delay",
+        &[("sent", 50), ("no_address", 1), ("render_failed", 2)],
+    ),
+    (
+        "checkout-dropoff",
+        &[
+            ("sent", 304),
+            ("deferred", 120),
+            ("unsubscribed", 35),
+            ("cooldown", 73),
+            ("no_address", 7),
+        ],
+    ),
+    ("delayed-shipment", &[("sent", 135), ("no_address", 2)]),
+    (
+        "known-bug-exposure",
+        &[("sent", 204), ("duplicate", 290), ("no_address", 2)],
+    ),
+    (
+        "payment-failures",
+        &[("sent", 72), ("cooldown", 10), ("no_address", 2)],
+    ),
+];
+
+#[tokio::test]
+async fn the_week_replayed_through_the_shipped_rules_shows_every_outcome_they_can_have() {
+    let report = replay_the_week().await;
+    println!("{}", report.table());
+
+    // About fifty thousand events over the week, in order.
+    assert_eq!(report.events, 50_630);
+    assert!((45_000..=55_000).contains(&report.events));
+    assert_eq!(
+        (report.first_event, report.last_event),
+        (
+            Some(ms("2026-11-16T00:00:20Z")),
+            Some(ms("2026-11-22T23:59:13Z"))
+        )
+    );
+    assert_eq!(report.late_events, 0, "the file is sorted by time");
+
+    // The broken lines are counted with their line numbers and reasons.
+    let reasons: Vec<(usize, &str)> = report
+        .invalid
+        .iter()
+        .map(|(line, why)| (*line, why.split(" (").next().unwrap_or(why)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (
+                2012,
+                "the `ts` field is not an RFC 3339 timestamp or integer epoch milliseconds"
+            ),
+            (6279, "the record is not valid JSON"),
+            (14136, "the record is not valid JSON"),
+            (15118, "the record is not valid JSON"),
+            (
+                16180,
+                "the `ts` field is not an RFC 3339 timestamp or integer epoch milliseconds"
+            ),
+            (17419, "the record has no usable `type` field"),
+            (47392, "the record has no usable `customer_id` field"),
+            (48072, "the record has no usable `type` field"),
+        ]
+    );
+
+    // Every shipped rule fires, and each decides exactly this.
+    let got: BTreeMap<&str, BTreeMap<&str, u64>> = report
+        .outcomes
+        .iter()
+        .map(|(rule, counts)| {
+            let counts = counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(o, n)| (*o, *n))
+                .collect();
+            (rule.as_str(), counts)
+        })
+        .collect();
+    let want: BTreeMap<&str, BTreeMap<&str, u64>> = EXPECTED
+        .iter()
+        .map(|(rule, counts)| (*rule, counts.iter().copied().collect()))
+        .collect();
+    assert_eq!(got, want, "\n{}", report.table());
+    for (rule, counts) in &got {
+        assert!(counts.values().sum::<u64>() > 0, "{rule} never fired");
+    }
+
+    // Across the rules, every outcome a replay of these rules can show.
+    let total = |outcome: &str| -> u64 { got.values().filter_map(|c| c.get(outcome)).sum() };
+    for outcome in [
+        "sent",
+        "deferred",
+        "cooldown",
+        "unsubscribed",
+        "duplicate",
+        "no_address",
+        "render_failed",
+    ] {
+        assert!(total(outcome) > 0, "no {outcome} in\n{}", report.table());
+    }
+    // `capped` cannot happen with the shipped rules: checkout-dropoff is
+    // their only marketing rule, and its 7-day cooldown stops a second
+    // nudge before the cap (2 in 24 hours) is reached. `shadow` and
+    // `holdout` need a rule with mode = "shadow" or holdout_percent, and a
+    // replay never judges a firing `stale`.
+    for outcome in ["capped", "shadow", "holdout", "stale"] {
+        assert_eq!(total(outcome), 0, "{outcome}");
+    }
+
+    // Shipments without a promised delivery time open no episode: counted
+    // as a missing deadline field (and reported as a rule error too).
+    assert_eq!(
+        report.missing_key,
+        BTreeMap::from([("delayed-shipment".to_string(), 19)])
+    );
+    assert_eq!(
+        report.rule_errors,
+        BTreeMap::from([("delayed-shipment".to_string(), 19)])
+    );
+    // Parcels and checkouts whose deadline falls after the last event.
+    assert_eq!(report.still_open, 468);
+}
+
+/// The table the rules guide shows for the sample week is the one replay prints.
+#[tokio::test]
+async fn the_rules_guide_shows_the_replay_table() {
+    let report = replay_the_week().await;
+    let guide = std::fs::read_to_string(root().join("rules/README.md")).unwrap();
+    let section = guide
+        .split("## The sample week")
+        .nth(1)
+        .expect("rules/README.md has a section \"## The sample week\"");
+    assert!(
+        section.contains(&report.table()),
+        "rules/README.md \"The sample week\" does not show the table replay prints now:\n{}",
+        report.table()
+    );
+}
+
+fn ms(rfc3339: &str) -> i64 {
+    rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond()
 }
