@@ -257,13 +257,9 @@ pub(super) fn on_trigger(
 ) {
     let rule = cx.rules.rule(idx);
     let Some(deadline) = deadline_of(a, event) else {
+        // Counted once, with a key field that is missing: the trigger
+        // lacks what the episode needs (not a condition that failed).
         out.missing_key.push(rule.id.clone());
-        if let DeadlineSpec::Field { path, .. } = &a.deadline {
-            out.errors.push(RuleError {
-                rule_id: rule.id.clone(),
-                message: format!("the trigger has no usable `{path}` time (RFC 3339 or epoch milliseconds): no episode opened"),
-            });
-        }
         return;
     };
     let k = key_of(key_hash);
