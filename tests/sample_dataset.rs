@@ -123,11 +123,18 @@ async fn replay_the_week() -> ReplayReport {
 /// that moves them shows here; update them (and the table in
 /// rules/README.md) when the change is meant.
 const EXPECTED: &[(&str, &[(&str, u64)])] = &[
-    ("card-declined", &[("sent", 31)]),
     (
-        "carrier-delay",
-        &[("sent", 50), ("no_address", 1), ("render_failed", 2)],
+        "big-basket-followup",
+        &[
+            ("shadow", 10),
+            ("capped", 135),
+            ("unsubscribed", 10),
+            ("cooldown", 3),
+            ("no_address", 4),
+        ],
     ),
+    ("card-declined", &[("sent", 31)]),
+    ("carrier-delay", &[("sent", 52), ("no_address", 1)]),
     (
         "checkout-dropoff",
         &[
@@ -223,31 +230,29 @@ async fn the_week_replayed_through_the_shipped_rules_shows_every_outcome_they_ca
         "unsubscribed",
         "duplicate",
         "no_address",
-        "render_failed",
+        "capped",
+        "shadow",
     ] {
         assert!(total(outcome) > 0, "no {outcome} in\n{}", report.table());
     }
-    // `capped` cannot happen with the shipped rules: checkout-dropoff is
-    // their only marketing rule, and its 7-day cooldown stops a second
-    // nudge before the cap (2 in 24 hours) is reached. `shadow` and
-    // `holdout` need a rule with mode = "shadow" or holdout_percent, and a
-    // replay never judges a firing `stale`.
-    for outcome in ["capped", "shadow", "holdout", "stale"] {
+    // The cap (one marketing message a day in week.toml) holds back most
+    // of big-basket-followup: checkout-dropoff wrote to the same customer
+    // 30 minutes after the same checkout. `holdout` needs a rule with
+    // holdout_percent, and a replay never judges a firing `stale`. Every
+    // template renders, also for carrier delays without a new date.
+    for outcome in ["holdout", "stale", "render_failed"] {
         assert_eq!(total(outcome), 0, "{outcome}");
     }
 
     // Shipments without a promised delivery time open no episode: counted
-    // as a missing deadline field (and reported as a rule error too).
+    // once, as a missing key or deadline field (no condition failed).
     assert_eq!(
         report.missing_key,
         BTreeMap::from([("delayed-shipment".to_string(), 19)])
     );
-    assert_eq!(
-        report.rule_errors,
-        BTreeMap::from([("delayed-shipment".to_string(), 19)])
-    );
+    assert!(report.rule_errors.is_empty(), "{:?}", report.rule_errors);
     // Parcels and checkouts whose deadline falls after the last event.
-    assert_eq!(report.still_open, 468);
+    assert_eq!(report.still_open, 496);
 }
 
 /// The table the rules guide shows for the sample week is the one replay prints.
