@@ -152,7 +152,7 @@ const EXPECTED: &[(&str, &[(&str, u64)])] = &[
     ),
     (
         "payment-failures",
-        &[("sent", 72), ("cooldown", 10), ("no_address", 2)],
+        &[("sent", 71), ("cooldown", 10), ("no_address", 2)],
     ),
 ];
 

@@ -533,6 +533,66 @@ fn threshold_firings_in_the_same_millisecond_get_distinct_ids() {
 }
 
 #[test]
+fn a_redelivered_event_counts_once_in_a_threshold_window() {
+    let mut e = engine_for(PAYMENT, None);
+    let pf = |id: &str, t| ev("payment_failed", "c1", t, json!({"event_id": id}));
+    // Two failures, the second delivered twice by the producer.
+    let fired = run(
+        &mut e,
+        &[pf("e1", 0), pf("e2", MIN), pf("e2", MIN)],
+        Clock::Virtual,
+    );
+    assert!(fired.is_empty(), "two failures are not three: {fired:?}");
+    let fired = run(&mut e, &[pf("e3", 2 * MIN)], Clock::Virtual);
+    assert_eq!(fired.len(), 1, "a real third failure fires");
+    // Events without an id cannot be told apart: each counts.
+    let mut e = engine_for(PAYMENT, None);
+    let anon = |t| ev("payment_failed", "c1", t, json!({}));
+    let fired = run(&mut e, &[anon(0), anon(0), anon(0)], Clock::Virtual);
+    assert_eq!(fired.len(), 1);
+}
+
+#[test]
+fn a_restored_threshold_window_still_knows_its_event_ids() {
+    let mut store = Stored::new();
+    let pf = |id: &str, t| ev("payment_failed", "c1", t, json!({"event_id": id}));
+    let mut e = engine_cfg(PAYMENT, None, false, true);
+    run(&mut e, &[pf("e1", 0), pf("e2", MIN)], Clock::Virtual);
+    commit(&mut e, &mut store);
+    let mut e = engine_cfg(PAYMENT, None, false, true);
+    let r = e.restore(0, &rows(&store), &|_| true);
+    assert_eq!(r.windows, 1, "{r:?}");
+    let fired = run(&mut e, &[pf("e2", MIN)], Clock::Virtual);
+    assert!(
+        fired.is_empty(),
+        "e2 again, after a restart: still two failures"
+    );
+    assert_eq!(run(&mut e, &[pf("e3", 2 * MIN)], Clock::Virtual).len(), 1);
+
+    // A window stored before ids were kept (until, then times only)
+    // restores too: its events just cannot be recognised again.
+    let (_, old_key) = store
+        .keys()
+        .find(|(t, _)| *t == persist::StateTable::Windows)
+        .cloned()
+        .expect("the window committed above");
+    let old_value = persist::Enc::value()
+        .millis(10 * MIN)
+        .millis(0)
+        .millis(MIN)
+        .done();
+    let old = vec![persist::Row {
+        table: persist::StateTable::Windows,
+        key: old_key,
+        value: old_value,
+    }];
+    let mut e = engine_cfg(PAYMENT, None, false, true);
+    let r = e.restore(0, &old, &|_| true);
+    assert_eq!((r.windows, r.dropped), (1, 0), "{r:?}");
+    assert_eq!(run(&mut e, &[pf("e9", 2 * MIN)], Clock::Virtual).len(), 1);
+}
+
+#[test]
 fn threshold_windows_are_dropped_once_they_cannot_fire() {
     let mut e = engine_for(PAYMENT, None);
     run(

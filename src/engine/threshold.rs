@@ -54,10 +54,14 @@ impl Windows {
 
     fn rows(&self, keys: Vec<u128>, pid: PartitionId, out: &mut Vec<Write>) {
         for key in keys {
+            // until, the marker, then (time, event id hash) per event.
             let value = self.map.get(&key).map(|w| {
                 w.times
                     .iter()
-                    .fold(Enc::value().millis(w.until), |e, &t| e.millis(t))
+                    .fold(
+                        Enc::value().millis(w.until).millis(WITH_IDS),
+                        |e, &(t, id)| e.millis(t).millis(id as Millis),
+                    )
                     .done()
             });
             out.push(Write {
@@ -78,21 +82,48 @@ impl Windows {
             return false;
         };
         let mut times = SmallVec::new();
+        let mut with_ids = false;
         while !v.is_empty() {
             let Some(t) = v.millis() else {
                 return false;
             };
-            times.push(t);
+            if t == WITH_IDS && times.is_empty() && !with_ids {
+                with_ids = true;
+                continue;
+            }
+            // Rows written before event ids were kept have times only.
+            let id = match with_ids {
+                true => match v.millis() {
+                    Some(id) => id as u64,
+                    None => return false,
+                },
+                false => NO_ID,
+            };
+            times.push((t, id));
         }
         self.map.insert(key, Window { times, until });
         true
     }
 }
 
+/// Marks a stored window whose times carry their events' id hashes (a
+/// time no event has; older rows hold times only).
+const WITH_IDS: Millis = Millis::MIN;
+/// The id hash of an event without an id: never taken for a repeat.
+const NO_ID: u64 = 0;
+
+/// An event's id, hashed: a redelivered event (same id) is recognised.
+fn id_hash(event: &Event) -> u64 {
+    match &event.id {
+        Some(id) => xxhash_rust::xxh3::xxh3_64(id.as_bytes()).max(1),
+        None => NO_ID,
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Window {
-    /// Sorted event times.
-    times: SmallVec<[Millis; 4]>,
+    /// Sorted (event time, event id hash).
+    times: SmallVec<[(Millis, u64); 4]>,
     /// Newest time + within: past this, no in-order event can join.
     until: Millis,
 }
@@ -107,17 +138,28 @@ pub(super) fn on_trigger(
     out: &mut Output,
 ) {
     let windows = &mut part.windows;
+    let id = id_hash(event);
+    // A redelivered event (an id already in the window) is one failure,
+    // not two: it does not count again.
+    if id != NO_ID
+        && windows
+            .map
+            .get(&k)
+            .is_some_and(|w| w.times.iter().any(|&(_, seen)| seen == id))
+    {
+        return;
+    }
     windows.journal.note(k);
     let window = windows.map.entry(k).or_default();
-    let at = window.times.partition_point(|&x| x <= event.time);
-    window.times.insert(at, event.time);
-    let newest = *window.times.last().expect("just inserted");
+    let at = window.times.partition_point(|&(x, _)| x <= event.time);
+    window.times.insert(at, (event.time, id));
+    let newest = window.times.last().expect("just inserted").0;
     let cutoff = newest.saturating_sub(t.within);
-    let old = window.times.partition_point(|&x| x < cutoff);
+    let old = window.times.partition_point(|&(x, _)| x < cutoff);
     window.times.drain(..old);
     window.until = newest.saturating_add(t.within);
     if window.times.len() >= t.count {
-        let start = window.times[0];
+        let start = window.times[0].0;
         windows.map.remove(&k);
         // The firing event's identity keeps two windows that start in the
         // same millisecond apart (the id is still stable on redelivery).
