@@ -112,7 +112,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Preview a rule's message exactly as its channel would send it, from one sample event.
+    /// Preview a rule's message from one sample event: its headers and text here, and a page to open in a browser.
     Render {
         /// The rule id.
         #[arg(long)]
@@ -123,9 +123,18 @@ enum Command {
         /// The rules folder. Default: rules.dir from --config, else ./rules.
         #[arg(long)]
         rules: Option<PathBuf>,
-        /// The daemon config: event field paths and the channels (without it, every rule previews as an email).
+        /// The daemon config: event field paths, the channels and the consent field (without it, every rule previews as an email).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The customer's profile as JSON (what the profiles topic holds: name, email, timezone, consent, …).
+        #[arg(long, value_name = "FILE.json")]
+        profile: Option<PathBuf>,
+        /// Where to write the preview page. Default: render-out/<rule id>.html.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Print exactly what goes on the wire (the MIME email, the webhook request, the Kafka record) and write no page.
+        #[arg(long)]
+        raw: bool,
     },
     /// Why did (or didn't) a customer get a message? Prints their decision log.
     Explain {
@@ -259,7 +268,19 @@ fn main() -> ExitCode {
                 event,
                 rules,
                 config,
-            } => render(rule, event, rules, config),
+                profile,
+                out,
+                raw,
+            } => render(
+                RenderArgs {
+                    rule,
+                    event,
+                    rules,
+                    config,
+                    profile,
+                },
+                (!raw).then(|| out.unwrap_or_default()),
+            ),
             Command::DeadLetters { config, action } => dead_letters(config, action).await,
             Command::Explain {
                 customer,
@@ -335,15 +356,27 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn render(
+struct RenderArgs {
     rule: String,
     event: PathBuf,
     rules: Option<PathBuf>,
     config: Option<PathBuf>,
-) -> ExitCode {
+    profile: Option<PathBuf>,
+}
+
+/// `page`: where to write the preview page (empty: the default place);
+/// `None` prints the wire text only (`--raw`).
+fn render(args: RenderArgs, page: Option<PathBuf>) -> ExitCode {
     use forewarn::event::{EventSchema, FieldPath};
     use forewarn::render::{render, RenderOptions};
     let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
+    let RenderArgs {
+        rule,
+        event,
+        rules,
+        config,
+        profile,
+    } = args;
     let opts = match config {
         Some(path) => match load_config(&path) {
             Ok(c) => RenderOptions {
@@ -354,6 +387,8 @@ fn render(
                 email: c.customers.email.clone(),
                 channels: Some(c.channels.clone()),
                 unsubscribe_url: c.customers.unsubscribe_url.clone(),
+                policy: c.policy.clone(),
+                profile,
             },
             Err(code) => return code,
         },
@@ -365,34 +400,67 @@ fn render(
             email: p("customer.email"),
             channels: None,
             unsubscribe_url: None,
+            policy: Default::default(),
+            profile,
         },
     };
     if opts.channels.is_none() {
         eprintln!("note: no --config, so every rule previews as an email from {}; pass --config to see the configured channel", forewarn::config::DEFAULT_FROM);
     }
-    match render(&opts) {
-        Ok(previews) => {
-            let many = previews.len() > 1;
-            for (i, p) in previews.iter().enumerate() {
-                if many || p.outcome != "sent" {
-                    eprintln!(
-                        "--- message {} of {}: channel {:?}, notification {}{}",
-                        i + 1,
-                        previews.len(),
-                        p.channel,
-                        p.notification_id,
-                        if p.outcome == "shadow" {
-                            " (shadow mode: rendered, never sent)"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-                print!("{}", p.wire);
-                if !p.wire.ends_with('\n') {
-                    println!();
-                }
+    let previews = match render(&opts) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(page) = page else {
+        // --raw: the wire only, as before.
+        let many = previews.len() > 1;
+        for (i, p) in previews.iter().enumerate() {
+            if many || p.outcome != "sent" {
+                eprintln!(
+                    "--- message {} of {}: channel {:?}, notification {}{}",
+                    i + 1,
+                    previews.len(),
+                    p.channel,
+                    p.notification_id,
+                    if p.outcome == "shadow" {
+                        " (shadow mode: rendered, never sent)"
+                    } else {
+                        ""
+                    }
+                );
             }
+            print!("{}", p.view.wire);
+            if !p.view.wire.ends_with('\n') {
+                println!();
+            }
+        }
+        return ExitCode::SUCCESS;
+    };
+    for (i, p) in previews.iter().enumerate() {
+        if previews.len() > 1 {
+            println!("════ message {} of {} ════", i + 1, previews.len());
+        }
+        print!("{}", p.view.terminal());
+        println!();
+    }
+    let page = match page.as_os_str().is_empty() {
+        true => Path::new("render-out").join(format!("{}.html", opts.rule)),
+        false => page,
+    };
+    let views: Vec<_> = previews.into_iter().map(|p| p.view).collect();
+    let html = match forewarn::preview::page(&format!("Preview of rule {}", opts.rule), &views) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: cannot build the preview page: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match write_page(&page, &html) {
+        Ok(url) => {
+            println!("preview page (the HTML part as sent, and the text): {url}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -400,6 +468,28 @@ fn render(
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `html` to `path` (creating its folder) and returns its
+/// `file://` URL, for the terminal to show.
+fn write_page(path: &Path, html: &str) -> Result<String, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            format!(
+                "cannot create the folder {} for {}: {e}; choose another place with --out FILE",
+                dir.display(),
+                path.display()
+            )
+        })?;
+    }
+    std::fs::write(path, html).map_err(|e| {
+        format!(
+            "cannot write {}: {e}; choose another place with --out FILE",
+            path.display()
+        )
+    })?;
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok(format!("file://{}", abs.display()))
 }
 
 /// The config, and the way to its state: the store when the daemon is
