@@ -90,6 +90,9 @@ enum Command {
         /// gain or lose a message. Messages written are the new rules'.
         #[arg(long, value_name = "NEW_RULES_DIR")]
         compare: Option<PathBuf>,
+        /// Also write a report page (HTML, opens offline in any browser): outcomes, sends per hour, time from trigger to send, what was held back, sample messages.
+        #[arg(long, value_name = "FILE.html", conflicts_with = "compare")]
+        report: Option<PathBuf>,
     },
     /// Does a rule help? Compare how often notified and holdout customers went on to do an outcome event.
     Report {
@@ -243,6 +246,7 @@ fn main() -> ExitCode {
                 list,
                 until,
                 compare,
+                report,
             } => {
                 replay(
                     events,
@@ -252,6 +256,7 @@ fn main() -> ExitCode {
                     list,
                     until,
                     compare,
+                    report,
                 )
                 .await
             }
@@ -783,6 +788,8 @@ struct VirtualSettings {
     addressless_channels: std::collections::BTreeSet<String>,
     policy: forewarn::policy::PolicyConfig,
     unsubscribe_url: Option<String>,
+    /// The config's channels (none without a config).
+    channels: Option<std::collections::BTreeMap<String, forewarn::config::ChannelConfig>>,
 }
 
 /// `None` after printing the config's problems.
@@ -809,6 +816,7 @@ fn virtual_settings(config: Option<&Path>) -> Option<VirtualSettings> {
                     .collect(),
                 policy: c.policy.clone(),
                 unsubscribe_url: c.customers.unsubscribe_url.clone(),
+                channels: Some(c.channels.clone()),
             },
             Err(e) => {
                 eprint!("{e}");
@@ -825,6 +833,7 @@ fn virtual_settings(config: Option<&Path>) -> Option<VirtualSettings> {
                 addressless_channels: Default::default(),
                 policy: Default::default(),
                 unsubscribe_url: None,
+                channels: None,
             }
         }
     })
@@ -891,6 +900,7 @@ fn test(dir: Option<PathBuf>, config: Option<PathBuf>, filter: Option<String>) -
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn replay(
     events: PathBuf,
     rules: Option<PathBuf>,
@@ -899,6 +909,7 @@ async fn replay(
     list: bool,
     until: Option<String>,
     compare: Option<PathBuf>,
+    report_page: Option<PathBuf>,
 ) -> ExitCode {
     let until = match until.as_deref() {
         None => None,
@@ -921,6 +932,7 @@ async fn replay(
         addressless_channels,
         policy,
         unsubscribe_url,
+        channels,
     }) = virtual_settings(config.as_deref())
     else {
         return ExitCode::from(2);
@@ -1033,6 +1045,22 @@ async fn replay(
             dir.display()
         ),
         None => println!("would-be messages: not written (--no-write)"),
+    }
+    if let Some(path) = report_page {
+        let facts = forewarn::replay::report::Facts {
+            events_file: opts.events.clone(),
+            rules_dir: opts.rules_dir.clone(),
+            config: config.clone(),
+        };
+        let written = forewarn::replay::report::page(&report, &facts, channels.as_ref())
+            .and_then(|html| write_page(&path, &html));
+        match written {
+            Ok(url) => println!("report: {url}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     ExitCode::SUCCESS
 }

@@ -3,6 +3,9 @@
 //! It reports per rule what would have happened and writes the would-be
 //! messages as `.eml` files through the `file` channel.
 //!
+//! With `--report`, [`report`] turns the report into one self-contained
+//! HTML page with charts and sample messages.
+//!
 //! Events go to one engine partition in file order. At the end of the
 //! input, time stops at the last event (or at `until`): deadlines up to
 //! then fire, later ones are reported as still open. Staleness is judged
@@ -23,6 +26,8 @@ use crate::notify::Notification;
 use crate::pipeline::{prepare, Decide, Prepared};
 use crate::policy::{CapLedger, PolicyConfig};
 use crate::rules::{load_rules, Diagnostics, LoadOptions};
+
+pub mod report;
 
 #[derive(Clone)]
 pub struct ReplayOptions {
