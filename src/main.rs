@@ -465,7 +465,10 @@ fn render(args: RenderArgs, page: Option<PathBuf>) -> ExitCode {
     };
     match write_page(&page, &html) {
         Ok(url) => {
-            println!("preview page (the HTML part as sent, and the text): {url}");
+            println!(
+                "preview page ({}): {url}",
+                forewarn::preview::page_shows(&views)
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -113,7 +113,7 @@ impl MessageView {
             transport: match &cfg.kind {
                 ChannelKind::Smtp(_) => "email over SMTP",
                 ChannelKind::File(_) => "email, written as .eml files",
-                ChannelKind::Webhook(_) => "webhook (HTTP POST)",
+                ChannelKind::Webhook(_) => "webhook: an HTTP POST",
                 ChannelKind::Kafka(_) => "Kafka record",
             },
             outcome,
@@ -196,7 +196,7 @@ impl MessageView {
         if self.html.is_some() {
             let _ = writeln!(
                 s,
-                "──── HTML part: open the preview page below to see it as sent ────"
+                "\n──── HTML part: open the preview page below to see it as sent ────"
             );
         }
         if let Some(p) = &self.payload {
@@ -220,6 +220,17 @@ pub fn environment() -> Environment<'static> {
     env.add_template("preview.html", include_str!("preview/page.html"))
         .expect("the preview page template is valid");
     env
+}
+
+/// What the preview page shows of `messages`, in words for the terminal.
+pub fn page_shows(messages: &[MessageView]) -> &'static str {
+    if messages.iter().any(|m| m.html.is_some()) {
+        "the HTML part as sent, and the text"
+    } else if messages.iter().any(|m| m.payload.is_some()) {
+        "the request and its JSON"
+    } else {
+        "the text; this message has no HTML part"
+    }
 }
 
 /// The self-contained page `forewarn render` writes: one card per message.

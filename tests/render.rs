@@ -342,7 +342,7 @@ secret_env = "FOREWARN_TEST_WEBHOOK_SECRET"
     let card = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{card}");
     assert!(
-        card.contains("channel            cx-slack (webhook (HTTP POST))"),
+        card.contains("channel            cx-slack (webhook: an HTTP POST)"),
         "{card}"
     );
     assert!(

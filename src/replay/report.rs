@@ -411,10 +411,10 @@ pub fn outcomes_chart(
     Ok(svg)
 }
 
-/// Tick positions (bucket indexes) and their labels for a time axis of
-/// `n` buckets from `start`: whole days, or every 6 or 3 hours on short
-/// periods, at most about 14 ticks.
-fn time_ticks(start: Millis, bucket: Millis, n: usize) -> Vec<i64> {
+/// Tick positions (bucket indexes) for a time axis of `n` buckets from
+/// `start`, at most 8 so their labels never touch: every 3, 6 or 12 hours
+/// on short periods, else whole days or weeks. Also the step.
+fn time_ticks(start: Millis, bucket: Millis, n: usize) -> (Vec<i64>, Millis) {
     let span = bucket * n as i64;
     let step = [
         3 * HOUR,
@@ -427,26 +427,28 @@ fn time_ticks(start: Millis, bucket: Millis, n: usize) -> Vec<i64> {
         28 * DAY,
     ]
     .into_iter()
-    .find(|s| span / s <= 14)
+    .find(|s| span / s <= 8)
     .unwrap_or(28 * DAY)
     .max(bucket);
     let first = (start + step - 1).div_euclid(step) * step;
-    (0..)
+    let ticks = (0..)
         .map(|k| first + k * step)
         .take_while(|t| *t < start + span)
         .map(|t| (t - start) / bucket)
-        .collect()
+        .collect();
+    (ticks, step)
 }
 
-fn time_label(t: Millis, step_under_a_day: bool) -> String {
+/// "Mon 16 Nov" at midnight; the time of day between (short periods).
+fn time_label(t: Millis) -> String {
     let Ok(ts) = jiff::Timestamp::from_millisecond(t) else {
         return String::new();
     };
     let dt = ts.to_zoned(jiff::tz::TimeZone::UTC);
-    if step_under_a_day && (dt.hour() != 0) {
-        dt.strftime("%H:%M").to_string()
-    } else {
+    if dt.hour() == 0 && dt.minute() == 0 {
         dt.strftime("%a %d %b").to_string()
+    } else {
+        dt.strftime("%H:%M").to_string()
     }
 }
 
@@ -461,8 +463,7 @@ pub fn sends_chart(s: &SendsOverTime) -> Result<String, String> {
     let n = s.series.values().map(Vec::len).max().unwrap_or(1);
     let k = s.series.len().max(1);
     let height = PANEL * k as u32 + AXIS + 8;
-    let ticks = time_ticks(s.start, s.bucket, n);
-    let short = n as i64 * s.bucket <= 4 * DAY;
+    let (ticks, _) = time_ticks(s.start, s.bucket, n);
     let per = if s.bucket == DAY { "day" } else { "hour" };
     let mut draw = || -> Plot {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
@@ -470,7 +471,7 @@ pub fn sends_chart(s: &SendsOverTime) -> Result<String, String> {
         let root = root.margin(8, 0, 12, 40);
         let breaks: Vec<u32> = (1..k as u32).map(|i| i * PANEL).collect();
         let panels = root.split_by_breakpoints(Vec::<u32>::new(), breaks);
-        let label = |i: &i64| time_label(s.start + i * s.bucket, short);
+        let label = |i: &i64| time_label(s.start + i * s.bucket);
         for (i, ((rule, counts), area)) in s.series.iter().zip(&panels).enumerate() {
             let last = i + 1 == k;
             let peak = counts.iter().copied().max().unwrap_or(0);
@@ -894,6 +895,22 @@ mod tests {
         );
         assert_eq!(h.deferred_total.count, 2);
         assert!(!h.deferred.contains_key("a"));
+    }
+
+    #[test]
+    fn time_axes_get_at_most_eight_ticks_on_round_times() {
+        let sunday = 1_763_251_200_000; // 2025-11-16T00:00:00Z
+        assert_eq!(time_label(sunday), "Sun 16 Nov");
+        assert_eq!(time_label(sunday + 6 * HOUR), "06:00");
+        // A week of hours from 05:00: a tick at each midnight.
+        let (ticks, step) = time_ticks(sunday + 5 * HOUR, HOUR, 7 * 24);
+        assert_eq!(step, DAY);
+        assert_eq!(ticks, (0..7).map(|d| 19 + d * 24).collect::<Vec<_>>());
+        let (ticks, step) = time_ticks(sunday, HOUR, 36);
+        assert_eq!((step, ticks.len()), (6 * HOUR, 6));
+        let (ticks, step) = time_ticks(sunday, DAY, 90);
+        assert_eq!(step, 14 * DAY);
+        assert!(ticks.len() <= 8);
     }
 
     #[test]
