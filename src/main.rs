@@ -497,7 +497,18 @@ fn write_page(path: &Path, html: &str) -> Result<String, String> {
         )
     })?;
     let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    Ok(format!("file://{}", abs.display()))
+    // Percent-encoded, so a path with spaces is still one clickable link.
+    let url: String = abs
+        .to_string_lossy()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Ok(format!("file://{url}"))
 }
 
 /// The config, and the way to its state: the store when the daemon is

@@ -167,6 +167,15 @@ fn the_page_goes_to_render_out_by_default_and_raw_writes_none() {
         srcdoc(&html).unwrap().contains("<strong>A-7781</strong>"),
         "the HTML body, as sent: {html}"
     );
+
+    // --out makes the folder; the link stays one link with a space in it.
+    let (ok, stdout, stderr) = render_in(
+        cwd.path(),
+        &[&args[..], &["--out", "my previews/a.html"]].concat(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(cwd.path().join("my previews/a.html").exists());
+    assert!(stdout.contains("/my%20previews/a.html\n"), "{stdout}");
 }
 
 #[test]
