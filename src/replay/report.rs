@@ -629,6 +629,11 @@ struct RuleSamples {
     none: Option<String>,
 }
 
+/// An outcome for a narrow column heading: it may break after `_`.
+fn breakable(outcome: &str) -> String {
+    outcome.replace('_', "_\u{200b}")
+}
+
 fn opt_human(ms: Option<Millis>) -> String {
     match ms {
         None => "–".into(),
@@ -761,7 +766,7 @@ pub fn page(
         rules_dir => facts.rules_dir.display().to_string(),
         config => facts.config.as_ref().map(|c| c.display().to_string()),
         generated => format_time(crate::event::now_millis()),
-        columns => OUTCOME_COLUMNS,
+        columns => OUTCOME_COLUMNS.iter().map(|o| breakable(o)).collect::<Vec<_>>(),
         rows,
         totals,
         outcomes_svg => safe(charts.0),
@@ -770,7 +775,7 @@ pub fn page(
         quiet,
         delay_svg => charts.2.map(safe),
         delay_rows,
-        held_columns => HELD_BACK.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        held_columns => HELD_BACK.iter().map(|(o, _)| breakable(o)).collect::<Vec<_>>(),
         held_meaning => HELD_BACK.iter().map(|(o, m)| (*o, *m)).collect::<Vec<_>>(),
         held_rows,
         held_total,
