@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod policy;
+pub mod preview;
 pub mod redact;
 pub mod render;
 pub mod replay;

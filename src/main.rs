@@ -90,6 +90,9 @@ enum Command {
         /// gain or lose a message. Messages written are the new rules'.
         #[arg(long, value_name = "NEW_RULES_DIR")]
         compare: Option<PathBuf>,
+        /// Also write a report page (HTML, opens offline in any browser): outcomes, sends per hour, time from trigger to send, what was held back, sample messages.
+        #[arg(long, value_name = "FILE.html", conflicts_with = "compare")]
+        report: Option<PathBuf>,
     },
     /// Does a rule help? Compare how often notified and holdout customers went on to do an outcome event.
     Report {
@@ -112,7 +115,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Preview a rule's message exactly as its channel would send it, from one sample event.
+    /// Preview a rule's message from one sample event: its headers and text here, and a page to open in a browser.
     Render {
         /// The rule id.
         #[arg(long)]
@@ -123,9 +126,18 @@ enum Command {
         /// The rules folder. Default: rules.dir from --config, else ./rules.
         #[arg(long)]
         rules: Option<PathBuf>,
-        /// The daemon config: event field paths and the channels (without it, every rule previews as an email).
+        /// The daemon config: event field paths, the channels and the consent field (without it, every rule previews as an email).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The customer's profile as JSON (what the profiles topic holds: name, email, timezone, consent, …).
+        #[arg(long, value_name = "FILE.json")]
+        profile: Option<PathBuf>,
+        /// Where to write the preview page. Default: render-out/<rule id>.html.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Print exactly what goes on the wire (the MIME email, the webhook request, the Kafka record) and write no page.
+        #[arg(long)]
+        raw: bool,
     },
     /// Why did (or didn't) a customer get a message? Prints their decision log.
     Explain {
@@ -234,6 +246,7 @@ fn main() -> ExitCode {
                 list,
                 until,
                 compare,
+                report,
             } => {
                 replay(
                     events,
@@ -243,6 +256,7 @@ fn main() -> ExitCode {
                     list,
                     until,
                     compare,
+                    report,
                 )
                 .await
             }
@@ -259,7 +273,19 @@ fn main() -> ExitCode {
                 event,
                 rules,
                 config,
-            } => render(rule, event, rules, config),
+                profile,
+                out,
+                raw,
+            } => render(
+                RenderArgs {
+                    rule,
+                    event,
+                    rules,
+                    config,
+                    profile,
+                },
+                (!raw).then(|| out.unwrap_or_default()),
+            ),
             Command::DeadLetters { config, action } => dead_letters(config, action).await,
             Command::Explain {
                 customer,
@@ -335,15 +361,27 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn render(
+struct RenderArgs {
     rule: String,
     event: PathBuf,
     rules: Option<PathBuf>,
     config: Option<PathBuf>,
-) -> ExitCode {
+    profile: Option<PathBuf>,
+}
+
+/// `page`: where to write the preview page (empty: the default place);
+/// `None` prints the wire text only (`--raw`).
+fn render(args: RenderArgs, page: Option<PathBuf>) -> ExitCode {
     use forewarn::event::{EventSchema, FieldPath};
     use forewarn::render::{render, RenderOptions};
     let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
+    let RenderArgs {
+        rule,
+        event,
+        rules,
+        config,
+        profile,
+    } = args;
     let opts = match config {
         Some(path) => match load_config(&path) {
             Ok(c) => RenderOptions {
@@ -354,6 +392,8 @@ fn render(
                 email: c.customers.email.clone(),
                 channels: Some(c.channels.clone()),
                 unsubscribe_url: c.customers.unsubscribe_url.clone(),
+                policy: c.policy.clone(),
+                profile,
             },
             Err(code) => return code,
         },
@@ -365,34 +405,70 @@ fn render(
             email: p("customer.email"),
             channels: None,
             unsubscribe_url: None,
+            policy: Default::default(),
+            profile,
         },
     };
     if opts.channels.is_none() {
         eprintln!("note: no --config, so every rule previews as an email from {}; pass --config to see the configured channel", forewarn::config::DEFAULT_FROM);
     }
-    match render(&opts) {
-        Ok(previews) => {
-            let many = previews.len() > 1;
-            for (i, p) in previews.iter().enumerate() {
-                if many || p.outcome != "sent" {
-                    eprintln!(
-                        "--- message {} of {}: channel {:?}, notification {}{}",
-                        i + 1,
-                        previews.len(),
-                        p.channel,
-                        p.notification_id,
-                        if p.outcome == "shadow" {
-                            " (shadow mode: rendered, never sent)"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-                print!("{}", p.wire);
-                if !p.wire.ends_with('\n') {
-                    println!();
-                }
+    let previews = match render(&opts) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(page) = page else {
+        // --raw: the wire only, as before.
+        let many = previews.len() > 1;
+        for (i, p) in previews.iter().enumerate() {
+            if many || p.outcome != "sent" {
+                eprintln!(
+                    "--- message {} of {}: channel {:?}, notification {}{}",
+                    i + 1,
+                    previews.len(),
+                    p.channel,
+                    p.notification_id,
+                    if p.outcome == "shadow" {
+                        " (shadow mode: rendered, never sent)"
+                    } else {
+                        ""
+                    }
+                );
             }
+            print!("{}", p.view.wire);
+            if !p.view.wire.ends_with('\n') {
+                println!();
+            }
+        }
+        return ExitCode::SUCCESS;
+    };
+    for (i, p) in previews.iter().enumerate() {
+        if previews.len() > 1 {
+            println!("════ message {} of {} ════", i + 1, previews.len());
+        }
+        print!("{}", p.view.terminal());
+        println!();
+    }
+    let page = match page.as_os_str().is_empty() {
+        true => Path::new("render-out").join(format!("{}.html", opts.rule)),
+        false => page,
+    };
+    let views: Vec<_> = previews.into_iter().map(|p| p.view).collect();
+    let html = match forewarn::preview::page(&format!("Preview of rule {}", opts.rule), &views) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: cannot build the preview page: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match write_page(&page, &html) {
+        Ok(url) => {
+            println!(
+                "preview page ({}): {url}",
+                forewarn::preview::page_shows(&views)
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -400,6 +476,39 @@ fn render(
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `html` to `path` (creating its folder) and returns its
+/// `file://` URL, for the terminal to show.
+fn write_page(path: &Path, html: &str) -> Result<String, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            format!(
+                "cannot create the folder {} for {}: {e}; choose another place with --out FILE",
+                dir.display(),
+                path.display()
+            )
+        })?;
+    }
+    std::fs::write(path, html).map_err(|e| {
+        format!(
+            "cannot write {}: {e}; choose another place with --out FILE",
+            path.display()
+        )
+    })?;
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // Percent-encoded, so a path with spaces is still one clickable link.
+    let url: String = abs
+        .to_string_lossy()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Ok(format!("file://{url}"))
 }
 
 /// The config, and the way to its state: the store when the daemon is
@@ -693,6 +802,8 @@ struct VirtualSettings {
     addressless_channels: std::collections::BTreeSet<String>,
     policy: forewarn::policy::PolicyConfig,
     unsubscribe_url: Option<String>,
+    /// The config's channels (none without a config).
+    channels: Option<std::collections::BTreeMap<String, forewarn::config::ChannelConfig>>,
 }
 
 /// `None` after printing the config's problems.
@@ -719,6 +830,7 @@ fn virtual_settings(config: Option<&Path>) -> Option<VirtualSettings> {
                     .collect(),
                 policy: c.policy.clone(),
                 unsubscribe_url: c.customers.unsubscribe_url.clone(),
+                channels: Some(c.channels.clone()),
             },
             Err(e) => {
                 eprint!("{e}");
@@ -735,6 +847,7 @@ fn virtual_settings(config: Option<&Path>) -> Option<VirtualSettings> {
                 addressless_channels: Default::default(),
                 policy: Default::default(),
                 unsubscribe_url: None,
+                channels: None,
             }
         }
     })
@@ -801,6 +914,7 @@ fn test(dir: Option<PathBuf>, config: Option<PathBuf>, filter: Option<String>) -
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn replay(
     events: PathBuf,
     rules: Option<PathBuf>,
@@ -809,6 +923,7 @@ async fn replay(
     list: bool,
     until: Option<String>,
     compare: Option<PathBuf>,
+    report_page: Option<PathBuf>,
 ) -> ExitCode {
     let until = match until.as_deref() {
         None => None,
@@ -831,6 +946,7 @@ async fn replay(
         addressless_channels,
         policy,
         unsubscribe_url,
+        channels,
     }) = virtual_settings(config.as_deref())
     else {
         return ExitCode::from(2);
@@ -943,6 +1059,22 @@ async fn replay(
             dir.display()
         ),
         None => println!("would-be messages: not written (--no-write)"),
+    }
+    if let Some(path) = report_page {
+        let facts = forewarn::replay::report::Facts {
+            events_file: opts.events.clone(),
+            rules_dir: opts.rules_dir.clone(),
+            config: config.clone(),
+        };
+        let written = forewarn::replay::report::page(&report, &facts, channels.as_ref())
+            .and_then(|html| write_page(&path, &html));
+        match written {
+            Ok(url) => println!("report: {url}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     ExitCode::SUCCESS
 }

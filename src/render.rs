@@ -1,5 +1,6 @@
 //! `forewarn render --rule ID --event FILE.json`: previews a rule's message
-//! exactly as its channel would send it, from one sample event.
+//! exactly as its channel would send it, from one sample event (and the
+//! customer's profile, with `--profile`).
 //!
 //! The event goes through the same decoding, engine, prepare stage and
 //! templates as live mode, in virtual time: a match or threshold rule fires
@@ -7,16 +8,21 @@
 //! event that many times: render repeats it), an absence rule fires at its
 //! deadline as if nothing followed. When the rule does not fire, the
 //! report says why, so a CX lead can fix the sample or the condition.
+//! Each message comes back as a [`MessageView`]: the command line prints
+//! its card and text, and writes the preview page of [`crate::preview`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{ChannelConfig, ChannelKind, FileConfig, RetryPolicy, DEFAULT_FROM};
+use serde_json::Value;
+
+use crate::config::ChannelConfig;
 use crate::engine::{Clock, Engine, EngineConfig, Output};
 use crate::event::{EventSchema, FieldPath};
-use crate::notify::channel;
 use crate::pipeline::{prepare, Decide, Prepared};
+use crate::policy::PolicyConfig;
+use crate::preview::{channel_or_default, MessageView};
 use crate::rules::{load_rules, Diagnostics, LoadOptions, RuleKind};
 
 pub struct RenderOptions {
@@ -29,6 +35,12 @@ pub struct RenderOptions {
     pub channels: Option<BTreeMap<String, ChannelConfig>>,
     /// `customers.unsubscribe_url`: marketing emails show `List-Unsubscribe`.
     pub unsubscribe_url: Option<String>,
+    /// The daemon config's `[policy]`: where consent and the time zone
+    /// are found. A preview judges consent, not the cap or quiet hours.
+    pub policy: PolicyConfig,
+    /// A JSON file with the customer's profile, as the profiles topic
+    /// holds it: templates and consent see it as they would live.
+    pub profile: Option<PathBuf>,
 }
 
 /// One message as it would go out.
@@ -39,8 +51,8 @@ pub struct Preview {
     /// `sent`, `shadow` (rendered, not sent in live mode) or `holdout`
     /// (this customer is in the rule's control group; others get this).
     pub outcome: &'static str,
-    /// What goes on the wire.
-    pub wire: String,
+    /// The message as a person reads it, with its wire text.
+    pub view: MessageView,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +65,8 @@ pub enum RenderError {
     Read { path: String, error: String },
     #[error("{path} is not a valid event: {error}")]
     BadEvent { path: String, error: String },
+    #[error("{path} is not a valid profile: {error}. A profile is one JSON object, what the profiles topic holds for the customer, e.g. {{\"name\": \"Ana\", \"email\": \"ana@example.com\", \"timezone\": \"Europe/Berlin\", \"consent\": {{\"marketing\": false}}}}")]
+    BadProfile { path: String, error: String },
     #[error("rule {rule:?} does not fire on this event: {why}")]
     NoFiring { rule: String, why: String },
     #[error("rule {rule:?} fired but nothing would be sent ({outcome}): {detail}")]
@@ -92,6 +106,7 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
             path: opts.event.display().to_string(),
             error: e.to_string(),
         })?;
+    let profile = opts.profile.as_deref().map(read_profile).transpose()?;
     if event.kind != rule.trigger.event {
         return Err(RenderError::NoFiring {
             rule: rule.id.clone(),
@@ -153,24 +168,14 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
             why,
         });
     }
-    let channel_cfg = |name: &str| -> ChannelConfig {
-        opts.channels
-            .as_ref()
-            .and_then(|c| c.get(name).cloned())
-            .unwrap_or_else(|| ChannelConfig {
-                name: name.to_string(),
-                kind: ChannelKind::File(FileConfig {
-                    dir: Path::new("outbox").to_path_buf(),
-                    from: DEFAULT_FROM.parse().expect("valid default sender"),
-                }),
-                retry: RetryPolicy::default(),
-                concurrency: 1,
-                rate_limit: None,
-            })
+    // A preview judges consent (from the profile, else the sample event)
+    // but no cap or quiet hours: those depend on the customer's history
+    // and the hour.
+    let policy = PolicyConfig {
+        max_per_customer: None,
+        quiet_hours: None,
+        ..opts.policy.clone()
     };
-    // A preview judges consent (from the sample event) but no cap or quiet
-    // hours: those depend on the customer's history and the hour.
-    let policy = crate::policy::PolicyConfig::default();
     let cx = Decide {
         templates: &loaded.templates,
         email: &opts.email,
@@ -179,10 +184,17 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
     };
     let mut previews = Vec::new();
     for d in decisions {
-        let cfg = channel_cfg(&d.firing.rule.notify.channel);
+        let cfg = channel_or_default(opts.channels.as_ref(), &d.firing.rule.notify.channel);
         let needs_address = cfg.kind.needs_address();
         let mut caps = crate::policy::CapLedger::default();
-        let prepared = prepare(d, &cx, needs_address, None, d.firing.fired_at, &mut caps);
+        let prepared = prepare(
+            d,
+            &cx,
+            needs_address,
+            profile.as_ref(),
+            d.firing.fired_at,
+            &mut caps,
+        );
         let outcome = prepared.outcome();
         let n = match prepared {
             Prepared::Send(n) | Prepared::Shadow(n) => n,
@@ -190,7 +202,7 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
                 outcome: "holdout", ..
             } => {
                 let to = crate::notify::Recipient {
-                    profile: None,
+                    profile: profile.as_ref(),
                     email: &opts.email,
                     unsubscribe_url: opts.unsubscribe_url.as_deref(),
                 };
@@ -210,16 +222,44 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
                 })
             }
         };
-        let wire = channel::preview(&cfg, &n).map_err(|e| RenderError::Channel {
-            channel: cfg.name.clone(),
-            error: e.to_string(),
+        let view = MessageView::new(&n, &cfg, outcome, rule.holdout_percent).map_err(|e| {
+            RenderError::Channel {
+                channel: cfg.name.clone(),
+                error: e.to_string(),
+            }
         })?;
         previews.push(Preview {
             notification_id: n.id.clone(),
             channel: cfg.name.clone(),
             outcome,
-            wire,
+            view,
         });
     }
     Ok(previews)
+}
+
+/// The profile in `path`: one JSON object.
+fn read_profile(path: &std::path::Path) -> Result<Value, RenderError> {
+    let bytes = std::fs::read(path).map_err(|e| RenderError::Read {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    })?;
+    let bad = |error: String| RenderError::BadProfile {
+        path: path.display().to_string(),
+        error,
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(other) => Err(bad(format!(
+            "it holds {}, not an object",
+            match other {
+                Value::Array(_) => "a list",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "true or false",
+                _ => "null",
+            }
+        ))),
+        Err(e) => Err(bad(format!("it is not JSON ({e})"))),
+    }
 }

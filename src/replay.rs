@@ -3,6 +3,9 @@
 //! It reports per rule what would have happened and writes the would-be
 //! messages as `.eml` files through the `file` channel.
 //!
+//! With `--report`, [`report`] turns the report into one self-contained
+//! HTML page with charts and sample messages.
+//!
 //! Events go to one engine partition in file order. At the end of the
 //! input, time stops at the last event (or at `until`): deadlines up to
 //! then fire, later ones are reported as still open. Staleness is judged
@@ -19,9 +22,12 @@ use crate::engine::{Clock, Engine, EngineConfig, Output};
 use crate::event::{EventSchema, FieldPath, Millis};
 use crate::notify::channel::file::FileChannel;
 use crate::notify::template::Templates;
+use crate::notify::Notification;
 use crate::pipeline::{prepare, Decide, Prepared};
 use crate::policy::{CapLedger, PolicyConfig};
 use crate::rules::{load_rules, Diagnostics, LoadOptions};
+
+pub mod report;
 
 #[derive(Clone)]
 pub struct ReplayOptions {
@@ -54,6 +60,47 @@ pub struct ReplayDecision {
     pub notification_id: String,
     pub outcome: &'static str,
     pub fired_at: Millis,
+    /// The event time of the firing's trigger event (an absence rule's
+    /// trigger, a match rule's event, a threshold rule's last event).
+    pub trigger_at: Millis,
+    /// When the message would go out: `fired_at`, or the end of the quiet
+    /// hours for a `deferred` one. `None` when nothing is sent.
+    pub send_at: Option<Millis>,
+}
+
+/// A message replay would have sent (or, in shadow mode, rendered), kept
+/// as an example of what a rule's customers get.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// `sent`, `deferred` or `shadow`.
+    pub outcome: &'static str,
+    pub notification: Notification,
+}
+
+/// Sample messages kept per rule.
+pub const SAMPLES_PER_RULE: usize = 3;
+
+/// Keeps the first `SAMPLES_PER_RULE` messages of a rule, but makes room
+/// for an outcome not shown yet (a deferred message beside sent ones) by
+/// replacing the newest sample of an outcome shown more than once.
+pub fn offer_sample(samples: &mut Vec<Sample>, s: Sample) {
+    if samples.len() < SAMPLES_PER_RULE {
+        samples.push(s);
+        return;
+    }
+    if samples.iter().any(|k| k.outcome == s.outcome) {
+        return;
+    }
+    let repeated = (0..samples.len()).rev().find(|&i| {
+        samples
+            .iter()
+            .filter(|k| k.outcome == samples[i].outcome)
+            .count()
+            > 1
+    });
+    if let Some(i) = repeated {
+        samples[i] = s;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +119,10 @@ pub struct ReplayReport {
     pub still_open: usize,
     pub first_event: Option<Millis>,
     pub last_event: Option<Millis>,
+    /// Where virtual time stopped: the last event, or `until`.
+    pub end: Option<Millis>,
+    /// rule id → up to [`SAMPLES_PER_RULE`] messages it would have sent.
+    pub samples: BTreeMap<String, Vec<Sample>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +195,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         (Some(u), Some(l)) => Some(u.max(l)),
         (u, l) => u.or(l),
     };
+    report.end = end;
     if let Some(end) = end {
         let mut out = Output::default();
         engine.advance_to(end, Clock::Virtual, &mut out);
@@ -207,6 +259,19 @@ async fn record(
         // "sent" in a replay means "would have been sent".
         let outcome = prepared.outcome();
         let f = &d.firing;
+        let send_at = match &prepared {
+            Prepared::Send(n) => Some(n.not_before.unwrap_or(f.fired_at)),
+            _ => None,
+        };
+        if let Prepared::Send(n) | Prepared::Shadow(n) = &prepared {
+            offer_sample(
+                report.samples.entry(f.rule.id.clone()).or_default(),
+                Sample {
+                    outcome,
+                    notification: n.clone(),
+                },
+            );
+        }
         *report
             .outcomes
             .entry(f.rule.id.clone())
@@ -219,6 +284,8 @@ async fn record(
             notification_id: f.notification_id.clone(),
             outcome,
             fired_at: f.fired_at,
+            trigger_at: f.event.time,
+            send_at,
         });
     }
     Ok(())
@@ -443,6 +510,8 @@ mod tests {
                 notification_id: format!("n{i}"),
                 outcome,
                 fired_at: i as Millis,
+                trigger_at: i as Millis,
+                send_at: matches!(*outcome, "sent" | "deferred").then_some(i as Millis),
             });
         }
         r
@@ -484,6 +553,36 @@ mod tests {
         assert!(
             !t.contains("dropoff  sent"),
             "unchanged rows are left out: {t}"
+        );
+    }
+
+    #[test]
+    fn samples_keep_the_first_messages_and_make_room_for_a_new_outcome() {
+        let n = crate::preview::tests_support::notification;
+        let sample = |outcome: &'static str, id: &str| Sample {
+            outcome,
+            notification: n(id),
+        };
+        let ids = |s: &[Sample]| {
+            s.iter()
+                .map(|s| format!("{}:{}", s.outcome, s.notification.id))
+                .collect::<Vec<_>>()
+        };
+        let mut kept = Vec::new();
+        for (o, id) in [("sent", "a"), ("sent", "b"), ("sent", "c"), ("sent", "d")] {
+            offer_sample(&mut kept, sample(o, id));
+        }
+        assert_eq!(ids(&kept), ["sent:a", "sent:b", "sent:c"]);
+        offer_sample(&mut kept, sample("deferred", "e"));
+        assert_eq!(ids(&kept), ["sent:a", "sent:b", "deferred:e"]);
+        offer_sample(&mut kept, sample("deferred", "f"));
+        offer_sample(&mut kept, sample("shadow", "g"));
+        assert_eq!(ids(&kept), ["sent:a", "shadow:g", "deferred:e"]);
+        offer_sample(&mut kept, sample("holdout", "h"));
+        assert_eq!(
+            ids(&kept),
+            ["sent:a", "shadow:g", "deferred:e"],
+            "one of each already: nothing to replace"
         );
     }
 

@@ -1,5 +1,7 @@
 //! `forewarn render`, as a CX lead runs it: the real binary, the shipped
-//! rules and their sample events (rules/samples/).
+//! rules and their sample events (rules/samples/). The terminal shows the
+//! header card and the decoded text, a preview page shows the HTML part
+//! exactly as sent, and `--raw` prints the wire.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,8 +12,12 @@ fn root() -> PathBuf {
 
 /// (exit ok, stdout, stderr)
 fn render(args: &[&str]) -> (bool, String, String) {
+    render_in(&root(), args)
+}
+
+fn render_in(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_forewarn"))
-        .current_dir(root())
+        .current_dir(dir)
         .arg("render")
         .args(args)
         .output()
@@ -21,6 +27,40 @@ fn render(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The value of the first `srcdoc` attribute, decoded as a browser does.
+fn srcdoc(page: &str) -> Option<String> {
+    let start = page.find(r#"srcdoc=""#)? + r#"srcdoc=""#.len();
+    let len = page[start..].find('"')?;
+    Some(
+        page[start..start + len]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#x27;", "'")
+            .replace("&#x2f;", "/")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// `text` as the page's autoescaping writes it.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#x27;")
+        .replace('/', "&#x2f;")
+}
+
+/// The `file://` URL the terminal names, as a path.
+fn page_path(stdout: &str) -> PathBuf {
+    let url = stdout
+        .lines()
+        .find_map(|l| l.split_once("file://").map(|(_, p)| p.trim().to_string()))
+        .unwrap_or_else(|| panic!("names a file:// page: {stdout}"));
+    PathBuf::from(url)
 }
 
 #[test]
@@ -34,7 +74,7 @@ fn every_shipped_rule_renders_from_its_sample_event() {
             root().join(&sample).exists(),
             "every shipped rule has a sample event: add {sample}"
         );
-        let (ok, stdout, stderr) = render(&["--rule", &rule.id, "--event", &sample]);
+        let (ok, stdout, stderr) = render(&["--rule", &rule.id, "--event", &sample, "--raw"]);
         assert!(ok, "{}: {stderr}", rule.id);
         let mail = mailparse::parse_mail(stdout.as_bytes()).expect("an RFC 5322 message");
         let header = |name: &str| {
@@ -51,7 +91,162 @@ fn every_shipped_rule_renders_from_its_sample_event() {
             "{}: {stdout}",
             rule.id
         );
+        let part = |mime: &str| {
+            std::iter::once(&mail)
+                .chain(mail.subparts.iter())
+                .find(|p| p.ctype.mimetype == mime && p.subparts.is_empty())
+                // The wire has CRLF line ends; the message itself, LF.
+                .map(|p| p.get_body().unwrap().replace("\r\n", "\n"))
+        };
+        let text = part("text/plain").expect("a text part");
+
+        // Without --raw: the card and the decoded text on the terminal, and
+        // a page with the HTML part exactly as on the wire.
+        let out = tempfile::tempdir().unwrap();
+        let page = out.path().join("preview.html");
+        let (ok, card, stderr) = render(&[
+            "--rule",
+            &rule.id,
+            "--event",
+            &sample,
+            "--out",
+            page.to_str().unwrap(),
+        ]);
+        assert!(ok, "{}: {stderr}", rule.id);
+        for line in [
+            format!("To          {}", header("To")),
+            format!("Subject     {}", header("Subject")),
+            "outcome     sent".to_string(),
+        ] {
+            assert!(card.contains(&line), "{}: {line:?} in {card}", rule.id);
+        }
+        assert!(card.contains(text.trim_end()), "decoded text: {card}");
+        assert!(
+            !card.contains("=\r\n") && !card.contains("=C3"),
+            "not quoted-printable: {card}"
+        );
+        assert_eq!(page_path(&card), page.canonicalize().unwrap());
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert!(html.contains(&escape(&header("Subject"))), "{html}");
+        match part("text/html") {
+            Some(sent) => assert_eq!(srcdoc(&html).as_deref(), Some(sent.as_str()), "{}", rule.id),
+            None => assert!(!html.contains("<iframe"), "{}", rule.id),
+        }
+        assert!(html.contains("Text part"), "text-only mails get a page too");
     }
+}
+
+#[test]
+fn the_page_goes_to_render_out_by_default_and_raw_writes_none() {
+    let cwd = tempfile::tempdir().unwrap();
+    let rules = root().join("rules");
+    let event = root().join("rules/samples/carrier-delay.json");
+    let args = [
+        "--rule",
+        "carrier-delay",
+        "--event",
+        event.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+    ];
+    let (ok, stdout, stderr) = render_in(cwd.path(), &[&args[..], &["--raw"]].concat());
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Content-Transfer-Encoding"), "{stdout}");
+    assert!(
+        !cwd.path().join("render-out").exists(),
+        "--raw writes no page"
+    );
+
+    let (ok, stdout, stderr) = render_in(cwd.path(), &args);
+    assert!(ok, "{stderr}");
+    let page = cwd.path().join("render-out/carrier-delay.html");
+    assert_eq!(page_path(&stdout), page.canonicalize().unwrap());
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(html.contains("<iframe sandbox=\"\" srcdoc=\""), "{html}");
+    assert!(
+        srcdoc(&html).unwrap().contains("<strong>A-7781</strong>"),
+        "the HTML body, as sent: {html}"
+    );
+
+    // --out makes the folder; the link stays one link with a space in it.
+    let (ok, stdout, stderr) = render_in(
+        cwd.path(),
+        &[&args[..], &["--out", "my previews/a.html"]].concat(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(cwd.path().join("my previews/a.html").exists());
+    assert!(stdout.contains("/my%20previews/a.html\n"), "{stdout}");
+}
+
+#[test]
+fn a_profile_is_what_templates_and_consent_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("p.html");
+    let profile = dir.path().join("fay.json");
+    let run = |profile_json: &str| {
+        std::fs::write(&profile, profile_json).unwrap();
+        render(&[
+            "--rule",
+            "checkout-dropoff",
+            "--event",
+            "rules/samples/checkout-dropoff.json",
+            "--profile",
+            profile.to_str().unwrap(),
+            "--out",
+            page.to_str().unwrap(),
+        ])
+    };
+    // The sample event says the customer is "Fay"; the profile wins.
+    let (ok, without, _) = render(&[
+        "--rule",
+        "checkout-dropoff",
+        "--event",
+        "rules/samples/checkout-dropoff.json",
+        "--out",
+        page.to_str().unwrap(),
+    ]);
+    assert!(ok && without.contains("Hi Fay,"), "{without}");
+    let (ok, stdout, stderr) = run(r#"{"name": "Zoë", "email": "zoe@example.com"}"#);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Hi Zoë,"), "{stdout}");
+    assert!(stdout.contains("To          zoe@example.com"), "{stdout}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(srcdoc(&html).unwrap().contains("Hi Zoë,"), "{html}");
+
+    // A customer who said no to marketing gets nothing, and render says so.
+    let (ok, _, stderr) = run(r#"{"consent": {"marketing": false}}"#);
+    assert!(!ok);
+    assert!(
+        stderr.contains("nothing would be sent (unsubscribed)"),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr) = run(r#"["Zoë"]"#);
+    assert!(!ok);
+    assert!(
+        stderr.contains("is not a valid profile: it holds a list, not an object"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"{"name": "Ana""#),
+        "shows an example: {stderr}"
+    );
+    let (ok, _, stderr) = run("{name: Zoë}");
+    assert!(!ok);
+    assert!(stderr.contains("it is not JSON"), "{stderr}");
+    let (ok, _, stderr) = render(&[
+        "--rule",
+        "checkout-dropoff",
+        "--event",
+        "rules/samples/checkout-dropoff.json",
+        "--profile",
+        "no-such-profile.json",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot read no-such-profile.json"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -135,18 +330,45 @@ secret_env = "FOREWARN_TEST_WEBHOOK_SECRET"
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_forewarn"))
-        .current_dir(root())
-        .env(
-            "FOREWARN_TEST_WEBHOOK_SECRET",
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        )
-        .args(["render", "--rule", "dropoff-to-cx", "--event"])
-        .arg("rules/samples/checkout-dropoff.json")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .current_dir(root())
+            .env(
+                "FOREWARN_TEST_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )
+            .args(["render", "--rule", "dropoff-to-cx", "--event"])
+            .arg("rules/samples/checkout-dropoff.json")
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // The card: the request line and headers, then the JSON, pretty.
+    let page = dir.path().join("cx.html");
+    let out = run(&["--out", page.to_str().unwrap()]);
+    let card = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{card}");
+    assert!(
+        card.contains("channel            cx-slack (webhook: an HTTP POST)"),
+        "{card}"
+    );
+    assert!(
+        card.contains("POST               https://hooks.example.com/cx"),
+        "{card}"
+    );
+    assert!(
+        card.contains("──── JSON payload ────\n{\n  \"data\": {"),
+        "{card}"
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("JSON payload") && html.contains("Drop-off: c-200"),
+        "{html}"
+    );
+
+    let out = run(&["--raw"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
