@@ -128,7 +128,15 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
         _ => 1,
     };
     let mut out = Output::default();
-    for _ in 0..repeats {
+    for n in 0..repeats {
+        // Distinct ids: the engine counts a redelivered event (same id) once.
+        let event = match (&event.id, n) {
+            (Some(id), 1..) => Arc::new(crate::event::Event {
+                id: Some(format!("{id}#{n}")),
+                ..(*event).clone()
+            }),
+            _ => Arc::clone(&event),
+        };
         engine.on_event(0, &event, Clock::Virtual, &mut out);
     }
     engine.flush(Clock::Virtual, &mut out);

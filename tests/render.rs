@@ -116,7 +116,14 @@ fn every_shipped_rule_renders_from_its_sample_event() {
         for line in [
             format!("To          {}", header("To")),
             format!("Subject     {}", header("Subject")),
-            "outcome     sent".to_string(),
+            // A rule in shadow mode previews as shadow: rendered, never sent.
+            format!(
+                "outcome     {}",
+                match rule.mode {
+                    forewarn::rules::Mode::Shadow => "shadow",
+                    _ => "sent",
+                }
+            ),
         ] {
             assert!(card.contains(&line), "{}: {line:?} in {card}", rule.id);
         }
