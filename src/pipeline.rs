@@ -128,6 +128,40 @@ pub fn prepare(
     Prepared::Send(n)
 }
 
+/// What deciding remembers between decisions when there is no daemon
+/// (replay, `forewarn test`): the marketing cap's ledger, and the
+/// notification ids already queued, which the daemon's outbox keeps. A
+/// redelivered event that decides the same notification again is a
+/// `duplicate` there as in the daemon, never a second send.
+#[derive(Debug, Default)]
+pub struct VirtualState {
+    caps: CapLedger,
+    queued: std::collections::HashSet<String>,
+}
+
+impl VirtualState {
+    /// [`prepare`], then the outbox's check for a notification queued before.
+    pub fn prepare(
+        &mut self,
+        decision: &Decision,
+        cx: &Decide<'_>,
+        needs_address: bool,
+        profile: Option<&Value>,
+        now: Millis,
+    ) -> Prepared {
+        match prepare(decision, cx, needs_address, profile, now, &mut self.caps) {
+            Prepared::Send(n) if !self.queued.insert(n.id.clone()) => Prepared::Skip {
+                outcome: "duplicate",
+                detail: Some(
+                    "this notification was queued before: its event came again (the daemon's outbox keeps it once)"
+                        .into(),
+                ),
+            },
+            other => other,
+        }
+    }
+}
+
 /// The decision log entry for a prepared decision.
 pub fn record(decision: &Decision, prepared: &Prepared, now: Millis) -> DecisionRecord {
     let f = &decision.firing;

@@ -23,8 +23,8 @@ use crate::event::{EventSchema, FieldPath, Millis};
 use crate::notify::channel::file::FileChannel;
 use crate::notify::template::Templates;
 use crate::notify::Notification;
-use crate::pipeline::{prepare, Decide, Prepared};
-use crate::policy::{CapLedger, PolicyConfig};
+use crate::pipeline::{Decide, Prepared, VirtualState};
+use crate::policy::PolicyConfig;
 use crate::rules::{load_rules, Diagnostics, LoadOptions};
 
 pub mod report;
@@ -162,7 +162,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         templates: &loaded.templates,
         opts,
         channel: channel.as_ref(),
-        caps: CapLedger::default(),
+        state: VirtualState::default(),
     };
     let read_err = |error| ReplayError::Read {
         path: opts.events.display().to_string(),
@@ -210,7 +210,7 @@ struct Sink<'a> {
     templates: &'a Templates,
     opts: &'a ReplayOptions,
     channel: Option<&'a FileChannel>,
-    caps: CapLedger,
+    state: VirtualState,
 }
 
 async fn record(
@@ -218,8 +218,8 @@ async fn record(
     out: Output,
     sink: &mut Sink<'_>,
 ) -> Result<(), ReplayError> {
-    let (templates, opts, channel, caps) =
-        (sink.templates, sink.opts, sink.channel, &mut sink.caps);
+    let (templates, opts, channel, state) =
+        (sink.templates, sink.opts, sink.channel, &mut sink.state);
     let cx = Decide {
         templates,
         email: &opts.email,
@@ -237,7 +237,7 @@ async fn record(
         let addressless = opts
             .addressless_channels
             .contains(&d.firing.rule.notify.channel);
-        let prepared = prepare(d, &cx, !addressless, None, d.firing.fired_at, caps);
+        let prepared = state.prepare(d, &cx, !addressless, None, d.firing.fired_at);
         if let (Prepared::Send(n), Some(ch)) = (&prepared, channel) {
             if addressless {
                 // What a webhook or Kafka channel would carry.

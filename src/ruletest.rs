@@ -29,8 +29,8 @@ use serde_json::Value;
 use crate::engine::{Clock, Engine, EngineConfig, Output};
 use crate::event::{format_time, EventSchema, FieldPath, Millis};
 use crate::notify::template::Templates;
-use crate::pipeline::{prepare, Decide, Prepared};
-use crate::policy::{CapLedger, PolicyConfig};
+use crate::pipeline::{Decide, Prepared, VirtualState};
+use crate::policy::PolicyConfig;
 use crate::rules::diagnostics::Diagnostic;
 use crate::rules::{Diagnostics, RuleSet};
 
@@ -487,7 +487,7 @@ impl Suite<'_> {
             &self.policy.retained_fields(&self.email),
         );
         engine.assign(0);
-        let mut caps = CapLedger::default();
+        let mut state = VirtualState::default();
         let mut got = Vec::new();
         let mut notes = Vec::new();
         let mut last = test.start;
@@ -505,13 +505,13 @@ impl Suite<'_> {
             last = last.max(event.time);
             let mut out = Output::default();
             engine.on_event(0, &event, Clock::Virtual, &mut out);
-            self.decide(test, out, &mut caps, &mut got, &mut notes);
+            self.decide(test, out, &mut state, &mut got, &mut notes);
         }
         // Default: far enough for every pending deadline (and grace).
         let end = test.until.unwrap_or(last + 400 * 86_400_000);
         let mut out = Output::default();
         engine.advance_to(end, Clock::Virtual, &mut out);
-        self.decide(test, out, &mut caps, &mut got, &mut notes);
+        self.decide(test, out, &mut state, &mut got, &mut notes);
         compare(test, got, notes)
     }
 
@@ -519,7 +519,7 @@ impl Suite<'_> {
         &self,
         test: &Test,
         out: Output,
-        caps: &mut CapLedger,
+        state: &mut VirtualState,
         got: &mut Vec<Got>,
         notes: &mut Vec<String>,
     ) {
@@ -541,7 +541,7 @@ impl Suite<'_> {
             let f = &d.firing;
             let needs_address = !self.addressless_channels.contains(&f.rule.notify.channel);
             let profile = test.profiles.get(&f.event.customer);
-            let prepared = prepare(d, &cx, needs_address, profile, f.fired_at, caps);
+            let prepared = state.prepare(d, &cx, needs_address, profile, f.fired_at);
             let record = crate::pipeline::record(d, &prepared, f.fired_at);
             let reason = record
                 .reason

@@ -134,7 +134,10 @@ const EXPECTED: &[(&str, &[(&str, u64)])] = &[
         ],
     ),
     ("card-declined", &[("sent", 31)]),
-    ("carrier-delay", &[("sent", 52), ("no_address", 1)]),
+    (
+        "carrier-delay",
+        &[("sent", 51), ("duplicate", 1), ("no_address", 1)],
+    ),
     (
         "checkout-dropoff",
         &[
