@@ -512,6 +512,15 @@ impl ChannelKind {
         matches!(self, ChannelKind::Smtp(_) | ChannelKind::File(_))
     }
 
+    /// An email channel's `From`.
+    pub fn sender(&self) -> Option<&lettre::message::Mailbox> {
+        match self {
+            ChannelKind::Smtp(c) => Some(&c.from),
+            ChannelKind::File(c) => Some(&c.from),
+            ChannelKind::Webhook(_) | ChannelKind::Kafka(_) => None,
+        }
+    }
+
     /// Keys of `[channels.NAME]` this type understands, besides `type` and
     /// the dispatcher's keys.
     fn keys(type_name: &str) -> &'static [&'static str] {

@@ -961,6 +961,11 @@ async fn replay(
         from: forewarn::config::DEFAULT_FROM
             .parse()
             .expect("valid default sender"),
+        senders: channels
+            .iter()
+            .flatten()
+            .filter_map(|(name, ch)| Some((name.clone(), ch.kind.sender()?.clone())))
+            .collect(),
         until,
         addressless_channels,
         policy,

@@ -38,7 +38,11 @@ pub struct ReplayOptions {
     pub engine: EngineConfig,
     /// Where would-be messages are written; `None` writes nothing.
     pub out_dir: Option<PathBuf>,
+    /// The sender of a channel the config does not give one for.
     pub from: lettre::message::Mailbox,
+    /// Each email channel's sender from the daemon config, so the
+    /// would-be messages carry the `From` the channel would send.
+    pub senders: BTreeMap<String, lettre::message::Mailbox>,
     /// Let time run on to here after the last event (default: the last event).
     pub until: Option<Millis>,
     /// Channels that carry notifications without an email address
@@ -148,20 +152,30 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         &opts.policy.retained_fields(&opts.email),
     );
     engine.assign(0);
-    let channel = match &opts.out_dir {
-        Some(dir) => Some(
-            FileChannel::new(&FileConfig {
-                dir: dir.clone(),
-                from: opts.from.clone(),
+    // One writer per sender, all into the same folder.
+    let writer = |from: &lettre::message::Mailbox| -> Result<Option<FileChannel>, ReplayError> {
+        opts.out_dir
+            .as_ref()
+            .map(|dir| {
+                FileChannel::new(&FileConfig {
+                    dir: dir.clone(),
+                    from: from.clone(),
+                })
+                .map_err(ReplayError::Write)
             })
-            .map_err(ReplayError::Write)?,
-        ),
-        None => None,
+            .transpose()
     };
+    let mut writers = BTreeMap::new();
+    for (name, from) in &opts.senders {
+        if let Some(w) = writer(from)? {
+            writers.insert(name.clone(), w);
+        }
+    }
     let mut sink = Sink {
         templates: &loaded.templates,
         opts,
-        channel: channel.as_ref(),
+        default_writer: writer(&opts.from)?,
+        writers,
         state: VirtualState::default(),
     };
     let read_err = |error| ReplayError::Read {
@@ -209,7 +223,10 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
 struct Sink<'a> {
     templates: &'a Templates,
     opts: &'a ReplayOptions,
-    channel: Option<&'a FileChannel>,
+    /// Per channel (its sender); `default_writer` for the rest. None
+    /// when nothing is written.
+    writers: BTreeMap<String, FileChannel>,
+    default_writer: Option<FileChannel>,
     state: VirtualState,
 }
 
@@ -218,8 +235,7 @@ async fn record(
     out: Output,
     sink: &mut Sink<'_>,
 ) -> Result<(), ReplayError> {
-    let (templates, opts, channel, state) =
-        (sink.templates, sink.opts, sink.channel, &mut sink.state);
+    let (templates, opts, state) = (sink.templates, sink.opts, &mut sink.state);
     let cx = Decide {
         templates,
         email: &opts.email,
@@ -238,6 +254,10 @@ async fn record(
             .addressless_channels
             .contains(&d.firing.rule.notify.channel);
         let prepared = state.prepare(d, &cx, !addressless, None, d.firing.fired_at);
+        let channel = sink
+            .writers
+            .get(&d.firing.rule.notify.channel)
+            .or(sink.default_writer.as_ref());
         if let (Prepared::Send(n), Some(ch)) = (&prepared, channel) {
             if addressless {
                 // What a webhook or Kafka channel would carry.

@@ -149,12 +149,14 @@ from = "Acme Care <care@acme.example>"
     let page = dir.path().join("out/report.html");
     let out = Command::new(env!("CARGO_BIN_EXE_forewarn"))
         .current_dir(dir.path())
-        .args(["replay", "--no-write", "--events"])
+        .args(["replay", "--events"])
         .arg(&events_file)
         .arg("--config")
         .arg(&config)
         .arg("--report")
         .arg(&page)
+        .arg("--out")
+        .arg(dir.path().join("messages"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -170,6 +172,18 @@ from = "Acme Care <care@acme.example>"
         )),
         "{stdout}"
     );
+    // The would-be messages carry the configured channel's sender.
+    let written: Vec<_> = std::fs::read_dir(dir.path().join("messages"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!written.is_empty());
+    for eml in &written {
+        assert!(
+            eml.contains("From: \"Acme Care\" <care@acme.example>"),
+            "{eml}"
+        );
+    }
     let html = std::fs::read_to_string(&page).unwrap();
 
     // The terminal's table, row by row, is the page's.

@@ -97,6 +97,7 @@ fn options(config: &Config, events: PathBuf) -> ReplayOptions {
         },
         out_dir: None,
         from: forewarn::config::DEFAULT_FROM.parse().unwrap(),
+        senders: Default::default(),
         until: None,
         addressless_channels: config
             .channels

@@ -243,6 +243,7 @@ async fn seed_scenarios_send_exactly_the_expected_mails_and_replay_agrees() {
         engine: forewarn::engine::EngineConfig::default(),
         out_dir: None,
         from: "a@b.example".parse().unwrap(),
+        senders: Default::default(),
         until: None,
         addressless_channels: Default::default(),
         policy: Default::default(),
