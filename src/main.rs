@@ -217,6 +217,9 @@ enum DeadLetterAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        quiet_on_closed_pipe();
+    }
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -313,6 +316,18 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// The tools (not the daemon) end quietly when what reads their output
+/// goes away (`forewarn replay … | head`), as command-line tools do,
+/// instead of panicking on the closed pipe. Rust ignores SIGPIPE; this
+/// restores the default for the process.
+fn quiet_on_closed_pipe() {
+    // SAFETY: called at start-up, before any thread exists; SIG_DFL is a
+    // valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Shifts `fields` of every JSON line so the latest first-field time is now.

@@ -395,3 +395,31 @@ secret_env = "FOREWARN_TEST_WEBHOOK_SECRET"
     let id = body["data"]["id"].as_str().unwrap();
     assert!(stdout.contains(&format!("webhook-id: {id}\n")), "{stdout}");
 }
+
+/// `forewarn replay … | head`: when the reader goes away, the tool ends
+/// as command-line tools do (SIGPIPE), without a panic and a backtrace.
+#[test]
+fn a_closed_pipe_ends_a_tool_quietly() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_forewarn"))
+        .args(["replay", "--list", "--no-write", "--events"])
+        .arg(root().join("rules/samples/week.jsonl.gz"))
+        .arg("--rules")
+        .arg(root().join("rules"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone now; the tool still has thousands of lines to print.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!first.is_empty());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    const SIGPIPE: i32 = 13; // on Linux
+    assert_eq!(out.status.signal(), Some(SIGPIPE), "{:?}", out.status);
+}
