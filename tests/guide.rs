@@ -14,6 +14,8 @@
 //! - `<!-- output -->`: every line of the block, except those with `…`,
 //!   appears in what the last `run` block printed (stdout and stderr).
 
+mod files;
+use files::copy_dir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -102,19 +104,6 @@ fn is_excerpt(excerpt: &str, file: &str) -> bool {
     let want: Vec<&str> = excerpt.lines().map(str::trim_end).collect();
     let have: Vec<&str> = file.lines().map(str::trim_end).collect();
     !want.is_empty() && have.windows(want.len()).any(|w| w == want.as_slice())
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! header card and the decoded text, a preview page shows the HTML part
 //! exactly as sent, and `--raw` prints the wire.
 
+mod files;
+use files::escape;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -42,16 +44,6 @@ fn srcdoc(page: &str) -> Option<String> {
             .replace("&#x2f;", "/")
             .replace("&amp;", "&"),
     )
-}
-
-/// `text` as the page's autoescaping writes it.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#x27;")
-        .replace('/', "&#x2f;")
 }
 
 /// The `file://` URL the terminal names, as a path.

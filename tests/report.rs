@@ -3,6 +3,8 @@
 //! honours consent. The page must stand alone (nothing to load), agree
 //! with the terminal table, and show sample messages.
 
+mod files;
+use files::escape;
 use std::path::Path;
 use std::process::Command;
 
@@ -77,16 +79,6 @@ fn table_rows(page: &str, marker: &str) -> Vec<Vec<String>> {
                 .collect()
         })
         .collect()
-}
-
-/// `text` as the page's autoescaping writes it.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#x27;")
-        .replace('/', "&#x2f;")
 }
 
 /// `page` without the values of its `srcdoc` attributes (the messages'

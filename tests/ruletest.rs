@@ -2,6 +2,8 @@
 //! shipped rules and their tests (rules/tests/), and over a copy where a
 //! rule changed under its tests.
 
+mod files;
+use files::copy_dir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,19 +22,6 @@ fn forewarn_test(dir: &Path) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }
 
 #[test]
