@@ -909,6 +909,15 @@ fn test(dir: Option<PathBuf>, config: Option<PathBuf>, filter: Option<String>) -
     let mut out = String::new();
     let (passed, failed) = run_all(&suite, &tests, filter.as_deref(), &mut out);
     print!("{out}");
+    if let (Some(f), 0) = (&filter, passed + failed) {
+        // Nothing ran: a typo, not a pass.
+        eprintln!(
+            "error: no test matches --filter {f:?} (it matches test names and test file names, e.g. --filter checkout-dropoff); {} tests in {}",
+            tests.len(),
+            tests_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let of = match &filter {
         Some(f) => format!(
             "{} of {} tests in {} match --filter {f:?}",

@@ -737,6 +737,18 @@ pub fn failure_report(test: &Test, r: &TestResult) -> String {
 
 /// Runs `tests` (those whose name contains `filter`), printing one line
 /// per test and a report per failure. Returns (passed, failed).
+impl Test {
+    /// `--filter`: part of the test's name, or of its file's name (by
+    /// convention the rule id, e.g. `checkout-dropoff`).
+    pub fn matches(&self, filter: &str) -> bool {
+        self.name.contains(filter)
+            || self
+                .file
+                .file_stem()
+                .is_some_and(|stem| stem.to_string_lossy().contains(filter))
+    }
+}
+
 pub fn run_all(
     suite: &Suite<'_>,
     tests: &[Test],
@@ -746,7 +758,7 @@ pub fn run_all(
     let (mut passed, mut failed) = (0, 0);
     let mut file: Option<&Path> = None;
     for t in tests {
-        if filter.is_some_and(|f| !t.name.contains(f)) {
+        if filter.is_some_and(|f| !t.matches(f)) {
             continue;
         }
         if file != Some(t.file.as_path()) {

@@ -68,3 +68,22 @@ fn a_changed_rule_fails_its_tests_with_the_difference() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("broken.toml:3:11: error:"), "{out}");
 }
+
+#[test]
+fn a_filter_matches_file_names_and_one_that_matches_nothing_fails() {
+    let run = |filter: &str| {
+        Command::new(env!("CARGO_BIN_EXE_forewarn"))
+            .arg("test")
+            .arg(root().join("rules"))
+            .args(["--filter", filter])
+            .output()
+            .unwrap()
+    };
+    let by_file = run("payment-failures");
+    let stdout = String::from_utf8_lossy(&by_file.stdout);
+    assert_eq!(by_file.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("2 of "), "{stdout}");
+    let none = run("no-such-rule");
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no test matches --filter"));
+}
