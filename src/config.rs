@@ -627,6 +627,28 @@ impl Default for RetryPolicy {
 pub const DEFAULT_FROM: &str = "forewarn <forewarn@localhost>";
 
 impl Config {
+    /// The engine settings this config gives. `live`: the daemon's
+    /// (durable state, the send-time guard); otherwise replay's and
+    /// `forewarn test`'s, in virtual time.
+    pub fn engine(&self, live: bool) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
+            allowed_lateness: self.allowed_lateness.as_millis() as i64,
+            ledger_retention: self.ledger_retention.as_millis() as i64,
+            send_time_guard: live,
+            durable: live,
+        }
+    }
+
+    /// The channels that carry notifications without an email address
+    /// (webhook, kafka): their rules never yield `no_address`.
+    pub fn addressless_channels(&self) -> std::collections::BTreeSet<String> {
+        self.channels
+            .iter()
+            .filter(|(_, ch)| !ch.kind.needs_address())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Reads `path` and applies `FOREWARN__SECTION__KEY` overrides from the
     /// process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

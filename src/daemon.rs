@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Health};
 use crate::config::Config;
-use crate::engine::{Clock, Engine, EngineConfig, Output, PartitionId};
+use crate::engine::{Clock, Engine, Output, PartitionId};
 use crate::event::{EventSchema, FieldPath, Millis};
 use crate::metrics::Metrics;
 use crate::notify::dispatcher::{Dispatcher, Settled};
@@ -243,12 +243,7 @@ impl Daemon {
             forget_requests: Some(forget_rx),
             engine: Engine::new(
                 Arc::new(loaded.rules),
-                EngineConfig {
-                    allowed_lateness: config.allowed_lateness.as_millis() as Millis,
-                    ledger_retention: config.ledger_retention.as_millis() as Millis,
-                    send_time_guard: true,
-                    durable: true,
-                },
+                config.engine(true),
                 &config.policy.retained_fields(&config.customers.email),
             ),
             templates: loaded.templates,
@@ -257,12 +252,7 @@ impl Daemon {
             caps,
             dispatcher,
             settled,
-            addressless: config
-                .channels
-                .iter()
-                .filter(|(_, c)| !c.kind.needs_address())
-                .map(|(n, _)| n.clone())
-                .collect(),
+            addressless: config.addressless_channels(),
             schema: config.events.clone(),
             email: config.customers.email.clone(),
             metrics: Arc::clone(&metrics),

@@ -830,19 +830,9 @@ fn virtual_settings(config: Option<&Path>) -> Option<VirtualSettings> {
             Ok(c) => VirtualSettings {
                 schema: c.events.clone(),
                 email: c.customers.email.clone(),
-                engine: EngineConfig {
-                    allowed_lateness: c.allowed_lateness.as_millis() as i64,
-                    ledger_retention: c.ledger_retention.as_millis() as i64,
-                    send_time_guard: false,
-                    durable: false,
-                },
+                engine: c.engine(false),
                 rules_dir: c.rules_dir.clone(),
-                addressless_channels: c
-                    .channels
-                    .iter()
-                    .filter(|(_, ch)| !ch.kind.needs_address())
-                    .map(|(name, _)| name.clone())
-                    .collect(),
+                addressless_channels: c.addressless_channels(),
                 policy: c.policy.clone(),
                 unsubscribe_url: c.customers.unsubscribe_url.clone(),
                 channels: Some(c.channels.clone()),

@@ -8,7 +8,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use forewarn::config::Config;
-use forewarn::engine::EngineConfig;
 use forewarn::replay::{replay, ReplayOptions, ReplayReport};
 
 // The generator is an example program; its `main` and command line go
@@ -89,22 +88,12 @@ fn options(config: &Config, events: PathBuf) -> ReplayOptions {
         rules_dir: root().join(&config.rules_dir),
         schema: config.events.clone(),
         email: config.customers.email.clone(),
-        engine: EngineConfig {
-            allowed_lateness: config.allowed_lateness.as_millis() as i64,
-            ledger_retention: config.ledger_retention.as_millis() as i64,
-            send_time_guard: false,
-            durable: false,
-        },
+        engine: config.engine(false),
         out_dir: None,
         from: forewarn::config::DEFAULT_FROM.parse().unwrap(),
         senders: Default::default(),
         until: None,
-        addressless_channels: config
-            .channels
-            .iter()
-            .filter(|(_, ch)| !ch.kind.needs_address())
-            .map(|(name, _)| name.clone())
-            .collect(),
+        addressless_channels: config.addressless_channels(),
         policy: config.policy.clone(),
         unsubscribe_url: config.customers.unsubscribe_url.clone(),
     }
