@@ -1035,10 +1035,21 @@ fn run_durable(
     }
 }
 
-fn run_decode(schema: &EventSchema, stream: &Stream, limit: usize) -> Timing {
+/// Decoding alone: the whole record (`lazy: None`), or as the engine
+/// path does, only what `lazy`'s rules read.
+fn run_decode(
+    schema: &EventSchema,
+    stream: &Stream,
+    limit: usize,
+    lazy: Option<&Engine>,
+) -> Timing {
     let watch = Stopwatch::start();
     for bytes in stream.iter().take(limit) {
-        match schema.decode(bytes) {
+        let decoded = match lazy {
+            Some(engine) => schema.decode_lazy(bytes, |kind| engine.payload_need(kind)),
+            None => schema.decode(bytes),
+        };
+        match decoded {
             Ok(e) => {
                 black_box(&e);
             }
@@ -1364,13 +1375,33 @@ fn main() {
             }
         )
         .unwrap();
+        {
+            // What decode_lazy parses of each type's payload for these rules.
+            let engine = new_engine(&rules);
+            let needs: Vec<String> = MIX
+                .iter()
+                .filter(|(k, _)| *k != "extra")
+                .map(|(k, _)| {
+                    let need = match engine.payload_need(k) {
+                        forewarn::event::PayloadNeed::Nothing => "nothing".to_string(),
+                        forewarn::event::PayloadNeed::Full => "all".to_string(),
+                        forewarn::event::PayloadNeed::Fields(f) => {
+                            let f: Vec<String> = f.iter().map(ToString::to_string).collect();
+                            f.join("+")
+                        }
+                    };
+                    format!("{k} [{need}]")
+                })
+                .collect();
+            writeln!(o, "  payload decoded per type: {}", needs.join(", ")).unwrap();
+        }
         o.flush().unwrap();
 
         let schema = schema();
         // Warm-up: caches, allocator, branch predictors; also sizes the runs.
         let warm_n = WARMUP_EVENTS.min(stream.len());
         let warm = run_engine(&rules, &schema, &stream, warm_n);
-        let _ = run_decode(&schema, &stream, warm_n);
+        let _ = run_decode(&schema, &stream, warm_n, None);
         let warm_rate = per_sec(warm_n, warm.timing.best());
         let n = stream
             .len()
@@ -1453,14 +1484,18 @@ fn main() {
         )
         .unwrap();
 
-        let mut dtimes = Vec::new();
-        for _ in 0..RUNS {
-            dtimes.push(run_decode(&schema, &stream, n));
-        }
-        let decode = median(dtimes);
+        let needs = new_engine(&rules);
+        let decode_median = |lazy: Option<&Engine>| {
+            median(
+                (0..RUNS)
+                    .map(|_| run_decode(&schema, &stream, n, lazy))
+                    .collect(),
+            )
+        };
+        let decode = decode_median(Some(&needs));
         writeln!(
             o,
-            "  decode only (EventSchema::decode), median of {RUNS}: {} events/s, {:.0} ns/event ({}; {:.0}% of decode + evaluate)",
+            "  decode only, as the engine path does (EventSchema::decode_lazy), median of {RUNS}: {} events/s, {:.0} ns/event ({}; {:.0}% of decode + evaluate)",
             group(per_sec(n, decode.best())),
             ns_per(n, decode.best()),
             describe(&decode),
@@ -1471,6 +1506,14 @@ fn main() {
             o,
             "  evaluation alone (decode + evaluate minus decode only): about {:.0} ns/event",
             ns_per(n, full.best().saturating_sub(decode.best()))
+        )
+        .unwrap();
+        let whole = decode_median(None);
+        writeln!(
+            o,
+            "  for comparison, whole-record decode (EventSchema::decode, serde_json tree): {} events/s, {:.0} ns/event",
+            group(per_sec(n, whole.best())),
+            ns_per(n, whole.best()),
         )
         .unwrap();
         tp_summary = Some((eps, ns_per(n, full.best())));

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+mod scan;
+
 /// A dotted path into a JSON object, parsed once (`customer.id` → ["customer", "id"]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FieldPath(Arc<[String]>);
@@ -130,14 +132,24 @@ impl Event {
     pub fn complete(self: &Arc<Event>) -> Arc<Event> {
         match &self.raw {
             None => Arc::clone(self),
-            Some(raw) => Arc::new(Event {
+            Some(_) => Arc::new(Event {
                 kind: self.kind.clone(),
                 customer: self.customer.clone(),
                 time: self.time,
                 id: self.id.clone(),
-                payload: serde_json::from_slice(raw).unwrap_or_else(|_| self.payload.clone()),
+                payload: self.full_payload().into_owned(),
                 raw: None,
             }),
+        }
+    }
+
+    /// The whole payload, parsed now if it was decoded partially.
+    pub fn full_payload(&self) -> Cow<'_, Value> {
+        match &self.raw {
+            None => Cow::Borrowed(&self.payload),
+            Some(raw) => {
+                Cow::Owned(serde_json::from_slice(raw).unwrap_or_else(|_| self.payload.clone()))
+            }
         }
     }
 }
@@ -181,49 +193,6 @@ impl InvalidEvent {
     }
 }
 
-/// A JSON object's members, borrowed from the raw bytes.
-/// The members of a JSON object, borrowed from the record and unparsed.
-/// A list, not a hash map: events have a handful of members, and a linear
-/// scan beats hashing every key of every record.
-struct RawMembers<'a>(smallvec::SmallVec<[(&'a str, &'a serde_json::value::RawValue); 16]>);
-
-impl<'a> RawMembers<'a> {
-    /// The last member named `key` (JSON objects with repeated keys mean
-    /// the last one, as serde_json's own map decides).
-    fn get(&self, key: &str) -> Option<&'a serde_json::value::RawValue> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| *v)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for RawMembers<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> serde::de::Visitor<'de> for Members {
-            type Value = RawMembers<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut out = smallvec::SmallVec::new();
-                while let Some(entry) =
-                    map.next_entry::<&'de str, &'de serde_json::value::RawValue>()?
-                {
-                    out.push(entry);
-                }
-                Ok(RawMembers(out))
-            }
-        }
-        d.deserialize_map(Members)
-    }
-}
-
 impl EventSchema {
     /// Decodes only what every event needs (type, customer, time, id) and
     /// parses the payload only as far as `need(type)` says: most events
@@ -234,28 +203,12 @@ impl EventSchema {
         bytes: &[u8],
         need: impl FnOnce(&str) -> PayloadNeed<'n>,
     ) -> Result<Event, InvalidEvent> {
-        let Ok(top) = serde_json::from_slice::<RawMembers<'_>>(bytes) else {
-            // Not an object, not JSON, or keys with escapes: the full parse
-            // decides (and names the problem).
+        let Some(top) = scan::object(bytes) else {
+            // Not an object, not JSON, or what the scanner leaves to
+            // serde_json: the full parse decides (and names the problem).
             return self.decode(bytes);
         };
-        let field = |path: &FieldPath| -> Option<Value> {
-            let (first, rest) = path.segments().split_first()?;
-            let mut raw = top.get(first.as_str())?;
-            for (i, seg) in rest.iter().enumerate() {
-                match serde_json::from_str::<RawMembers<'_>>(raw.get()) {
-                    Ok(m) => raw = m.get(seg.as_str())?,
-                    Err(_) => {
-                        // An array (or scalar) on the way: walk the parsed value.
-                        let v: Value = serde_json::from_str(raw.get()).ok()?;
-                        let tail = FieldPath(rest[i..].to_vec().into());
-                        return tail.get(&v).cloned();
-                    }
-                }
-            }
-            serde_json::from_str(raw.get()).ok()
-        };
-        let env = self.envelope(|p| field(p).map(Cow::Owned))?;
+        let env = self.envelope(|path| raw_field(&top, path))?;
         let (payload, raw) = match need(&env.kind) {
             PayloadNeed::Full => return self.decode(bytes),
             PayloadNeed::Nothing => (Value::Null, None),
@@ -270,7 +223,7 @@ impl EventSchema {
                         continue;
                     }
                     if let Some(raw) = top.get(first.as_str()) {
-                        if let Ok(v) = serde_json::from_str::<Value>(raw.get()) {
+                        if let Ok(v) = serde_json::from_str::<Value>(raw) {
                             members.insert(first.clone(), v);
                         }
                     }
@@ -293,7 +246,7 @@ impl EventSchema {
         if !payload.is_object() {
             return Err(InvalidEvent::NotObject);
         }
-        let env = self.envelope(|p| p.get(&payload).map(Cow::Borrowed))?;
+        let env = self.envelope(|p| p.get(&payload).map(Field::of_value))?;
         Ok(env.into_event(payload, None))
     }
 
@@ -302,30 +255,26 @@ impl EventSchema {
     /// checks and their errors, whichever way the event was read.
     fn envelope<'v>(
         &self,
-        field: impl Fn(&FieldPath) -> Option<Cow<'v, Value>>,
+        field: impl Fn(&FieldPath) -> Option<Field<'v>>,
     ) -> Result<Envelope, InvalidEvent> {
         let missing = |path: &FieldPath, role| InvalidEvent::MissingField {
             field: path.to_string(),
             role,
         };
-        let kind = match field(&self.kind).as_deref() {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        let kind = match field(&self.kind) {
+            Some(Field::Text(s)) if !s.is_empty() => s.into_owned(),
             _ => return Err(missing(&self.kind, "type")),
         };
         let customer = field(&self.customer)
-            .and_then(|v| scalar_text(&v))
+            .and_then(Field::into_text)
             .ok_or_else(|| missing(&self.customer, "customer"))?;
-        let time = match field(&self.time).as_deref() {
-            None | Some(Value::Null) => return Err(missing(&self.time, "time")),
-            Some(v) => parse_time(v).ok_or_else(|| InvalidEvent::BadTime {
+        let time = match field(&self.time) {
+            None | Some(Field::Null) => return Err(missing(&self.time, "time")),
+            Some(f) => f.time().ok_or_else(|| InvalidEvent::BadTime {
                 field: self.time.to_string(),
             })?,
         };
-        let id = self
-            .id
-            .as_ref()
-            .and_then(&field)
-            .and_then(|v| scalar_text(&v));
+        let id = self.id.as_ref().and_then(&field).and_then(Field::into_text);
         Ok(Envelope {
             kind,
             customer,
@@ -333,6 +282,97 @@ impl EventSchema {
             id,
         })
     }
+}
+
+/// An envelope field as the checks see it, borrowed where the record allows.
+enum Field<'a> {
+    Text(Cow<'a, str>),
+    /// Its text as serde_json prints it, and its value when an integer.
+    Number(Cow<'a, str>, Option<i64>),
+    Bool(bool),
+    Null,
+    /// An object or an array.
+    Other,
+}
+
+impl<'a> Field<'a> {
+    fn of_value(v: &'a Value) -> Field<'a> {
+        match v {
+            Value::String(s) => Field::Text(Cow::Borrowed(s)),
+            Value::Number(n) => Field::Number(Cow::Owned(n.to_string()), n.as_i64()),
+            Value::Bool(b) => Field::Bool(*b),
+            Value::Null => Field::Null,
+            _ => Field::Other,
+        }
+    }
+
+    fn of_owned(v: Value) -> Field<'a> {
+        match v {
+            Value::String(s) => Field::Text(Cow::Owned(s)),
+            other => match Field::of_value(&other) {
+                Field::Number(text, i) => Field::Number(Cow::Owned(text.into_owned()), i),
+                Field::Bool(b) => Field::Bool(b),
+                Field::Null => Field::Null,
+                _ => Field::Other,
+            },
+        }
+    }
+
+    /// A value's raw JSON text (valid, from the scanner), read without
+    /// building a tree when it is a plain string or integer.
+    fn of_raw(raw: &'a str) -> Option<Field<'a>> {
+        match raw.as_bytes().first()? {
+            b'"' => Some(match scan::plain_str(raw) {
+                Some(s) => Field::Text(Cow::Borrowed(s)),
+                None => Field::Text(Cow::Owned(serde_json::from_str(raw).ok()?)),
+            }),
+            b't' => Some(Field::Bool(true)),
+            b'f' => Some(Field::Bool(false)),
+            b'n' => Some(Field::Null),
+            b'{' | b'[' => Some(Field::Other),
+            _ if scan::plain_integer(raw) => {
+                Some(Field::Number(Cow::Borrowed(raw), raw.parse().ok()))
+            }
+            _ => serde_json::from_str(raw).ok().map(Field::of_owned),
+        }
+    }
+
+    /// As an identifier: see [`scalar_text`].
+    fn into_text(self) -> Option<String> {
+        match self {
+            Field::Text(s) if !s.is_empty() => Some(s.into_owned()),
+            Field::Number(n, _) => Some(n.into_owned()),
+            Field::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    /// As an event time: see [`parse_time`].
+    fn time(&self) -> Option<Millis> {
+        match self {
+            Field::Text(s) => parse_timestamp(s),
+            Field::Number(_, i) => *i,
+            _ => None,
+        }
+    }
+}
+
+/// The field at `path` of a scanned record: nested objects are scanned in
+/// turn; an array on the way is parsed and walked.
+fn raw_field<'a>(top: &scan::Members<'a>, path: &FieldPath) -> Option<Field<'a>> {
+    let (first, rest) = path.segments().split_first()?;
+    let mut raw = top.get(first.as_str())?;
+    for (i, seg) in rest.iter().enumerate() {
+        match scan::nested(raw) {
+            Some(m) => raw = m.get(seg.as_str())?,
+            None => {
+                let v: Value = serde_json::from_str(raw).ok()?;
+                let tail = FieldPath(rest[i..].to_vec().into());
+                return tail.get(&v).cloned().map(Field::of_owned);
+            }
+        }
+    }
+    Field::of_raw(raw)
 }
 
 impl Envelope {
@@ -351,13 +391,17 @@ impl Envelope {
 /// RFC 3339 text, or an integer number of epoch milliseconds.
 pub fn parse_time(v: &Value) -> Option<Millis> {
     match v {
-        Value::String(s) => s
-            .parse::<jiff::Timestamp>()
-            .ok()
-            .map(|t| t.as_millisecond()),
+        Value::String(s) => parse_timestamp(s),
         Value::Number(n) => n.as_i64(),
         _ => None,
     }
+}
+
+/// RFC 3339 text as epoch milliseconds.
+fn parse_timestamp(s: &str) -> Option<Millis> {
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }
 
 pub fn format_time(ms: Millis) -> String {
@@ -457,6 +501,14 @@ mod tests {
             br#"{"customer":{"id":"c1"},"ts":1}"#,
             br#"{"type":"page_view","customer":{"id":"c1"},"ts":1,"broken":[1,2"#,
             br#"{"type":"page_view","customer":{"id":"c1"},"ts":1}"#,
+            br#"{"type":"page\u005fview","customer":{"id":1.50},"ts":-0,"event_id":true}"#,
+            br#"{"type":"x","customer":{"id":"-0"},"ts":1e3,"event_id":12345678901234567890}"#,
+            br#"{"type":"x","customer":{"id":"a\"b"},"ts":"2026-11-24T10:00:00\u005a"}"#,
+            br#"{"type":"x","customer":{"id":[1]},"ts":1}"#,
+            br#"{"type":7,"customer":{"id":"c"},"ts":1}"#,
+            br#"{"type":"x","customer":{"id":"c"},"ts":false}"#,
+            br#"{"type":"x","customer":{"id":"c"},"ts":null}"#,
+            br#"{"type":"x","customer":{"id":"c"},"ts":1,"n":1e999}"#,
             b"[1]",
             b"nope",
         ];
@@ -487,6 +539,16 @@ mod tests {
                 assert_eq!(Some(e.payload), full.ok().map(|f| f.payload));
             }
         }
+        // A key with escapes goes to serde_json, which reads it the same.
+        let e = s
+            .decode_lazy(br#"{"ty\u0070e":"x","customer":{"id":"c"},"ts":1}"#, |_| {
+                PayloadNeed::Nothing
+            })
+            .unwrap();
+        assert_eq!(
+            (e.kind.as_str(), e.customer.as_str(), e.time),
+            ("x", "c", 1)
+        );
         let p = FieldPath::parse("items.0.sku").unwrap();
         let nested = EventSchema {
             customer: p,

@@ -82,7 +82,8 @@ pub fn prepare(
             detail: None,
         };
     }
-    let firing = &decision.firing;
+    // Policy and templates see the whole payload.
+    let firing = &*decision.firing.with_full_event();
     let rule = &firing.rule;
     let view = CustomerView {
         id: &firing.event.customer,

@@ -48,8 +48,8 @@ pub(super) fn on_trigger(
     event: &Arc<Event>,
     out: &mut Output,
 ) {
-    // Templates and the event's identity see the whole payload.
-    let event = &event.complete();
+    // The payload stays as decoded: catalog conditions read only the
+    // fields decoding kept, and templates complete it when composing.
     key.push(event_identity(event));
     let entries: Vec<Option<Arc<crate::rules::catalog::CatalogEntry>>> = match catalog {
         None => vec![None],

@@ -110,6 +110,22 @@ pub struct Firing {
     pub notification_id: String,
 }
 
+impl Firing {
+    /// This firing with its event's whole payload. The engine reads only
+    /// the fields its rules name (see `EventSchema::decode_lazy`); the
+    /// payload is parsed whole only when a message is composed from it.
+    pub fn with_full_event(&self) -> std::borrow::Cow<'_, Firing> {
+        use std::borrow::Cow;
+        match self.event.raw {
+            None => Cow::Borrowed(self),
+            Some(_) => Cow::Owned(Firing {
+                event: self.event.complete(),
+                ..self.clone()
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Decision {
     pub firing: Firing,
@@ -878,7 +894,8 @@ fn event_identity(event: &Event) -> String {
     match &event.id {
         Some(id) => id.clone(),
         None => {
-            let bytes = serde_json::to_vec(&event.payload).unwrap_or_default();
+            // Hashed over the whole payload, however much was decoded.
+            let bytes = serde_json::to_vec(&*event.full_payload()).unwrap_or_default();
             hex::encode(&Sha256::digest(&bytes)[..8])
         }
     }

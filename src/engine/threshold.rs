@@ -163,7 +163,6 @@ pub(super) fn on_trigger(
         windows.map.remove(&k);
         // The firing event's identity keeps two windows that start in the
         // same millisecond apart (the id is still stable on redelivery).
-        let event = &event.complete();
         let key = rule.key_values(event).unwrap_or_default();
         let mut id_key = key.clone();
         id_key.push(event_identity(event));

@@ -172,6 +172,7 @@ pub fn compose(
     to: &Recipient<'_>,
     needs_address: bool,
 ) -> Result<Notification, ComposeError> {
+    let firing = &*firing.with_full_event();
     let view = crate::policy::CustomerView {
         id: &firing.event.customer,
         profile: to.profile,

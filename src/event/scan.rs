@@ -1,0 +1,396 @@
+//! One validating pass over a JSON record that finds its top-level
+//! members without building anything: the fast path of
+//! [`super::EventSchema::decode_lazy`].
+//!
+//! The scanner accepts exactly the JSON grammar (RFC 8259) that
+//! serde_json accepts, nested up to serde_json's depth limit. It gives up
+//! (returns `None`) on anything it does not handle itself: invalid JSON, a
+//! record that is not an object, keys with escapes, nesting deeper than
+//! the limit. The caller then takes the full serde_json parse, which
+//! decides the same record and names its problem. So the scanner never
+//! accepts a record serde_json would reject, and a record it declines
+//! costs only the time it took to decline.
+//!
+//! Values are returned as their raw text (always valid JSON, always valid
+//! UTF-8: the whole record is checked once), to be read as far as needed.
+
+use smallvec::SmallVec;
+
+/// serde_json's recursion limit: deeper records go to serde_json, which
+/// rejects them.
+const MAX_DEPTH: usize = 128;
+
+/// The top-level members of a JSON object, in record order, borrowed.
+pub(crate) struct Members<'a>(SmallVec<[(&'a str, &'a str); 16]>);
+
+impl<'a> Members<'a> {
+    /// The raw text of the last member named `key` (a repeated key means
+    /// the last one, as serde_json's map decides).
+    pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// The members of `bytes` when it is one JSON object (surrounding white
+/// space allowed) whose keys have no escapes; `None` otherwise.
+pub(crate) fn object(bytes: &[u8]) -> Option<Members<'_>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut s = Scanner {
+        b: text.as_bytes(),
+        i: 0,
+    };
+    s.ws();
+    let members = s.members(text)?;
+    s.ws();
+    (s.i == s.b.len()).then_some(members)
+}
+
+/// The members of a value's raw text (from [`object`] or [`Members::get`])
+/// when it is an object; `None` for other values.
+pub(crate) fn nested(raw: &str) -> Option<Members<'_>> {
+    raw.starts_with('{')
+        .then(|| object(raw.as_bytes()))
+        .flatten()
+}
+
+/// The content of a raw JSON string without escapes (`"abc"` → `abc`);
+/// `None` for other values and for strings with escapes.
+pub(crate) fn plain_str(raw: &str) -> Option<&str> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
+/// Whether a raw JSON number is an integer written as serde_json prints
+/// it (no sign on zero, no fraction or exponent, few enough digits for
+/// any i64 or u64), so that its text is its canonical form.
+pub(crate) fn plain_integer(raw: &str) -> bool {
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    !digits.is_empty()
+        && digits.len() <= 18
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && raw != "-0"
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    /// The top-level object, recording its members.
+    fn members(&mut self, text: &'a str) -> Option<Members<'a>> {
+        self.eat(b'{')?;
+        let mut out = SmallVec::new();
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(Members(out));
+        }
+        loop {
+            self.ws();
+            let (start, end, escaped) = self.string()?;
+            if escaped {
+                return None;
+            }
+            let key = &text[start..end];
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            let at = self.i;
+            self.value(1)?;
+            out.push((key, &text[at..self.i]));
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(Members(out));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Skips one value, checking it.
+    fn value(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'{' => self.container(depth, b'}', true),
+            b'[' => self.container(depth, b']', false),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    /// An object (`keyed`) or an array, after checking the depth.
+    fn container(&mut self, depth: usize, close: u8, keyed: bool) -> Option<()> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        if self.eat(close).is_some() {
+            return Some(());
+        }
+        loop {
+            self.ws();
+            if keyed {
+                self.string()?;
+                self.ws();
+                self.eat(b':')?;
+                self.ws();
+            }
+            self.value(depth + 1)?;
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                c if c == close => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// A string: (content start, content end, has escapes).
+    fn string(&mut self) -> Option<(usize, usize, bool)> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    return Some((start, self.i - 1, escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    match *self.b.get(self.i + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
+                        b'u' => {
+                            let hex = self.b.get(self.i + 2..self.i + 6)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            // Lone surrogates: serde_json's own rules decide.
+                            let unit =
+                                u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                            if (0xD800..0xE000).contains(&unit) {
+                                return None;
+                            }
+                            self.i += 6;
+                        }
+                        _ => return None,
+                    }
+                }
+                0..=0x1F => return None,
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let from = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        self.i - from
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    fn number(&mut self) -> Option<()> {
+        let from = self.i;
+        let _ = self.eat(b'-');
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        if self.eat(b'.').is_some() && self.digits() == 0 {
+            return None;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        // serde_json rejects numbers beyond f64's range; only an exponent
+        // or some 300 digits can get there.
+        let text = &self.b[from..self.i];
+        if text.len() > 300 || text.iter().any(|&b| b == b'e' || b == b'E') {
+            let f: f64 = std::str::from_utf8(text).ok()?.parse().ok()?;
+            if !f.is_finite() {
+                return None;
+            }
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// What serde_json makes of a record: its members as (key, value).
+    fn serde_members(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
+        let v: Value = serde_json::from_slice(bytes).ok()?;
+        let Value::Object(m) = v else { return None };
+        Some(m.into_iter().collect())
+    }
+
+    /// The scanner's members, each value parsed by serde_json.
+    fn scanned(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
+        let m = object(bytes)?;
+        let mut keys: Vec<&str> = m.0.iter().map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Some(
+            keys.into_iter()
+                .map(|k| {
+                    let raw = m.get(k).unwrap();
+                    let v = serde_json::from_str(raw).expect("raw text is valid JSON");
+                    (k.to_string(), v)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn reads_members_and_declines_what_it_does_not_handle() {
+        let m = object(br#" {"a": 1, "b": {"c": [true, null, "x\n"]}, "a": "last"} "#).unwrap();
+        assert_eq!(m.get("a"), Some(r#""last""#));
+        assert_eq!(m.get("b"), Some(r#"{"c": [true, null, "x\n"]}"#));
+        assert_eq!(
+            nested(m.get("b").unwrap()).unwrap().get("c").unwrap(),
+            r#"[true, null, "x\n"]"#
+        );
+        assert!(object(b"{}").is_some());
+        for bad in [
+            &b"[1]"[..],
+            b"{\"a\":1,}",
+            b"{\"a\":01}",
+            b"{\"a\":1.}",
+            b"{\"a\":-}",
+            b"{\"a\":tru}",
+            b"{\"a\":\"\x01\"}",
+            b"{\"a\":\"\\x\"}",
+            b"{\"a\":\"\\ud800\"}",
+            b"{\"a\\n\":1}",
+            b"{\"a\":1} x",
+            b"{\"a\":1",
+            b"{\"a\" 1}",
+            b"{\"a\":\xff}",
+            b"{\"a\":1e400}",
+            b"",
+        ] {
+            assert!(object(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        assert!(object(deep.as_bytes()).is_none());
+        assert_eq!(plain_str(r#""abc""#), Some("abc"));
+        assert_eq!(plain_str(r#""a\"c""#), None);
+        assert_eq!(plain_str("12"), None);
+        for (raw, plain) in [
+            ("12", true),
+            ("-3", true),
+            ("0", true),
+            ("-0", false),
+            ("01", false),
+            ("1.0", false),
+            ("1e3", false),
+            ("1234567890123456789", false),
+        ] {
+            assert_eq!(plain_integer(raw), plain, "{raw}");
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[ -~\u{e9}\u{1F600}\n\"\\\\]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{0,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Every object serde_json writes, compact or pretty, is read with
+        /// the same members.
+        #[test]
+        fn agrees_with_serde_on_valid_objects(
+            m in prop::collection::btree_map("[a-z_]{1,6}", json_value(), 0..6),
+            pretty in any::<bool>(),
+        ) {
+            let v = Value::Object(m.into_iter().collect());
+            let bytes = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
+            prop_assert_eq!(scanned(&bytes), serde_members(&bytes));
+        }
+
+        /// Never accepts what serde_json rejects, and reads the same members
+        /// from whatever it accepts: records with a byte changed, dropped
+        /// or cut off.
+        #[test]
+        fn never_accepts_what_serde_rejects(
+            m in prop::collection::btree_map("[a-z_]{1,6}", json_value(), 1..5),
+            at in any::<prop::sample::Index>(),
+            byte in prop::sample::select(b"{}[]\",:\\0123456789.eE+-tfnul \x01\xc3".to_vec()),
+            edit in 0u8..3,
+        ) {
+            let mut bytes = serde_json::to_vec(&Value::Object(m.into_iter().collect())).unwrap();
+            let i = at.index(bytes.len());
+            match edit {
+                0 => bytes[i] = byte,
+                1 => { bytes.remove(i); }
+                _ => bytes.truncate(i),
+            }
+            if let Some(members) = scanned(&bytes) {
+                prop_assert_eq!(Some(members), serde_members(&bytes), "{}", String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+}
