@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::{
     event_key_hash, matcher::trigger_holds, notification_id, record, Clock, Cx, EngineConfig,
-    Firing, Outcome, Output, Partition, PartitionId, RuleError,
+    Firing, KeyMap, Outcome, Output, Partition, PartitionId, RuleError,
 };
 use crate::event::{parse_time, Event, Millis};
 use crate::rules::expr::to_cel;
@@ -37,7 +37,7 @@ fn hash_of(key: &Key) -> u128 {
 /// ones chain through `next`), and one sorted deadline index.
 #[derive(Debug, Default)]
 pub(crate) struct Episodes {
-    index: HashMap<Key, u32>,
+    index: KeyMap<Key, u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     timers: BTreeSet<(Millis, u32)>,
@@ -62,7 +62,7 @@ struct Slot {
 /// the caller settles each one when its notification's fate is known.
 #[derive(Debug, Default)]
 pub(crate) struct Guard {
-    by_key: HashMap<Key, Vec<Fired>>,
+    by_key: KeyMap<Key, Vec<Fired>>,
     keys: HashMap<String, Key>,
     /// Notification ids guarded or settled since the last flush.
     pub(crate) journal: Journal<String>,

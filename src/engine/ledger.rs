@@ -1,17 +1,17 @@
 //! The cooldown and once_per ledgers, and the decision they make.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
-use super::{key_hash, Clock, EngineConfig, Firing, Outcome, PartitionId};
+use super::{key_hash, Clock, EngineConfig, Firing, KeyMap, Outcome, PartitionId};
 use crate::event::Millis;
 use crate::rules::{OncePerField, Rule, RuleKind};
 
 /// Remembered firings: key hash → the event time until which it counts.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
-    entries: HashMap<u128, Millis>,
+    entries: KeyMap<u128, Millis>,
     expiry: BTreeSet<(Millis, u128)>,
     /// Keys recorded or expired since the last flush.
     pub(crate) journal: Journal<u128>,

@@ -845,6 +845,40 @@ fn record(
     out.decisions.push(Decision { firing, outcome });
 }
 
+/// Hash maps keyed by [`key_hash`]es: the keys are uniform hashes already,
+/// so hashing them again (std's SipHash) is wasted work on every event.
+pub(crate) type KeyMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// Folds a key that is already a uniform hash into 64 bits.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(23) ^ n;
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64 ^ (n >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, _: usize) {
+        // Only a slice's length prefix: the same for every key of a map.
+    }
+}
+
 /// Stable 128-bit identity of (rule, values): episodes, windows, ledgers.
 fn key_hash(tag: &str, rule_id: &str, values: &[String]) -> u128 {
     key_hash_parts(tag, rule_id, values.iter().map(String::as_str))

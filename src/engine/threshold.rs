@@ -8,19 +8,19 @@
 
 use std::sync::Arc;
 
-use std::collections::HashMap;
-
 use smallvec::SmallVec;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
-use super::{event_identity, notification_id, record, Cx, Firing, Output, Partition, PartitionId};
+use super::{
+    event_identity, notification_id, record, Cx, Firing, KeyMap, Output, Partition, PartitionId,
+};
 use crate::event::{Event, Millis};
 use crate::rules::{Rule, Threshold};
 
 /// The open windows of one partition.
 #[derive(Debug, Default)]
 pub(crate) struct Windows {
-    map: HashMap<u128, Window>,
+    map: KeyMap<u128, Window>,
     /// Watermark at which windows are next swept.
     next_sweep: Millis,
     /// Keys changed or dropped since the last flush.
@@ -139,18 +139,13 @@ pub(super) fn on_trigger(
 ) {
     let windows = &mut part.windows;
     let id = id_hash(event);
+    let window = windows.map.entry(k).or_default();
     // A redelivered event (an id already in the window) is one failure,
     // not two: it does not count again.
-    if id != NO_ID
-        && windows
-            .map
-            .get(&k)
-            .is_some_and(|w| w.times.iter().any(|&(_, seen)| seen == id))
-    {
+    if id != NO_ID && window.times.iter().any(|&(_, seen)| seen == id) {
         return;
     }
     windows.journal.note(k);
-    let window = windows.map.entry(k).or_default();
     let at = window.times.partition_point(|&(x, _)| x <= event.time);
     window.times.insert(at, (event.time, id));
     let newest = window.times.last().expect("just inserted").0;

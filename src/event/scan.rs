@@ -76,6 +76,20 @@ pub(crate) fn plain_integer(raw: &str) -> bool {
         && raw != "-0"
 }
 
+/// Bytes that end a run of plain string characters: the quote, the
+/// backslash and the control characters (invalid unescaped).
+const SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
@@ -185,6 +199,12 @@ impl<'a> Scanner<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
+            // Plain characters, many at a time.
+            let rest = self.b.get(self.i..)?;
+            self.i += rest
+                .iter()
+                .position(|&b| SPECIAL[b as usize])
+                .unwrap_or(rest.len());
             match *self.b.get(self.i)? {
                 b'"' => {
                     self.i += 1;
