@@ -150,7 +150,7 @@ impl Episodes {
     }
 
     /// Slots of `key`, newest first.
-    fn chain(&self, key: &Key) -> Vec<u32> {
+    fn chain(&self, key: &Key) -> smallvec::SmallVec<[u32; 4]> {
         self.walk(key).collect()
     }
 
@@ -314,7 +314,7 @@ pub(super) fn on_closer(
     if chain.is_empty() && !guarded {
         return;
     }
-    let conditions: Vec<_> = a
+    let conditions: smallvec::SmallVec<[_; 4]> = a
         .until
         .iter()
         .chain(&a.cancel_on)
