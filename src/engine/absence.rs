@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
 use super::project::decode_trigger;
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use super::{
     event_key_hash, matcher::trigger_holds, notification_id, record, Clock, Cx, EngineConfig,
@@ -34,13 +35,19 @@ fn hash_of(key: &Key) -> u128 {
 
 /// The open episodes of one partition, laid out for millions: a slab of
 /// small slots, an index from key to the newest slot of that key (older
-/// ones chain through `next`), and one sorted deadline index.
+/// ones chain through `next`), and one deadline heap.
 #[derive(Debug, Default)]
 pub(crate) struct Episodes {
     index: KeyMap<Key, u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    timers: BTreeSet<(Millis, u32)>,
+    /// (deadline, slot), earliest first. Closing an episode leaves its
+    /// entry behind, to be dropped when it comes up: an entry stands only
+    /// while its slot is open with that deadline. A heap in one array
+    /// takes new deadlines, mostly the latest yet, at its end; a B-tree
+    /// paid a node walk for each.
+    timers: BinaryHeap<Reverse<(Millis, u32)>>,
+    open: usize,
     /// Episodes inserted or removed since the last flush: (key, start, deadline).
     pub(crate) journal: Journal<(Key, Millis, Millis)>,
 }
@@ -129,16 +136,19 @@ fn trigger_customer(trigger: &[u8]) -> Option<String> {
 
 impl Episodes {
     pub(crate) fn len(&self) -> usize {
-        self.timers.len()
+        self.open
+    }
+
+    /// The open slots, in slab order.
+    fn open_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.slots.len() as u32).filter(|&at| self.slots[at as usize].rule != NIL)
     }
 
     /// Removes every open episode whose trigger is `customer`'s (GDPR
     /// erasure). Returns how many.
     pub(crate) fn forget(&mut self, customer: &str) -> usize {
         let theirs: Vec<u32> = self
-            .timers
-            .iter()
-            .map(|&(_, at)| at)
+            .open_slots()
             .filter(|&at| {
                 trigger_customer(&self.slots[at as usize].trigger).as_deref() == Some(customer)
             })
@@ -188,7 +198,16 @@ impl Episodes {
             }
         };
         self.index.insert(key, at);
-        self.timers.insert((deadline, at));
+        self.timers.push(Reverse((deadline, at)));
+        self.open += 1;
+        // Entries of closed episodes wait for their deadline: when they
+        // outnumber the open ones (far deadlines, closed early), rebuild.
+        if self.timers.len() > 2 * self.open + 1024 {
+            self.timers = self
+                .open_slots()
+                .map(|at| Reverse((self.slots[at as usize].deadline, at)))
+                .collect();
+        }
     }
 
     fn remove(&mut self, at: u32) -> Episode {
@@ -213,8 +232,8 @@ impl Episodes {
             }
             None => {}
         }
-        self.timers.remove(&(deadline, at));
         self.free.push(at);
+        self.open -= 1;
         let s = &mut self.slots[at as usize];
         self.journal.note((key, s.start, deadline));
         s.next = NIL;
@@ -222,17 +241,24 @@ impl Episodes {
             key: s.key,
             start: s.start,
             deadline: s.deadline,
-            rule: s.rule,
+            // A free slot has no rule.
+            rule: std::mem::replace(&mut s.rule, NIL),
             trigger: std::mem::take(&mut s.trigger),
         }
     }
 
     /// The slot whose deadline is earliest, if the watermark has passed it.
-    fn due(&self, watermark: Millis) -> Option<u32> {
-        self.timers
-            .first()
-            .filter(|(deadline, _)| *deadline < watermark)
-            .map(|(_, at)| *at)
+    /// Entries of closed episodes are dropped on the way.
+    fn due(&mut self, watermark: Millis) -> Option<u32> {
+        while let Some(&Reverse((deadline, at))) = self.timers.peek() {
+            let s = &self.slots[at as usize];
+            if s.rule == NIL || s.deadline != deadline {
+                self.timers.pop();
+                continue;
+            }
+            return (deadline < watermark).then_some(at);
+        }
+        None
     }
 }
 
@@ -439,12 +465,13 @@ impl Episodes {
 
     /// Rows for every open episode (a snapshot).
     pub(crate) fn snapshot(&self, pid: PartitionId, rules: &RuleSet, out: &mut Vec<Write>) {
-        let all: Vec<_> = self
-            .timers
-            .iter()
-            .map(|&(deadline, at)| {
+        let mut open: Vec<u32> = self.open_slots().collect();
+        open.sort_by_key(|&at| (self.slots[at as usize].deadline, at));
+        let all: Vec<_> = open
+            .into_iter()
+            .map(|at| {
                 let s = &self.slots[at as usize];
-                (s.key, s.start, deadline)
+                (s.key, s.start, s.deadline)
             })
             .collect();
         self.rows(all, pid, rules, out);
@@ -569,5 +596,58 @@ impl Guard {
             },
         );
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deadlines come out in (deadline, slot) order whatever was closed,
+    /// with slots reused and the heap rebuilt along the way, as a sorted
+    /// set of the open ones would give them.
+    #[test]
+    fn the_deadline_heap_yields_exactly_the_open_episodes_in_order() {
+        let mut eps = Episodes::default();
+        let mut model = std::collections::BTreeSet::new();
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for i in 0..20_000u64 {
+            let r = next();
+            if r % 5 < 2 && !model.is_empty() {
+                // Close an open episode (the heap keeps its entry).
+                let &(deadline, at) = model.iter().nth((r >> 8) as usize % model.len()).unwrap();
+                eps.remove(at);
+                model.remove(&(deadline, at));
+            } else {
+                // Deadlines mostly rising, some far ahead, some repeated.
+                let deadline = match r % 7 {
+                    0 => (i as Millis) + 1_000_000,
+                    1 => 5,
+                    _ => i as Millis,
+                };
+                let key = key_of(u128::from(r));
+                eps.insert(key, 0, deadline, 0, Box::new([1]));
+                let at = eps.index[&key];
+                model.insert((deadline, at));
+            }
+            assert_eq!(eps.len(), model.len());
+        }
+        assert!(
+            eps.timers.len() <= 2 * eps.open + 1024,
+            "rebuilt when stale entries pile up"
+        );
+        let mut fired = Vec::new();
+        while let Some(at) = eps.due(Millis::MAX) {
+            fired.push((eps.slots[at as usize].deadline, at));
+            eps.remove(at);
+        }
+        assert_eq!(fired, model.into_iter().collect::<Vec<_>>());
+        assert_eq!(eps.len(), 0);
     }
 }
