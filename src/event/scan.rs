@@ -38,7 +38,17 @@ impl<'a> Members<'a> {
 /// The members of `bytes` when it is one JSON object (surrounding white
 /// space allowed) whose keys have no escapes; `None` otherwise.
 pub(crate) fn object(bytes: &[u8]) -> Option<Members<'_>> {
-    let text = std::str::from_utf8(bytes).ok()?;
+    members_of(std::str::from_utf8(bytes).ok()?)
+}
+
+/// The members of a nested value's raw text (from [`object`] or
+/// [`Members::get`], so checked already) when it is an object; `None` for
+/// other values.
+pub(crate) fn nested(raw: &str) -> Option<Members<'_>> {
+    raw.starts_with('{').then(|| members_of(raw)).flatten()
+}
+
+fn members_of(text: &str) -> Option<Members<'_>> {
     let mut s = Scanner {
         b: text.as_bytes(),
         i: 0,
@@ -47,14 +57,6 @@ pub(crate) fn object(bytes: &[u8]) -> Option<Members<'_>> {
     let members = s.members(text)?;
     s.ws();
     (s.i == s.b.len()).then_some(members)
-}
-
-/// The members of a value's raw text (from [`object`] or [`Members::get`])
-/// when it is an object; `None` for other values.
-pub(crate) fn nested(raw: &str) -> Option<Members<'_>> {
-    raw.starts_with('{')
-        .then(|| object(raw.as_bytes()))
-        .flatten()
 }
 
 /// The content of a raw JSON string without escapes (`"abc"` → `abc`);
