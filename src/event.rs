@@ -222,10 +222,8 @@ impl EventSchema {
                     if members.contains_key(first) {
                         continue;
                     }
-                    if let Some(raw) = top.get(first.as_str()) {
-                        if let Ok(v) = serde_json::from_str::<Value>(raw) {
-                            members.insert(first.clone(), v);
-                        }
+                    if let Some(v) = top.get(first.as_str()).and_then(scan::value) {
+                        members.insert(first.clone(), v);
                     }
                 }
                 (Value::Object(members), Some(Arc::from(bytes)))

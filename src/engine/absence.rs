@@ -48,6 +48,9 @@ pub(crate) struct Episodes {
     /// paid a node walk for each.
     timers: BinaryHeap<Reverse<(Millis, u32)>>,
     open: usize,
+    /// Open episodes per rule index: a closer of a rule with none open
+    /// here needs no lookup.
+    per_rule: Vec<u32>,
     /// Episodes inserted or removed since the last flush: (key, start, deadline).
     pub(crate) journal: Journal<(Key, Millis, Millis)>,
 }
@@ -86,6 +89,10 @@ struct Fired {
 impl Guard {
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     fn insert(&mut self, key: Key, fired: Fired) {
@@ -137,6 +144,11 @@ fn trigger_customer(trigger: &[u8]) -> Option<String> {
 impl Episodes {
     pub(crate) fn len(&self) -> usize {
         self.open
+    }
+
+    /// How many episodes of rule `idx` are open.
+    fn open_of(&self, idx: u32) -> u32 {
+        self.per_rule.get(idx as usize).copied().unwrap_or(0)
     }
 
     /// The open slots, in slab order.
@@ -200,6 +212,10 @@ impl Episodes {
         self.index.insert(key, at);
         self.timers.push(Reverse((deadline, at)));
         self.open += 1;
+        if self.per_rule.len() <= rule as usize {
+            self.per_rule.resize(rule as usize + 1, 0);
+        }
+        self.per_rule[rule as usize] += 1;
         // Entries of closed episodes wait for their deadline: when they
         // outnumber the open ones (far deadlines, closed early), rebuild.
         if self.timers.len() > 2 * self.open + 1024 {
@@ -235,6 +251,7 @@ impl Episodes {
         self.free.push(at);
         self.open -= 1;
         let s = &mut self.slots[at as usize];
+        self.per_rule[s.rule as usize] -= 1;
         self.journal.note((key, s.start, deadline));
         s.next = NIL;
         Episode {
@@ -330,6 +347,35 @@ pub(super) fn on_closer(
     let RuleKind::Absence(a) = &rule.kind else {
         return;
     };
+    // Nothing of this rule open or awaiting delivery here: nothing to close.
+    if part.episodes.open_of(idx) == 0 && part.guard.is_empty() {
+        return;
+    }
+    let conditions: smallvec::SmallVec<[_; 4]> = a
+        .until
+        .iter()
+        .chain(&a.cancel_on)
+        .filter(|c| c.event == event.kind)
+        .collect();
+    // `trigger` is only decoded for conditions that name it.
+    let needs_trigger = cx.closer_reads_trigger[idx as usize];
+    // Conditions on the event alone decide alike for every episode: decide
+    // once, before looking any up. Most closing-type events (every page
+    // view, say) close nothing. Should a condition fail to evaluate, each
+    // episode evaluates it again below, and reports the error, as before.
+    let mut decided = None;
+    if !needs_trigger {
+        let mut probe = Output::default();
+        let holds = conditions
+            .iter()
+            .any(|c| trigger_holds(rule, &event.payload, || cx.scope.get(), c, &mut probe));
+        if probe.errors.is_empty() {
+            if !holds {
+                return;
+            }
+            decided = Some(true);
+        }
+    }
     // Most closers concern no open episode: hash without copying the key.
     let Some(hash) = event_key_hash("episode", rule, event) else {
         return;
@@ -340,21 +386,12 @@ pub(super) fn on_closer(
     if chain.is_empty() && !guarded {
         return;
     }
-    let conditions: smallvec::SmallVec<[_; 4]> = a
-        .until
-        .iter()
-        .chain(&a.cancel_on)
-        .filter(|c| c.event == event.kind)
-        .collect();
-    // `trigger` is only decoded for conditions that name it.
-    let needs_trigger = conditions.iter().any(|c| {
-        c.when
-            .as_ref()
-            .is_some_and(|w| w.source().contains("trigger"))
-    });
     // Conditions that name `trigger` run in CEL with the stored trigger
     // decoded; the others may take the fast path.
     let closes = |trigger: &[u8], start: Millis, out: &mut Output| {
+        if let Some(holds) = decided {
+            return holds;
+        }
         let inner;
         let scope: &cel::Context<'_, 'static> = if needs_trigger {
             let mut s = cx.scope.get().new_inner_scope();

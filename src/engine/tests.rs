@@ -1110,3 +1110,96 @@ notify = { channel = "email", template = "t" }
         )]
     );
 }
+
+/// Key hashes are stored (episode, window and ledger rows): the one-shot
+/// form must give what the streaming hasher gave, for short parts and for
+/// parts past the stack buffer and xxh3's own internal block sizes.
+#[test]
+fn key_hashes_equal_the_streaming_digest_they_replaced() {
+    let streaming = |tag: &str, rule: &str, values: &[&str]| {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in [tag, rule].iter().chain(values) {
+            h.update(&(part.len() as u32).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.digest128()
+    };
+    let long = "x".repeat(300);
+    let longer = "é".repeat(700);
+    for values in [
+        vec![],
+        vec!["c-1"],
+        vec!["c-0000042", "SHP-0000042"],
+        vec![long.as_str()],
+        vec!["a", long.as_str(), longer.as_str()],
+    ] {
+        assert_eq!(
+            super::key_hash_parts("window", "payment-failures", values.iter().copied()),
+            streaming("window", "payment-failures", &values)
+        );
+    }
+    // And a fixed digest, so a change of xxhash-rust itself shows too.
+    assert_eq!(
+        super::key_hash_parts("episode", "checkout-dropoff", ["c-1"].into_iter()),
+        184_450_865_917_478_037_409_558_879_772_168_790_997
+    );
+}
+
+/// A closer whose condition reads the event alone is decided once per
+/// event, before any lookup; it must close and report errors exactly as
+/// evaluating it per open episode did.
+#[test]
+fn closer_conditions_on_the_event_alone_close_and_report_as_per_episode() {
+    let rules = r#"
+[[rule]]
+id = "orders-page-after-error"
+kind = "absence"
+trigger = { event = "app_error" }
+until = { event = "page_view", if = 'event.page.startsWith("/orders")' }
+within = "30m"
+notify = { channel = "email", template = "t" }
+"#;
+    let view = |c: &str, t: Millis, page: serde_json::Value| {
+        ev("page_view", c, t, json!({ "page": page }))
+    };
+    let mut e = engine_for(rules, None);
+    let mut out = Output::default();
+    // No episode open: nothing is evaluated, so nothing is reported, even
+    // for a page the condition cannot read.
+    e.on_event(0, &view("c1", 0, json!(7)), Clock::Virtual, &mut out);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    for ev_ in [
+        ev("app_error", "c1", MIN, json!({})),
+        ev("app_error", "c2", MIN, json!({})),
+        ev("app_error", "c3", MIN, json!({})),
+    ] {
+        e.on_event(0, &ev_, Clock::Virtual, &mut out);
+    }
+    // c1: another page does not close; c2: the orders page does; c3: a
+    // page that is a number fails to evaluate (one error, for its one open
+    // episode) and does not close.
+    e.on_event(
+        0,
+        &view("c1", 2 * MIN, json!("/help")),
+        Clock::Virtual,
+        &mut out,
+    );
+    e.on_event(
+        0,
+        &view("c2", 2 * MIN, json!("/orders/A-1")),
+        Clock::Virtual,
+        &mut out,
+    );
+    e.on_event(
+        0,
+        &view("c3", 2 * MIN, json!(404)),
+        Clock::Virtual,
+        &mut out,
+    );
+    assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+    assert_eq!(out.errors[0].rule_id, "orders-page-after-error");
+    e.flush(Clock::Virtual, &mut out);
+    let mut fired: Vec<String> = summarize(out).into_iter().map(|f| f.1).collect();
+    fired.sort();
+    assert_eq!(fired, ["c1", "c3"]);
+}

@@ -66,6 +66,33 @@ pub(crate) fn plain_str(raw: &str) -> Option<&str> {
     (!inner.contains('\\')).then_some(inner)
 }
 
+/// A member's raw text (checked by the scan) as serde_json parses it,
+/// built without serde_json where the text is plain: strings without
+/// escapes, integers, `true`, `false`, `null`, and objects of those.
+/// Anything else (floats, arrays, escapes) goes through serde_json.
+pub(crate) fn value(raw: &str) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let fast = match *raw.as_bytes().first()? {
+        b'"' => plain_str(raw).map(|s| Value::String(s.to_owned())),
+        b'{' => nested(raw).and_then(|members| {
+            let mut map = serde_json::Map::new();
+            for (k, v) in members.0 {
+                // A repeated key: the last one stands, as in serde_json.
+                map.insert(k.to_owned(), value(v)?);
+            }
+            Some(Value::Object(map))
+        }),
+        b'-' | b'0'..=b'9' if plain_integer(raw) => raw.parse::<i64>().ok().map(Value::from),
+        _ => match raw {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            "null" => Some(Value::Null),
+            _ => None,
+        },
+    };
+    fast.or_else(|| serde_json::from_str(raw).ok())
+}
+
 /// Whether a raw JSON number is an integer written as serde_json prints
 /// it (no sign on zero, no fraction or exponent, few enough digits for
 /// any i64 or u64), so that its text is its canonical form.
@@ -91,6 +118,32 @@ const SPECIAL: [bool; 256] = {
     t[b'\\' as usize] = true;
     t
 };
+
+/// How many bytes at the start of `rest` are plain string characters
+/// (not [`SPECIAL`]): eight at a time, then byte by byte.
+fn plain_run(rest: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // High bit of each byte below `n` (exact for the lowest such byte;
+    // bytes above it may be flagged falsely, which the lowest-bit pick
+    // below never looks at).
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
+    let mut i = 0;
+    while let Some(chunk) = rest.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let special = below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1)
+            | below(w, 0x20);
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + rest[i..]
+        .iter()
+        .position(|&b| SPECIAL[b as usize])
+        .unwrap_or(rest.len() - i)
+}
 
 struct Scanner<'a> {
     b: &'a [u8],
@@ -202,11 +255,7 @@ impl<'a> Scanner<'a> {
         let mut escaped = false;
         loop {
             // Plain characters, many at a time.
-            let rest = self.b.get(self.i..)?;
-            self.i += rest
-                .iter()
-                .position(|&b| SPECIAL[b as usize])
-                .unwrap_or(rest.len());
+            self.i += plain_run(self.b.get(self.i..)?);
             match *self.b.get(self.i)? {
                 b'"' => {
                     self.i += 1;
@@ -295,7 +344,8 @@ mod tests {
         Some(m.into_iter().collect())
     }
 
-    /// The scanner's members, each value parsed by serde_json.
+    /// The scanner's members, each value read by [`value`] (and checked
+    /// against serde_json's reading of its text).
     fn scanned(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
         let m = object(bytes)?;
         let mut keys: Vec<&str> = m.0.iter().map(|(k, _)| *k).collect();
@@ -305,7 +355,12 @@ mod tests {
             keys.into_iter()
                 .map(|k| {
                     let raw = m.get(k).unwrap();
-                    let v = serde_json::from_str(raw).expect("raw text is valid JSON");
+                    let v = value(raw).expect("raw text is valid JSON");
+                    assert_eq!(
+                        Some(&v),
+                        serde_json::from_str::<Value>(raw).ok().as_ref(),
+                        "{raw}"
+                    );
                     (k.to_string(), v)
                 })
                 .collect(),
@@ -381,6 +436,14 @@ mod tests {
     }
 
     proptest! {
+        /// The word-at-a-time run agrees with the byte table.
+        #[test]
+        fn plain_run_agrees_with_the_table(bytes in prop::collection::vec(
+            prop_oneof![Just(b'"'), Just(b'\\'), 0u8..0x20, 0x20u8..0x80, 0x80u8..=0xff], 0..40)) {
+            let naive = bytes.iter().position(|&b| SPECIAL[b as usize]).unwrap_or(bytes.len());
+            prop_assert_eq!(plain_run(&bytes), naive);
+        }
+
         /// Every object serde_json writes, compact or pretty, is read with
         /// the same members.
         #[test]
