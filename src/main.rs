@@ -132,10 +132,10 @@ enum Command {
         /// The customer's profile as JSON (what the profiles topic holds: name, email, timezone, consent, …).
         #[arg(long, value_name = "FILE.json")]
         profile: Option<PathBuf>,
-        /// Where to write the preview page. Default: render-out/<rule id>.html.
+        /// Where to write the preview page. Default: render-out/<rule id>.html. With --raw: where to write the wire text (say, a .eml file) instead of printing it.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// Print exactly what goes on the wire (the MIME email, the webhook request, the Kafka record) and write no page.
+        /// Print exactly what goes on the wire (the MIME email, the webhook request, the Kafka record) and write no page; with --out, write it to that file.
         #[arg(long)]
         raw: bool,
     },
@@ -287,7 +287,10 @@ fn main() -> ExitCode {
                     config,
                     profile,
                 },
-                (!raw).then(|| out.unwrap_or_default()),
+                match raw {
+                    true => RenderTo::Wire(out),
+                    false => RenderTo::Page(out.unwrap_or_default()),
+                },
             ),
             Command::DeadLetters { config, action } => dead_letters(config, action).await,
             Command::Explain {
@@ -384,9 +387,16 @@ struct RenderArgs {
     profile: Option<PathBuf>,
 }
 
-/// `page`: where to write the preview page (empty: the default place);
-/// `None` prints the wire text only (`--raw`).
-fn render(args: RenderArgs, page: Option<PathBuf>) -> ExitCode {
+/// Where `forewarn render` puts what it renders.
+enum RenderTo {
+    /// The terminal card, and the preview page at this path (empty: the
+    /// default place).
+    Page(PathBuf),
+    /// `--raw`: the wire text only, to this file or else standard output.
+    Wire(Option<PathBuf>),
+}
+
+fn render(args: RenderArgs, to: RenderTo) -> ExitCode {
     use forewarn::event::{EventSchema, FieldPath};
     use forewarn::render::{render, RenderOptions};
     let p = |s: &str| FieldPath::parse(s).expect("built-in paths are valid");
@@ -434,30 +444,63 @@ fn render(args: RenderArgs, page: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(page) = page else {
-        // --raw: the wire only, as before.
-        let many = previews.len() > 1;
-        for (i, p) in previews.iter().enumerate() {
-            if many || p.outcome != "sent" {
-                eprintln!(
-                    "--- message {} of {}: channel {:?}, notification {}{}",
-                    i + 1,
-                    previews.len(),
-                    p.channel,
-                    p.notification_id,
-                    if p.outcome == "shadow" {
-                        " (shadow mode: rendered, never sent)"
-                    } else {
-                        ""
-                    }
-                );
+    let page = match to {
+        RenderTo::Page(page) => page,
+        RenderTo::Wire(file) => {
+            // --raw: the wire only. Several messages (a catalog rule, say)
+            // are each introduced on standard error, so the wire text
+            // stays exactly what is sent.
+            let many = previews.len() > 1;
+            let mut wire = String::new();
+            for (i, p) in previews.iter().enumerate() {
+                if many || p.outcome != "sent" {
+                    eprintln!(
+                        "--- message {} of {}: channel {:?}, notification {}{}",
+                        i + 1,
+                        previews.len(),
+                        p.channel,
+                        p.notification_id,
+                        if p.outcome == "shadow" {
+                            " (shadow mode: rendered, never sent)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                wire.push_str(&p.view.wire);
+                if !p.view.wire.ends_with('\n') {
+                    wire.push('\n');
+                }
             }
-            print!("{}", p.view.wire);
-            if !p.view.wire.ends_with('\n') {
-                println!();
-            }
+            let Some(file) = file else {
+                print!("{wire}");
+                return ExitCode::SUCCESS;
+            };
+            let written = file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&file, &wire));
+            return match written {
+                Ok(()) => {
+                    eprintln!(
+                        "wrote {} ({} message{}, {} bytes)",
+                        file.display(),
+                        previews.len(),
+                        if many { "s" } else { "" },
+                        wire.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot write {}: {e}; check that the folder is writable, or leave out --out to print the wire text",
+                        file.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
         }
-        return ExitCode::SUCCESS;
     };
     for (i, p) in previews.iter().enumerate() {
         if previews.len() > 1 {

@@ -136,7 +136,7 @@ fn every_shipped_rule_renders_from_its_sample_event() {
 }
 
 #[test]
-fn the_page_goes_to_render_out_by_default_and_raw_writes_none() {
+fn the_page_goes_to_render_out_by_default_and_raw_writes_none_or_the_wire_to_out() {
     let cwd = tempfile::tempdir().unwrap();
     let rules = root().join("rules");
     let event = root().join("rules/samples/carrier-delay.json");
@@ -154,6 +154,31 @@ fn the_page_goes_to_render_out_by_default_and_raw_writes_none() {
     assert!(
         !cwd.path().join("render-out").exists(),
         "--raw writes no page"
+    );
+
+    // --raw --out: the same wire text, in the file instead.
+    let eml = cwd.path().join("mail/carrier-delay.eml");
+    let (ok, to_file, stderr) = render_in(
+        cwd.path(),
+        &[&args[..], &["--raw", "--out", eml.to_str().unwrap()]].concat(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(to_file.is_empty(), "nothing on standard output: {to_file}");
+    assert!(stderr.contains("carrier-delay.eml"), "{stderr}");
+    let written = std::fs::read_to_string(&eml).unwrap();
+    // The same message but for the MIME boundary, random per rendering.
+    let normalized = |s: &str| {
+        let boundary = s
+            .split_once("boundary=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(b, _)| b.to_string())
+            .expect("a multipart email");
+        s.replace(&boundary, "BOUNDARY")
+    };
+    assert_eq!(normalized(&written), normalized(&stdout));
+    assert!(
+        !cwd.path().join("render-out").exists(),
+        "--raw --out writes no page"
     );
 
     let (ok, stdout, stderr) = render_in(cwd.path(), &args);

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::event::{Event, Millis};
 use crate::rules::catalog::CatalogEntry;
 use crate::rules::expr::{base_context, to_cel};
+use crate::rules::model::TypeMap;
 use crate::rules::{Rule, RuleKind, RuleSet};
 
 pub type PartitionId = i32;
@@ -252,9 +253,9 @@ pub struct Engine {
     rules: Arc<RuleSet>,
     /// Per event type: the payload fields its conditions read (None: all).
     /// Only these are converted to CEL, once per event.
-    bindings: HashMap<String, Option<Vec<crate::event::FieldPath>>>,
+    bindings: TypeMap<Option<Vec<crate::event::FieldPath>>>,
     /// Per event type: every payload field the engine reads (None: all).
-    needs: HashMap<String, Option<Vec<crate::event::FieldPath>>>,
+    needs: TypeMap<Option<Vec<crate::event::FieldPath>>>,
     /// Per rule: the trigger fields to keep in an episode (None: all).
     retain: Vec<Option<Vec<crate::event::FieldPath>>>,
     /// Per rule: the index of the first rule with the same `retain` set.
@@ -705,8 +706,8 @@ impl Engine {
 /// For each event type, the union of the payload fields read as `event.*`
 /// by every condition that can run on it: trigger conditions, catalog
 /// `matches`, and until / cancel_on conditions.
-fn event_bindings(rules: &RuleSet) -> HashMap<String, Option<Vec<crate::event::FieldPath>>> {
-    let mut out: HashMap<String, Option<Vec<crate::event::FieldPath>>> = HashMap::new();
+fn event_bindings(rules: &RuleSet) -> TypeMap<Option<Vec<crate::event::FieldPath>>> {
+    let mut out: TypeMap<Option<Vec<crate::event::FieldPath>>> = TypeMap::default();
     let mut add = |kind: &str, expr: Option<&crate::rules::expr::Expr>| {
         let entry = out
             .entry(kind.to_string())
@@ -771,8 +772,8 @@ impl<'a> LazyScope<'a> {
 fn payload_needs(
     rules: &RuleSet,
     retain: &[Option<Vec<crate::event::FieldPath>>],
-    bindings: &HashMap<String, Option<Vec<crate::event::FieldPath>>>,
-) -> HashMap<String, Option<Vec<crate::event::FieldPath>>> {
+    bindings: &TypeMap<Option<Vec<crate::event::FieldPath>>>,
+) -> TypeMap<Option<Vec<crate::event::FieldPath>>> {
     use crate::rules::{DeadlineSpec, KeyField, OncePerField};
     let mut out = bindings.clone();
     let mut add = |kind: &str, paths: Option<Vec<crate::event::FieldPath>>| {

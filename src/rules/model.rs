@@ -244,16 +244,40 @@ impl Rule {
 pub struct RuleSet {
     pub rules: Vec<Arc<Rule>>,
     /// Enabled rules by trigger event type: an event only meets the rules that name it.
-    by_trigger: HashMap<String, Vec<u32>>,
+    by_trigger: TypeMap<Vec<u32>>,
     /// Enabled absence rules by until / cancel_on event type.
-    by_closer: HashMap<String, Vec<u32>>,
+    by_closer: TypeMap<Vec<u32>>,
+}
+
+/// Maps keyed by event type, looked up several times for every event:
+/// hashed with xxh3 rather than std's SipHash (event types are the
+/// company's own names, not input an attacker picks per record).
+pub type TypeMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<TypeHasher>>;
+
+/// The hasher of [`TypeMap`]: xxh3 over the key's bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TypeHasher(u64);
+
+impl std::hash::Hasher for TypeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = self.0.rotate_left(5) ^ xxhash_rust::xxh3::xxh3_64(bytes);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        // `str`'s end marker: the same for every key.
+        self.0 ^= u64::from(n);
+    }
 }
 
 impl RuleSet {
     pub fn new(rules: Vec<Rule>) -> RuleSet {
         let rules: Vec<Arc<Rule>> = rules.into_iter().map(Arc::new).collect();
-        let mut by_trigger: HashMap<String, Vec<u32>> = HashMap::new();
-        let mut by_closer: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut by_trigger: TypeMap<Vec<u32>> = TypeMap::default();
+        let mut by_closer: TypeMap<Vec<u32>> = TypeMap::default();
         for (i, r) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
             let i = i as u32;
             by_trigger
