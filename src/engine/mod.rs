@@ -903,8 +903,9 @@ fn key_hash(tag: &str, rule_id: &str, values: &[String]) -> u128 {
     key_hash_parts(tag, rule_id, values.iter().map(String::as_str))
 }
 
-/// [`key_hash`] over borrowed parts, streamed: no buffer, no allocation.
-/// Length prefixes keep ("a","bc") apart from ("ab","c").
+/// [`key_hash`] over borrowed parts, laid out in a stack buffer (on the
+/// heap only past 160 bytes of key). Length prefixes keep ("a","bc")
+/// apart from ("ab","c").
 fn key_hash_parts<'a>(tag: &str, rule_id: &str, values: impl Iterator<Item = &'a str>) -> u128 {
     // The parts laid end to end on the stack and hashed in one call: the
     // same digest as feeding them to a streaming hasher one by one (xxh3's

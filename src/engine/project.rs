@@ -87,10 +87,16 @@ pub fn encode_trigger(event: &Event, fields: Option<&[FieldPath]>) -> Box<[u8]> 
             }
             None => rmp_serde::encode::write(buf, &(&event.customer, &event.id, &event.payload)),
         };
-        match written {
+        let bytes = match written {
             Ok(()) => Box::from(&buf[..]),
             Err(_) => Box::default(),
+        };
+        // A rare huge trigger (a whole payload kept) does not pin its
+        // size for the thread's life.
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
         }
+        bytes
     })
 }
 
