@@ -363,7 +363,7 @@ pub(super) fn on_closer(
     // once, before looking any up. Most closing-type events (every page
     // view, say) close nothing. Should a condition fail to evaluate, each
     // episode evaluates it again below, and reports the error, as before.
-    let mut decided = None;
+    let mut closes_every_episode = false;
     if !needs_trigger {
         let mut probe = Output::default();
         let holds = conditions
@@ -373,7 +373,7 @@ pub(super) fn on_closer(
             if !holds {
                 return;
             }
-            decided = Some(true);
+            closes_every_episode = true;
         }
     }
     // Most closers concern no open episode: hash without copying the key.
@@ -389,8 +389,8 @@ pub(super) fn on_closer(
     // Conditions that name `trigger` run in CEL with the stored trigger
     // decoded; the others may take the fast path.
     let closes = |trigger: &[u8], start: Millis, out: &mut Output| {
-        if let Some(holds) = decided {
-            return holds;
+        if closes_every_episode {
+            return true;
         }
         let inner;
         let scope: &cel::Context<'_, 'static> = if needs_trigger {
