@@ -1166,7 +1166,8 @@ fn measure_memory(shipped: &RuleSet, episodes: usize) -> MemoryResult {
     let (rule, is_shipped, _dir) = dropoff_rule(shipped);
     let rule_id = rule.id.clone();
     let email = FieldPath::parse("customer.email").unwrap();
-    let retained = project::retained_paths(&rule, std::slice::from_ref(&email));
+    let retained = project::retained_paths(&rule, std::slice::from_ref(&email))
+        .map(|paths| project::Plan::new(&paths));
     let rules = Arc::new(RuleSet::new(vec![rule]));
     let schema = schema();
     let mut engine = new_engine(&rules);
@@ -1198,7 +1199,7 @@ fn measure_memory(shipped: &RuleSet, episodes: usize) -> MemoryResult {
             &mut out,
         );
         if i % 100 == 0 {
-            let b = project::encode_trigger(&event, retained.as_deref());
+            let b = project::encode_trigger(&event, retained.as_ref());
             if i == 0 {
                 // MessagePack on the inside; shown decoded.
                 sample_trigger = project::decode_trigger(&b, &event.kind, event.time)

@@ -256,9 +256,10 @@ pub struct Engine {
     bindings: TypeMap<Option<Vec<crate::event::FieldPath>>>,
     /// Per event type: every payload field the engine reads (None: all).
     needs: TypeMap<Option<Vec<crate::event::FieldPath>>>,
-    /// Per rule: the trigger fields to keep in an episode (None: all).
-    retain: Vec<Option<Vec<crate::event::FieldPath>>>,
-    /// Per rule: the index of the first rule with the same `retain` set.
+    /// Per rule: the trigger fields an episode keeps, as the encoder
+    /// walks them (None: all).
+    plans: Vec<Option<project::Plan>>,
+    /// Per rule: the index of the first rule that keeps the same fields.
     retain_class: Vec<u32>,
     /// What every stored trigger keeps (see [`Engine::new`]).
     always_retain: Vec<crate::event::FieldPath>,
@@ -286,6 +287,10 @@ impl Engine {
             .collect();
         let bindings = event_bindings(&rules);
         let needs = payload_needs(&rules, &retain, &bindings);
+        let plans = retain
+            .iter()
+            .map(|r| r.as_deref().map(project::Plan::new))
+            .collect();
         let retain_class = (0..retain.len())
             .map(|i| retain.iter().position(|r| *r == retain[i]).unwrap_or(i) as u32)
             .collect();
@@ -306,8 +311,8 @@ impl Engine {
             rules,
             bindings,
             needs,
-            retain,
             retain_class,
+            plans,
             always_retain: always_retain.to_vec(),
             cel: base_context(),
             cfg,
@@ -588,7 +593,7 @@ impl Engine {
             };
             let cx = Cx {
                 rules: &self.rules,
-                retain: &self.retain,
+                plans: &self.plans,
                 retain_class: &self.retain_class,
                 closer_reads_trigger: &self.closer_reads_trigger,
                 encoded: Default::default(),
@@ -823,7 +828,7 @@ type EncodedTriggers = std::cell::RefCell<smallvec::SmallVec<[(u32, Box<[u8]>); 
 
 struct Cx<'a> {
     rules: &'a RuleSet,
-    retain: &'a [Option<Vec<crate::event::FieldPath>>],
+    plans: &'a [Option<project::Plan>],
     /// Per rule: which distinct `retain` set it has (equal sets, equal ids).
     retain_class: &'a [u32],
     /// Per rule: an until / cancel_on condition names `trigger`.
@@ -847,7 +852,7 @@ impl Cx<'_> {
         if let Some((_, bytes)) = cache.iter().find(|(c, _)| *c == class) {
             return bytes.clone();
         }
-        let bytes = project::encode_trigger(event, self.retain[idx as usize].as_deref());
+        let bytes = project::encode_trigger(event, self.plans[idx as usize].as_ref());
         cache.push((class, bytes.clone()));
         bytes
     }
@@ -904,44 +909,82 @@ fn key_hash(tag: &str, rule_id: &str, values: &[String]) -> u128 {
 }
 
 /// [`key_hash`] over borrowed parts, laid out in a stack buffer (on the
-/// heap only past 160 bytes of key). Length prefixes keep ("a","bc")
-/// apart from ("ab","c").
+/// heap only past [`KeyBuf::STACK`] bytes of key). Length prefixes keep
+/// ("a","bc") apart from ("ab","c").
 fn key_hash_parts<'a>(tag: &str, rule_id: &str, values: impl Iterator<Item = &'a str>) -> u128 {
-    // The parts laid end to end on the stack and hashed in one call: the
-    // same digest as feeding them to a streaming hasher one by one (xxh3's
-    // streaming and one-shot forms agree), at a fraction of the set-up.
-    let mut buf: smallvec::SmallVec<[u8; 160]> = smallvec::SmallVec::new();
-    let mut put = |part: &str| {
-        buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        buf.extend_from_slice(part.as_bytes());
-    };
-    put(tag);
-    put(rule_id);
-    values.for_each(put);
-    xxhash_rust::xxh3::xxh3_128(&buf)
+    let mut buf = KeyBuf::new();
+    buf.put(tag);
+    buf.put(rule_id);
+    values.for_each(|v| buf.put(v));
+    buf.digest()
+}
+
+/// The parts of a key laid end to end, each after its length, and hashed
+/// in one call: the same digest as feeding them to a streaming hasher one
+/// by one (xxh3's streaming and one-shot forms agree), at a fraction of
+/// the set-up. A plain array and an offset: this runs for every rule an
+/// event meets, and a growable vector's checks per part cost more than
+/// the hash.
+struct KeyBuf {
+    stack: [u8; KeyBuf::STACK],
+    len: usize,
+    /// Only for keys longer than the stack part: everything, in order.
+    heap: Vec<u8>,
+}
+
+impl KeyBuf {
+    const STACK: usize = 192;
+
+    fn new() -> KeyBuf {
+        KeyBuf {
+            stack: [0; KeyBuf::STACK],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    fn put(&mut self, part: &str) {
+        let prefix = (part.len() as u32).to_le_bytes();
+        let end = self.len + prefix.len() + part.len();
+        if self.heap.is_empty() && end <= KeyBuf::STACK {
+            self.stack[self.len..self.len + 4].copy_from_slice(&prefix);
+            self.stack[self.len + 4..end].copy_from_slice(part.as_bytes());
+        } else {
+            if self.heap.is_empty() {
+                self.heap.extend_from_slice(&self.stack[..self.len]);
+            }
+            self.heap.extend_from_slice(&prefix);
+            self.heap.extend_from_slice(part.as_bytes());
+        }
+        self.len = end;
+    }
+
+    fn digest(&self) -> u128 {
+        match self.heap.is_empty() {
+            true => xxhash_rust::xxh3::xxh3_128(&self.stack[..self.len]),
+            false => xxhash_rust::xxh3::xxh3_128(&self.heap),
+        }
+    }
 }
 
 /// The key hash of an event for `rule`, straight from its fields (string
 /// values are borrowed, not copied); `None` when a key field is missing.
 fn event_key_hash(tag: &str, rule: &Rule, event: &Event) -> Option<u128> {
     use crate::rules::KeyField;
-    use std::borrow::Cow;
-    let mut values: smallvec::SmallVec<[Cow<'_, str>; 2]> = smallvec::SmallVec::new();
+    let mut buf = KeyBuf::new();
+    buf.put(tag);
+    buf.put(&rule.id);
     for k in &rule.key {
-        values.push(match k {
-            KeyField::Customer => Cow::Borrowed(event.customer.as_str()),
+        match k {
+            KeyField::Customer => buf.put(&event.customer),
             KeyField::Path(p) => match p.get(&event.payload)? {
-                serde_json::Value::String(s) if !s.is_empty() => Cow::Borrowed(s.as_str()),
+                serde_json::Value::String(s) if !s.is_empty() => buf.put(s),
                 // Numbers and booleans, as `FieldPath::get_text` prints them.
-                _ => Cow::Owned(p.get_text(&event.payload)?),
+                _ => buf.put(&p.get_text(&event.payload)?),
             },
-        });
+        }
     }
-    Some(key_hash_parts(
-        tag,
-        &rule.id,
-        values.iter().map(|v| v.as_ref()),
-    ))
+    Some(buf.digest())
 }
 
 /// What identifies an event for notification ids: its id when the pipeline

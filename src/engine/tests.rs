@@ -1126,7 +1126,17 @@ fn key_hashes_equal_the_streaming_digest_they_replaced() {
     };
     let long = "x".repeat(300);
     let longer = "é".repeat(700);
+    // Tag and rule id take 30 bytes of the 192 on the stack: a 158-byte
+    // value fills it exactly, 159 bytes go one past, and 154 bytes then an
+    // empty part end exactly at it before "z" goes past.
+    let fits = "f".repeat(158);
+    let over = "o".repeat(159);
+    let edge = "e".repeat(154);
     for values in [
+        vec![fits.as_str()],
+        vec![over.as_str()],
+        vec![edge.as_str(), ""],
+        vec![edge.as_str(), "", "z"],
         vec![],
         vec!["c-1"],
         vec!["c-0000042", "SHP-0000042"],
