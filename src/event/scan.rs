@@ -121,6 +121,7 @@ const SPECIAL: [bool; 256] = {
 
 /// How many bytes at the start of `rest` are plain string characters
 /// (not [`SPECIAL`]): eight at a time, then byte by byte.
+#[inline(always)]
 fn plain_run(rest: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -249,9 +250,24 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string: (content start, content end, has escapes).
+    #[inline]
     fn string(&mut self) -> Option<(usize, usize, bool)> {
         self.eat(b'"')?;
         let start = self.i;
+        // Most strings (every key, most values) are plain characters up to
+        // the closing quote: one run, one check.
+        self.i += plain_run(&self.b[self.i..]);
+        if self.peek() == Some(b'"') {
+            self.i += 1;
+            return Some((start, self.i - 1, false));
+        }
+        self.string_rest(start)
+    }
+
+    /// The rest of a string that is not one plain run: escapes, or an
+    /// invalid byte, or the end of the record.
+    #[inline(never)]
+    fn string_rest(&mut self, start: usize) -> Option<(usize, usize, bool)> {
         let mut escaped = false;
         loop {
             // Plain characters, many at a time.
