@@ -203,7 +203,8 @@ impl EventSchema {
         bytes: &[u8],
         need: impl FnOnce(&str) -> PayloadNeed<'n>,
     ) -> Result<Event, InvalidEvent> {
-        let Some(top) = scan::object(bytes) else {
+        let mut top = scan::Members::default();
+        let Some(()) = scan::object(bytes, &mut top) else {
             // Not an object, not JSON, or what the scanner leaves to
             // serde_json: the full parse decides (and names the problem).
             return self.decode(bytes);
@@ -361,13 +362,12 @@ fn raw_field<'a>(top: &scan::Members<'a>, path: &FieldPath) -> Option<Field<'a>>
     let (first, rest) = path.segments().split_first()?;
     let mut raw = top.get(first.as_str())?;
     for (i, seg) in rest.iter().enumerate() {
-        match scan::nested(raw) {
-            Some(m) => raw = m.get(seg.as_str())?,
-            None => {
-                let v: Value = serde_json::from_str(raw).ok()?;
-                let tail = FieldPath(rest[i..].to_vec().into());
-                return tail.get(&v).cloned().map(Field::of_owned);
-            }
+        if raw.starts_with('{') {
+            raw = scan::nested_get(raw, seg.as_str())?;
+        } else {
+            let v: Value = serde_json::from_str(raw).ok()?;
+            let tail = FieldPath(rest[i..].to_vec().into());
+            return tail.get(&v).cloned().map(Field::of_owned);
         }
     }
     Field::of_raw(raw)

@@ -21,6 +21,7 @@ use smallvec::SmallVec;
 const MAX_DEPTH: usize = 128;
 
 /// The top-level members of a JSON object, in record order, borrowed.
+#[derive(Default)]
 pub(crate) struct Members<'a>(SmallVec<[(&'a str, &'a str); 16]>);
 
 impl<'a> Members<'a> {
@@ -35,28 +36,50 @@ impl<'a> Members<'a> {
     }
 }
 
-/// The members of `bytes` when it is one JSON object (surrounding white
-/// space allowed) whose keys have no escapes; `None` otherwise.
-pub(crate) fn object(bytes: &[u8]) -> Option<Members<'_>> {
-    members_of(std::str::from_utf8(bytes).ok()?)
+/// Reads the members of `bytes` into `into` when it is one JSON object
+/// (surrounding white space allowed) whose keys have no escapes; `None`
+/// otherwise. The caller owns the list, so it is filled in place and never
+/// moved (it is a few hundred bytes on the stack).
+pub(crate) fn object<'a>(bytes: &'a [u8], into: &mut Members<'a>) -> Option<()> {
+    into.0.clear();
+    members_of(std::str::from_utf8(bytes).ok()?, |k, v| {
+        into.0.push((k, v));
+        Some(())
+    })
 }
 
-/// The members of a nested value's raw text (from [`object`] or
-/// [`Members::get`], so checked already) when it is an object; `None` for
-/// other values.
-pub(crate) fn nested(raw: &str) -> Option<Members<'_>> {
-    raw.starts_with('{').then(|| members_of(raw)).flatten()
+/// The raw text of the last member named `key` of a nested value's raw
+/// text (from [`object`] or [`Members::get`], so checked already); `None`
+/// when the value is not an object or has no such member.
+pub(crate) fn nested_get<'a>(raw: &'a str, key: &str) -> Option<&'a str> {
+    if !raw.starts_with('{') {
+        return None;
+    }
+    let mut found = None;
+    members_of(raw, |k, v| {
+        if k == key {
+            found = Some(v);
+        }
+        Some(())
+    })?;
+    found
 }
 
-fn members_of(text: &str) -> Option<Members<'_>> {
+/// Calls `each(key, raw value)` for every member, in record order, of the
+/// object that is all of `text`; `None` when `text` is not such an object
+/// or `each` returns `None`.
+fn members_of<'a>(
+    text: &'a str,
+    mut each: impl FnMut(&'a str, &'a str) -> Option<()>,
+) -> Option<()> {
     let mut s = Scanner {
         b: text.as_bytes(),
         i: 0,
     };
     s.ws();
-    let members = s.members(text)?;
+    s.members(text, &mut each)?;
     s.ws();
-    (s.i == s.b.len()).then_some(members)
+    (s.i == s.b.len()).then_some(())
 }
 
 /// The content of a raw JSON string without escapes (`"abc"` → `abc`);
@@ -74,14 +97,15 @@ pub(crate) fn value(raw: &str) -> Option<serde_json::Value> {
     use serde_json::Value;
     let fast = match *raw.as_bytes().first()? {
         b'"' => plain_str(raw).map(|s| Value::String(s.to_owned())),
-        b'{' => nested(raw).and_then(|members| {
+        b'{' => {
             let mut map = serde_json::Map::new();
-            for (k, v) in members.0 {
-                // A repeated key: the last one stands, as in serde_json.
+            // A repeated key: the last one stands, as in serde_json.
+            members_of(raw, |k, v| {
                 map.insert(k.to_owned(), value(v)?);
-            }
-            Some(Value::Object(map))
-        }),
+                Some(())
+            })
+            .map(|()| Value::Object(map))
+        }
         b'-' | b'0'..=b'9' if plain_integer(raw) => raw.parse::<i64>().ok().map(Value::from),
         _ => match raw {
             "true" => Some(Value::Bool(true)),
@@ -166,13 +190,16 @@ impl<'a> Scanner<'a> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
-    /// The top-level object, recording its members.
-    fn members(&mut self, text: &'a str) -> Option<Members<'a>> {
+    /// The outer object, handing each member to `each`.
+    fn members(
+        &mut self,
+        text: &'a str,
+        each: &mut impl FnMut(&'a str, &'a str) -> Option<()>,
+    ) -> Option<()> {
         self.eat(b'{')?;
-        let mut out = SmallVec::new();
         self.ws();
         if self.eat(b'}').is_some() {
-            return Some(Members(out));
+            return Some(());
         }
         loop {
             self.ws();
@@ -186,13 +213,13 @@ impl<'a> Scanner<'a> {
             self.ws();
             let at = self.i;
             self.value(1)?;
-            out.push((key, &text[at..self.i]));
+            each(key, &text[at..self.i])?;
             self.ws();
             match self.peek()? {
                 b',' => self.i += 1,
                 b'}' => {
                     self.i += 1;
-                    return Some(Members(out));
+                    return Some(());
                 }
                 _ => return None,
             }
@@ -353,6 +380,11 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
+    fn read(bytes: &[u8]) -> Option<Members<'_>> {
+        let mut m = Members::default();
+        object(bytes, &mut m).map(|()| m)
+    }
+
     /// What serde_json makes of a record: its members as (key, value).
     fn serde_members(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
         let v: Value = serde_json::from_slice(bytes).ok()?;
@@ -363,7 +395,7 @@ mod tests {
     /// The scanner's members, each value read by [`value`] (and checked
     /// against serde_json's reading of its text).
     fn scanned(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
-        let m = object(bytes)?;
+        let m = read(bytes)?;
         let mut keys: Vec<&str> = m.0.iter().map(|(k, _)| *k).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -385,14 +417,17 @@ mod tests {
 
     #[test]
     fn reads_members_and_declines_what_it_does_not_handle() {
-        let m = object(br#" {"a": 1, "b": {"c": [true, null, "x\n"]}, "a": "last"} "#).unwrap();
+        let m = read(br#" {"a": 1, "b": {"c": [true, null, "x\n"]}, "a": "last"} "#).unwrap();
         assert_eq!(m.get("a"), Some(r#""last""#));
         assert_eq!(m.get("b"), Some(r#"{"c": [true, null, "x\n"]}"#));
         assert_eq!(
-            nested(m.get("b").unwrap()).unwrap().get("c").unwrap(),
+            nested_get(m.get("b").unwrap(), "c").unwrap(),
             r#"[true, null, "x\n"]"#
         );
-        assert!(object(b"{}").is_some());
+        assert!(read(b"{}").is_some());
+        assert_eq!(nested_get(r#"{"k": 1, "k": 2}"#, "k"), Some("2"));
+        assert_eq!(nested_get(r#"[{"k": 1}]"#, "k"), None);
+        assert_eq!(nested_get(r#"{"k": 1}"#, "j"), None);
         for bad in [
             &b"[1]"[..],
             b"{\"a\":1,}",
@@ -411,10 +446,10 @@ mod tests {
             b"{\"a\":1e400}",
             b"",
         ] {
-            assert!(object(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+            assert!(read(bad).is_none(), "{}", String::from_utf8_lossy(bad));
         }
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
-        assert!(object(deep.as_bytes()).is_none());
+        assert!(read(deep.as_bytes()).is_none());
         assert_eq!(plain_str(r#""abc""#), Some("abc"));
         assert_eq!(plain_str(r#""a\"c""#), None);
         assert_eq!(plain_str("12"), None);
