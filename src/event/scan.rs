@@ -277,7 +277,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string: (content start, content end, has escapes).
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Option<(usize, usize, bool)> {
         self.eat(b'"')?;
         let start = self.i;
