@@ -270,6 +270,11 @@ pub struct Engine {
     partitions: BTreeMap<PartitionId, Partition>,
     /// The engine watermark up to which timers have fired.
     fired_through: Option<Millis>,
+    /// Since `fire_due` last looked, only events have moved watermarks,
+    /// each followed by a look (or a skip `on_event` proved safe): the
+    /// engine watermark is then at most `fired_through`. Adding, dropping
+    /// or restoring a partition clears it.
+    settled: bool,
 }
 
 impl Engine {
@@ -318,6 +323,7 @@ impl Engine {
             cfg,
             partitions: BTreeMap::new(),
             fired_through: None,
+            settled: false,
         }
     }
 
@@ -344,9 +350,11 @@ impl Engine {
 
     fn partition(&mut self, p: PartitionId) -> &mut Partition {
         let durable = self.cfg.durable;
-        self.partitions
-            .entry(p)
-            .or_insert_with(|| Partition::new(durable))
+        let settled = &mut self.settled;
+        self.partitions.entry(p).or_insert_with(|| {
+            *settled = false;
+            Partition::new(durable)
+        })
     }
 
     /// Whether partition `p` is tracked (assigned or restored).
@@ -446,6 +454,7 @@ impl Engine {
             part.note_changes();
         }
         self.partitions.insert(p, part);
+        self.settled = false;
         // Timers are checked against the restored watermark at the next
         // event or tick, like any other.
         self.fired_through = None;
@@ -490,6 +499,7 @@ impl Engine {
     /// keeps it for the next owner).
     pub fn revoke(&mut self, p: PartitionId) {
         self.partitions.remove(&p);
+        self.settled = false;
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
@@ -573,14 +583,22 @@ impl Engine {
     /// Processes one event read from partition `p`.
     pub fn on_event(&mut self, p: PartitionId, event: &Arc<Event>, clock: Clock, out: &mut Output) {
         let lateness = self.cfg.allowed_lateness;
+        let fired_through = self.fired_through;
         let part = self.partition(p);
-        if part.watermark(lateness).is_some_and(|w| event.time < w) {
+        let before = part.watermark(lateness);
+        if before.is_some_and(|w| event.time < w) {
             out.late_events += 1;
         }
         if part.max_event.is_none_or(|m| event.time > m) {
             part.max_event = Some(event.time);
             part.moved = true;
         }
+        // The engine watermark is the minimum over partitions and is at
+        // most `fired_through` when settled. A partition that was above
+        // `fired_through` is not the minimum, and moving it up cannot move
+        // the minimum: no timer can be due, and most events skip the look.
+        let nothing_due = self.settled
+            && matches!((before, fired_through), (Some(b), Some(f)) if b > f);
 
         let closers = self.rules.closed_by(&event.kind);
         let triggers = self.rules.triggered_by(&event.kind);
@@ -654,7 +672,9 @@ impl Engine {
                 }
             }
         }
-        self.fire_due(clock, out);
+        if !nothing_due {
+            self.fire_due(clock, out);
+        }
     }
 
     /// Partition `p` has been caught up for `idle_timeout`: its watermark
@@ -692,6 +712,7 @@ impl Engine {
     /// Fires every timer the engine watermark has passed, in deadline order
     /// per partition, and expires windows and ledger entries behind it.
     fn fire_due(&mut self, clock: Clock, out: &mut Output) {
+        self.settled = true;
         let Some(wm) = self.watermark() else {
             return;
         };

@@ -363,6 +363,24 @@ fn the_engine_watermark_is_the_minimum_over_partitions() {
     assert_eq!(out.decisions.len(), 1);
 }
 
+/// Events on a partition that is ahead of the engine watermark skip the
+/// look for due timers; losing the partition that held the watermark back
+/// must still let the next event fire what is now due.
+#[test]
+fn revoking_the_lagging_partition_lets_the_next_event_fire_what_is_due() {
+    let mut e = engine_for(DROPOFF, None);
+    let mut out = Output::default();
+    let page = |c: &str, t| ev("page_view", c, t, json!({}));
+    e.on_event(0, &checkout("c1", 0), Clock::Virtual, &mut out);
+    e.on_event(1, &page("c2", MIN), Clock::Virtual, &mut out);
+    e.on_event(0, &page("c1", 40 * MIN), Clock::Virtual, &mut out);
+    e.on_event(0, &page("c1", 41 * MIN), Clock::Virtual, &mut out);
+    assert!(out.decisions.is_empty(), "partition 1 holds the watermark at 1m");
+    e.revoke(1);
+    e.on_event(0, &page("c1", 42 * MIN), Clock::Virtual, &mut out);
+    assert_eq!(summarize(out).len(), 1, "due once partition 1 is gone");
+}
+
 #[test]
 fn late_events_are_counted_and_still_processed() {
     let mut e = engine_for(DROPOFF, None);
