@@ -249,11 +249,22 @@ impl Partition {
     }
 }
 
+/// What an event of one type meets.
+struct TypeRules {
+    /// Absence rules it may close (as [`RuleSet::closed_by`]).
+    closers: Vec<u32>,
+    /// Rules it may trigger (as [`RuleSet::triggered_by`]).
+    triggers: Vec<u32>,
+    /// The payload fields their conditions read (None: all). Only these are
+    /// converted to CEL, once per event.
+    bindings: Option<Vec<crate::event::FieldPath>>,
+}
+
 pub struct Engine {
     rules: Arc<RuleSet>,
-    /// Per event type: the payload fields its conditions read (None: all).
-    /// Only these are converted to CEL, once per event.
-    bindings: TypeMap<Option<Vec<crate::event::FieldPath>>>,
+    /// Per event type that some enabled rule names: its rules and the
+    /// fields their conditions read, found with one lookup per event.
+    by_type: TypeMap<TypeRules>,
     /// Per event type: every payload field the engine reads (None: all).
     needs: TypeMap<Option<Vec<crate::event::FieldPath>>>,
     /// Per rule: the trigger fields an episode keeps, as the encoder
@@ -311,10 +322,24 @@ impl Engine {
                 _ => false,
             })
             .collect();
+        // `event_bindings` has an entry for every type an enabled rule
+        // triggers on or closes on: exactly the keys of `triggered_by` and
+        // `closed_by`.
+        let by_type = bindings
+            .into_iter()
+            .map(|(kind, bindings)| {
+                let rules = TypeRules {
+                    closers: rules.closed_by(&kind).to_vec(),
+                    triggers: rules.triggered_by(&kind).to_vec(),
+                    bindings,
+                };
+                (kind, rules)
+            })
+            .collect();
         Engine {
             closer_reads_trigger,
             rules,
-            bindings,
+            by_type,
             needs,
             retain_class,
             plans,
@@ -597,16 +622,19 @@ impl Engine {
         // most `fired_through` when settled. A partition that was above
         // `fired_through` is not the minimum, and moving it up cannot move
         // the minimum: no timer can be due, and most events skip the look.
-        let nothing_due = self.settled
-            && matches!((before, fired_through), (Some(b), Some(f)) if b > f);
+        let nothing_due =
+            self.settled && matches!((before, fired_through), (Some(b), Some(f)) if b > f);
 
-        let closers = self.rules.closed_by(&event.kind);
-        let triggers = self.rules.triggered_by(&event.kind);
-        if !closers.is_empty() || !triggers.is_empty() {
+        if let Some(TypeRules {
+            closers,
+            triggers,
+            bindings,
+        }) = self.by_type.get(event.kind.as_str())
+        {
             let scope = LazyScope {
                 base: &self.cel,
                 event,
-                paths: self.bindings.get(&event.kind).and_then(|p| p.as_deref()),
+                paths: bindings.as_deref(),
                 cell: std::cell::OnceCell::new(),
             };
             let cx = Cx {

@@ -375,7 +375,10 @@ fn revoking_the_lagging_partition_lets_the_next_event_fire_what_is_due() {
     e.on_event(1, &page("c2", MIN), Clock::Virtual, &mut out);
     e.on_event(0, &page("c1", 40 * MIN), Clock::Virtual, &mut out);
     e.on_event(0, &page("c1", 41 * MIN), Clock::Virtual, &mut out);
-    assert!(out.decisions.is_empty(), "partition 1 holds the watermark at 1m");
+    assert!(
+        out.decisions.is_empty(),
+        "partition 1 holds the watermark at 1m"
+    );
     e.revoke(1);
     e.on_event(0, &page("c1", 42 * MIN), Clock::Virtual, &mut out);
     assert_eq!(summarize(out).len(), 1, "due once partition 1 is gone");
