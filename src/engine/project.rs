@@ -259,6 +259,63 @@ mod tests {
         }
     }
 
+    /// JSON values that reach every MessagePack length class: strings
+    /// past 31 and 255 bytes, maps and arrays past 15 members, integers of
+    /// every width and sign, floats.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-300i64..300).prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-z\u{e9}]{0,40}".prop_map(Value::String),
+            (0usize..300).prop_map(|n| Value::String("x".repeat(n))),
+        ];
+        leaf.prop_recursive(3, 64, 20, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..20).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c]{1,2}|[d-z]{1,3}", inner, 0..20)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The stored trigger is the projection (or the whole payload)
+        /// serialized, for any payload and paths: `Projected` writes the
+        /// same bytes as `project` followed by rmp_serde.
+        #[test]
+        fn the_stored_trigger_is_any_projection_serialized(
+            payload in json_value(),
+            id in proptest::option::of("[a-z0-9-]{0,40}"),
+            paths in proptest::option::of(proptest::collection::vec("[a-c]{1,2}(\\.[a-c]{1,2}){0,2}", 0..5)),
+        ) {
+            let e = Event {
+                kind: "k".into(),
+                customer: "c-1".into(),
+                time: 5,
+                id,
+                payload,
+                raw: None,
+            };
+            let (plan, expected) = match &paths {
+                Some(paths) => {
+                    let paths: Vec<FieldPath> =
+                        paths.iter().map(|p| FieldPath::parse(p).unwrap()).collect();
+                    let expected = rmp_serde::to_vec(&(&e.customer, &e.id, project(&e.payload, &paths))).unwrap();
+                    (Some(Plan::new(&paths)), expected)
+                }
+                None => (None, rmp_serde::to_vec(&(&e.customer, &e.id, &e.payload)).unwrap()),
+            };
+            proptest::prop_assert_eq!(&*encode_trigger(&e, plan.as_ref()), &expected[..]);
+        }
+    }
+
     #[test]
     fn trigger_envelope_round_trips() {
         let e = Event {
