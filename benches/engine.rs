@@ -37,7 +37,7 @@
 mod common;
 use common::group;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -54,8 +54,11 @@ use forewarn::rules::{load_rules, LoadOptions, Rule, RuleKind, RuleSet};
 // ------------------------------------------------------------ allocator
 
 /// Counts live heap bytes (requested sizes, not allocator overhead) while
-/// `COUNTING` is on.
+/// `COUNTING` is on, over the allocator the daemon runs with
+/// (`forewarn::alloc`, tuned the same way at the start of `main`).
 struct CountingAlloc;
+
+static INNER: forewarn::alloc::Allocator = mimalloc::MiMalloc;
 
 static COUNTING: AtomicBool = AtomicBool::new(true);
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -69,7 +72,7 @@ fn track(delta: isize) {
 
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { INNER.alloc(layout) };
         if !p.is_null() {
             track(layout.size() as isize);
         }
@@ -77,7 +80,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { INNER.alloc_zeroed(layout) };
         if !p.is_null() {
             track(layout.size() as isize);
         }
@@ -85,12 +88,12 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { INNER.dealloc(ptr, layout) };
         track(-(layout.size() as isize));
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { INNER.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             track(new_size as isize - layout.size() as isize);
         }
@@ -1249,6 +1252,7 @@ fn measure_memory(shipped: &RuleSet, episodes: usize) -> MemoryResult {
 const RUN_BUDGET_SECS: f64 = 20.0;
 
 fn main() {
+    forewarn::alloc::tune();
     let total = Instant::now();
     let ([do_memory, do_throughput, do_durable], events_override) = knobs();
     let stdout = std::io::stdout();

@@ -7,6 +7,7 @@
 //! serves metrics and health. Signals are handled only in `main.rs`.
 
 pub mod admin;
+pub mod alloc;
 pub mod config;
 pub mod daemon;
 pub mod dead_letters;

@@ -215,7 +215,12 @@ enum DeadLetterAction {
     },
 }
 
+/// mimalloc, with large pages: see `forewarn::alloc` for why.
+#[global_allocator]
+static ALLOCATOR: forewarn::alloc::Allocator = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    forewarn::alloc::tune();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         quiet_on_closed_pipe();
