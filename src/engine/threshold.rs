@@ -122,8 +122,12 @@ fn id_hash(event: &Event) -> u64 {
 
 #[derive(Debug, Default)]
 pub(crate) struct Window {
-    /// Sorted (event time, event id hash).
-    times: SmallVec<[(Millis, u64); 4]>,
+    /// Sorted (event time, event id hash). Two inline: most windows hold
+    /// one or two events, and a table entry (key and window) then fits
+    /// one 64-byte cache line. The tables hold hundreds of thousands of
+    /// windows reached at random, so their size is what the look-ups
+    /// cost (with four inline, an entry took 112 bytes).
+    times: SmallVec<[(Millis, u64); 2]>,
     /// Newest time + within: past this, no in-order event can join.
     until: Millis,
 }
@@ -175,6 +179,8 @@ pub(super) fn on_trigger(
         record(firing, cx.clock, cx.cfg, &mut part.ledger, out);
     }
 }
+
+const _: () = assert!(std::mem::size_of::<(u128, Window)>() <= 64);
 
 /// Windows are swept rather than indexed: an index costs a B-tree remove
 /// and insert on every event, a sweep one pass now and then. A window may
