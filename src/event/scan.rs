@@ -12,7 +12,9 @@
 //! costs only the time it took to decline.
 //!
 //! Values are returned as their raw text (always valid JSON, always valid
-//! UTF-8: the whole record is checked once), to be read as far as needed.
+//! UTF-8), to be read as far as needed. UTF-8 is checked where it can
+//! occur, inside strings, as they are scanned: everything else in valid
+//! JSON is ASCII, so a record is not walked twice.
 
 use smallvec::SmallVec;
 
@@ -42,7 +44,7 @@ impl<'a> Members<'a> {
 /// moved (it is a few hundred bytes on the stack).
 pub(crate) fn object<'a>(bytes: &'a [u8], into: &mut Members<'a>) -> Option<()> {
     into.0.clear();
-    members_of(std::str::from_utf8(bytes).ok()?, |k, v| {
+    members_of(bytes, |k, v| {
         into.0.push((k, v));
         Some(())
     })
@@ -56,7 +58,7 @@ pub(crate) fn nested_get<'a>(raw: &'a str, key: &str) -> Option<&'a str> {
         return None;
     }
     let mut found = None;
-    members_of(raw, |k, v| {
+    members_of(raw.as_bytes(), |k, v| {
         if k == key {
             found = Some(v);
         }
@@ -66,18 +68,15 @@ pub(crate) fn nested_get<'a>(raw: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Calls `each(key, raw value)` for every member, in record order, of the
-/// object that is all of `text`; `None` when `text` is not such an object
-/// or `each` returns `None`.
+/// object that is all of `bytes`; `None` when `bytes` is not such an
+/// object (or not UTF-8) or `each` returns `None`.
 fn members_of<'a>(
-    text: &'a str,
+    bytes: &'a [u8],
     mut each: impl FnMut(&'a str, &'a str) -> Option<()>,
 ) -> Option<()> {
-    let mut s = Scanner {
-        b: text.as_bytes(),
-        i: 0,
-    };
+    let mut s = Scanner { b: bytes, i: 0 };
     s.ws();
-    s.members(text, &mut each)?;
+    s.members(&mut each)?;
     s.ws();
     (s.i == s.b.len()).then_some(())
 }
@@ -100,7 +99,7 @@ pub(crate) fn value(raw: &str) -> Option<serde_json::Value> {
         b'{' => {
             let mut map = serde_json::Map::new();
             // A repeated key: the last one stands, as in serde_json.
-            members_of(raw, |k, v| {
+            members_of(raw.as_bytes(), |k, v| {
                 map.insert(k.to_owned(), value(v)?);
                 Some(())
             })
@@ -130,11 +129,17 @@ pub(crate) fn plain_integer(raw: &str) -> bool {
 }
 
 /// Bytes that end a run of plain string characters: the quote, the
-/// backslash and the control characters (invalid unescaped).
+/// backslash, the control characters (invalid unescaped) and the bytes of
+/// non-ASCII characters (checked as UTF-8 apart).
 const SPECIAL: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
     while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    b = 0x80;
+    while b < 0x100 {
         t[b] = true;
         b += 1;
     }
@@ -158,7 +163,8 @@ fn plain_run(rest: &[u8]) -> usize {
         let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         let special = below(w ^ (ONES * u64::from(b'"')), 1)
             | below(w ^ (ONES * u64::from(b'\\')), 1)
-            | below(w, 0x20);
+            | below(w, 0x20)
+            | (w & HIGH);
         if special != 0 {
             return i + (special.trailing_zeros() / 8) as usize;
         }
@@ -176,6 +182,18 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    /// The text of `from..to`, which the scan has checked: every string
+    /// in it was checked as UTF-8 and everything else JSON allows outside
+    /// strings is ASCII.
+    fn text(&self, from: usize, to: usize) -> &'a str {
+        let bytes = &self.b[from..to];
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: a range the scanner has accepted is valid UTF-8 (above);
+        // the property tests compare every accepted record with serde_json,
+        // which checks UTF-8 itself.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
@@ -191,11 +209,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The outer object, handing each member to `each`.
-    fn members(
-        &mut self,
-        text: &'a str,
-        each: &mut impl FnMut(&'a str, &'a str) -> Option<()>,
-    ) -> Option<()> {
+    fn members(&mut self, each: &mut impl FnMut(&'a str, &'a str) -> Option<()>) -> Option<()> {
         self.eat(b'{')?;
         self.ws();
         if self.eat(b'}').is_some() {
@@ -207,13 +221,13 @@ impl<'a> Scanner<'a> {
             if escaped {
                 return None;
             }
-            let key = &text[start..end];
+            let key = self.text(start, end);
             self.ws();
             self.eat(b':')?;
             self.ws();
             let at = self.i;
             self.value(1)?;
-            each(key, &text[at..self.i])?;
+            each(key, self.text(at, self.i))?;
             self.ws();
             match self.peek()? {
                 b',' => self.i += 1,
@@ -325,6 +339,18 @@ impl<'a> Scanner<'a> {
                     }
                 }
                 0..=0x1F => return None,
+                // Non-ASCII: the run of bytes >= 0x80 is whole characters
+                // (UTF-8 sequences are made of such bytes only, and ASCII
+                // stands alone), so the string is UTF-8 when each such
+                // run is.
+                0x80.. => {
+                    let run = self.b[self.i..]
+                        .iter()
+                        .position(|&b| b < 0x80)
+                        .unwrap_or(self.b.len() - self.i);
+                    std::str::from_utf8(&self.b[self.i..self.i + run]).ok()?;
+                    self.i += run;
+                }
                 _ => self.i += 1,
             }
         }
@@ -444,10 +470,24 @@ mod tests {
             b"{\"a\" 1}",
             b"{\"a\":\xff}",
             b"{\"a\":1e400}",
+            // UTF-8 is checked inside strings: a lone continuation byte, a
+            // cut sequence, an overlong form, a surrogate, a high byte
+            // after valid text, and one outside any string.
+            b"{\"a\":\"\x80\"}",
+            b"{\"a\":\"x\xc3\"}",
+            b"{\"a\":\"\xc0\xaf\"}",
+            b"{\"a\":\"\xed\xa0\x80\"}",
+            b"{\"\xc3\xa9\xff\":1}",
+            b"{\"a\":1 \xc3\xa9}",
             b"",
         ] {
             assert!(read(bad).is_none(), "{}", String::from_utf8_lossy(bad));
         }
+        let m =
+            read("{\"caf\u{e9}\":\"\u{65e5}\u{672c} \u{1F600}\",\"b\":[\"\u{e9}\"]}".as_bytes())
+                .unwrap();
+        assert_eq!(m.get("caf\u{e9}"), Some("\"\u{65e5}\u{672c} \u{1F600}\""));
+        assert_eq!(m.get("b"), Some("[\"\u{e9}\"]"));
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
         assert!(read(deep.as_bytes()).is_none());
         assert_eq!(plain_str(r#""abc""#), Some("abc"));
@@ -480,7 +520,7 @@ mod tests {
         leaf.prop_recursive(4, 32, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[a-z_]{0,4}", inner, 0..4)
+                prop::collection::btree_map("[a-z_\u{e9}\u{1F600}]{0,4}", inner, 0..4)
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
