@@ -1,5 +1,6 @@
-//! The process allocator. `forewarn run` (and the engine benchmark) use
-//! mimalloc instead of the system malloc: the engine allocates and frees a
+//! The process allocator. The `forewarn` binary (every subcommand, the
+//! daemon above all) and the engine benchmark use mimalloc instead of the
+//! system malloc: the engine allocates and frees a
 //! handful of small blocks per event (the members it decodes, the event
 //! itself, stored triggers), and mimalloc's per-thread free lists make
 //! that markedly cheaper.
