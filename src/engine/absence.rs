@@ -15,8 +15,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use super::{
-    event_key_hash, matcher::trigger_holds, notification_id, record, Clock, Cx, EngineConfig,
-    Firing, KeyMap, Outcome, Output, Partition, PartitionId, RuleError,
+    event_key_hash,
+    matcher::{condition_holds, trigger_holds},
+    notification_id, record, Clock, Cx, EngineConfig, Firing, KeyMap, Outcome, Output, Partition,
+    PartitionId, RuleError,
 };
 use crate::event::{parse_time, Event, Millis};
 use crate::rules::expr::to_cel;
@@ -365,11 +367,14 @@ pub(super) fn on_closer(
     // episode evaluates it again below, and reports the error, as before.
     let mut closes_every_episode = false;
     if !needs_trigger {
-        let mut probe = Output::default();
-        let holds = conditions
-            .iter()
-            .any(|c| trigger_holds(rule, &event.payload, || cx.scope.get(), c, &mut probe));
-        if probe.errors.is_empty() {
+        let mut failed = false;
+        let holds = conditions.iter().any(|c| {
+            condition_holds(&event.payload, || cx.scope.get(), c).unwrap_or_else(|_| {
+                failed = true;
+                false
+            })
+        });
+        if !failed {
             if !holds {
                 return;
             }

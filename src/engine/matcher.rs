@@ -12,7 +12,21 @@ use crate::event::Event;
 use crate::rules::catalog::Catalog;
 use crate::rules::{Condition, Rule};
 
-/// Evaluates a condition's `if`; errors count as "does not hold".
+/// Evaluates a condition's `if` (true without one). An error is for the
+/// caller to report ([`trigger_holds`]) or to settle otherwise.
+pub(super) fn condition_holds<'c>(
+    payload: &serde_json::Value,
+    scope: impl FnOnce() -> &'c cel::Context<'c, 'static>,
+    cond: &Condition,
+) -> Result<bool, crate::rules::expr::EvalError> {
+    match &cond.when {
+        None => Ok(true),
+        Some(expr) => expr.eval_event(payload, |e| e.eval_bool(scope())),
+    }
+}
+
+/// Evaluates a condition's `if`; errors count as "does not hold" and are
+/// reported as rule errors.
 pub(super) fn trigger_holds<'c>(
     rule: &Rule,
     payload: &serde_json::Value,
@@ -20,23 +34,17 @@ pub(super) fn trigger_holds<'c>(
     cond: &Condition,
     out: &mut Output,
 ) -> bool {
-    let Some(expr) = &cond.when else {
-        return true;
-    };
-    match expr.eval_event(payload, |e| e.eval_bool(scope())) {
-        Ok(b) => b,
-        Err(e) => {
-            out.errors.push(RuleError {
-                rule_id: rule.id.clone(),
-                message: format!(
-                    "condition {:?}: {}",
-                    expr.source(),
-                    crate::redact::values(&e.to_string())
-                ),
-            });
-            false
-        }
-    }
+    condition_holds(payload, scope, cond).unwrap_or_else(|e| {
+        let source = cond.when.as_ref().map_or("", |w| w.source());
+        out.errors.push(RuleError {
+            rule_id: rule.id.clone(),
+            message: format!(
+                "condition {source:?}: {}",
+                crate::redact::values(&e.to_string())
+            ),
+        });
+        false
+    })
 }
 
 pub(super) fn on_trigger(
