@@ -255,11 +255,13 @@ impl Dispatcher {
             // and sends what the customer has already resolved.
             tracing::error!(error_code = "outbox_write_failed", stage = "dispatch", error = %e, "could not record resolved notifications");
         }
+        // The gauges first: a scrape that sees the `resolved` count must
+        // not see the notification still pending.
+        self.update_gauges();
         for p in &taken {
             self.report(&p.notification, "resolved");
             tracing::info!(stage = "dispatch", rule = %p.notification.rule_id, notification_id = %p.notification.id, "resolved before sending (send-time guard): not sent");
         }
-        self.update_gauges();
         taken.into_iter().map(|p| p.notification.id).collect()
     }
 
