@@ -17,6 +17,7 @@ mod ledger;
 mod matcher;
 pub mod persist;
 pub mod project;
+mod table;
 mod threshold;
 
 use std::collections::{BTreeMap, HashMap};
@@ -649,23 +650,43 @@ impl Engine {
                 clock,
             };
             let part = self.partitions.get_mut(&p).expect("inserted above");
-            // Closers first: an event that both closes and re-triggers
-            // (say, a second checkout after an order) ends the old episode
-            // before it opens the next.
-            for &idx in closers {
-                absence::on_closer(&cx, part, idx, event, out);
-            }
+            // Trigger conditions and key hashes first: they read the event
+            // alone. The windows they lead to are prefetched, so that their
+            // cache misses overlap each other and the closers' work rather
+            // than come one after another.
+            let mut held: smallvec::SmallVec<[(u32, Option<u128>); 8]> = Default::default();
             for &idx in triggers {
                 let rule = self.rules.rule(idx);
                 if !matcher::trigger_holds(rule, &event.payload, || scope.get(), &rule.trigger, out)
                 {
                     continue;
                 }
-                // A trigger without its key fields opens nothing (counted).
                 // Absence and threshold state is found by the key's hash,
                 // taken from the event's fields without copying them.
-                let missing = match &rule.kind {
-                    RuleKind::Match { catalog } => match rule.key_values(event) {
+                let hash = match &rule.kind {
+                    RuleKind::Match { .. } => None,
+                    RuleKind::Absence(_) => event_key_hash("episode", rule, event),
+                    RuleKind::Threshold(_) => {
+                        let hash = event_key_hash("window", rule, event);
+                        if let Some(k) = hash {
+                            part.windows.prefetch(k);
+                        }
+                        hash
+                    }
+                };
+                held.push((idx, hash));
+            }
+            // Closers before triggers: an event that both closes and
+            // re-triggers (say, a second checkout after an order) ends the
+            // old episode before it opens the next.
+            for &idx in closers {
+                absence::on_closer(&cx, part, idx, event, out);
+            }
+            for (idx, hash) in held {
+                let rule = self.rules.rule(idx);
+                // A trigger without its key fields opens nothing (counted).
+                let missing = match (&rule.kind, hash) {
+                    (RuleKind::Match { catalog }, _) => match rule.key_values(event) {
                         Some(key) => {
                             matcher::on_trigger(
                                 &cx,
@@ -680,20 +701,15 @@ impl Engine {
                         }
                         None => true,
                     },
-                    RuleKind::Absence(a) => match event_key_hash("episode", rule, event) {
-                        Some(k) => {
-                            absence::on_trigger(&cx, part, idx, a, k, event, out);
-                            false
-                        }
-                        None => true,
-                    },
-                    RuleKind::Threshold(t) => match event_key_hash("window", rule, event) {
-                        Some(k) => {
-                            threshold::on_trigger(&cx, part, rule, t, k, event, out);
-                            false
-                        }
-                        None => true,
-                    },
+                    (RuleKind::Absence(a), Some(k)) => {
+                        absence::on_trigger(&cx, part, idx, a, k, event, out);
+                        false
+                    }
+                    (RuleKind::Threshold(t), Some(k)) => {
+                        threshold::on_trigger(&cx, part, rule, t, k, event, out);
+                        false
+                    }
+                    (_, None) => true,
                 };
                 if missing {
                     out.missing_key.push(rule.id.clone());

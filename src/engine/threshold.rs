@@ -11,16 +11,15 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
-use super::{
-    event_identity, notification_id, record, Cx, Firing, KeyMap, Output, Partition, PartitionId,
-};
+use super::table::Table;
+use super::{event_identity, notification_id, record, Cx, Firing, Output, Partition, PartitionId};
 use crate::event::{Event, Millis};
 use crate::rules::{Rule, Threshold};
 
 /// The open windows of one partition.
 #[derive(Debug, Default)]
 pub(crate) struct Windows {
-    map: KeyMap<u128, Window>,
+    map: Table<Window>,
     /// Watermark at which windows are next swept.
     next_sweep: Millis,
     /// Keys changed or dropped since the last flush.
@@ -32,9 +31,14 @@ impl Windows {
         self.map.len()
     }
 
+    /// Asks for the memory where `key`'s window is looked up (a hint).
+    pub(crate) fn prefetch(&self, key: u128) {
+        self.map.prefetch(key);
+    }
+
     /// Removes the window under `key`; true when there was one.
     pub(crate) fn remove(&mut self, key: u128) -> bool {
-        let gone = self.map.remove(&key).is_some();
+        let gone = self.map.remove(key).is_some();
         if gone {
             self.journal.note(key);
         }
@@ -49,13 +53,13 @@ impl Windows {
 
     /// Rows for every open window (a snapshot).
     pub(crate) fn snapshot(&self, pid: PartitionId, out: &mut Vec<Write>) {
-        self.rows(self.map.keys().copied().collect(), pid, out);
+        self.rows(self.map.iter().map(|(k, _)| k).collect(), pid, out);
     }
 
     fn rows(&self, keys: Vec<u128>, pid: PartitionId, out: &mut Vec<Write>) {
         for key in keys {
             // until, the marker, then (time, event id hash) per event.
-            let value = self.map.get(&key).map(|w| {
+            let value = self.map.get(key).map(|w| {
                 w.times
                     .iter()
                     .fold(
@@ -123,10 +127,10 @@ fn id_hash(event: &Event) -> u64 {
 #[derive(Debug, Default)]
 pub(crate) struct Window {
     /// Sorted (event time, event id hash). Two inline: most windows hold
-    /// one or two events, and a table entry (key and window) then fits
-    /// one 64-byte cache line. The tables hold hundreds of thousands of
-    /// windows reached at random, so their size is what the look-ups
-    /// cost (with four inline, an entry took 112 bytes).
+    /// one or two events, and a table slot (key and window) then fits
+    /// one 64-byte cache line (see [`Table`]). The tables hold hundreds of
+    /// thousands of windows reached at random, so their size is what the
+    /// look-ups cost (with four inline, an entry took 112 bytes).
     times: SmallVec<[(Millis, u64); 2]>,
     /// Newest time + within: past this, no in-order event can join.
     until: Millis,
@@ -143,7 +147,7 @@ pub(super) fn on_trigger(
 ) {
     let windows = &mut part.windows;
     let id = id_hash(event);
-    let window = windows.map.entry(k).or_default();
+    let window = windows.map.get_or_default(k);
     // A redelivered event (an id already in the window) is one failure,
     // not two: it does not count again.
     if id != NO_ID && window.times.iter().any(|&(_, seen)| seen == id) {
@@ -159,7 +163,7 @@ pub(super) fn on_trigger(
     window.until = newest.saturating_add(t.within);
     if window.times.len() >= t.count {
         let start = window.times[0].0;
-        windows.map.remove(&k);
+        windows.map.remove(k);
         // The firing event's identity keeps two windows that start in the
         // same millisecond apart (the id is still stable on redelivery).
         let key = rule.key_values(event).unwrap_or_default();
@@ -180,7 +184,7 @@ pub(super) fn on_trigger(
     }
 }
 
-const _: () = assert!(std::mem::size_of::<(u128, Window)>() <= 64);
+const _: () = assert!(std::mem::size_of::<Window>() <= 48);
 
 /// Windows are swept rather than indexed: an index costs a B-tree remove
 /// and insert on every event, a sweep one pass now and then. A window may
@@ -196,14 +200,14 @@ pub(super) fn expire(windows: &mut Windows, watermark: Millis) {
     windows.map.retain(|k, w| {
         let keep = w.until >= watermark;
         if !keep {
-            journal.note(*k);
+            journal.note(k);
         }
         keep
     });
     let soonest = windows
         .map
-        .values()
-        .map(|w| w.until)
+        .iter()
+        .map(|(_, w)| w.until)
         .min()
         .unwrap_or(watermark);
     windows.next_sweep =
