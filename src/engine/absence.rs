@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
 use super::project::decode_trigger;
+use super::table::Table;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
@@ -40,7 +41,7 @@ fn hash_of(key: &Key) -> u128 {
 /// ones chain through `next`), and one deadline heap.
 #[derive(Debug, Default)]
 pub(crate) struct Episodes {
-    index: KeyMap<Key, u32>,
+    index: Table<u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// (deadline, slot), earliest first. Closing an episode leaves its
@@ -148,6 +149,11 @@ impl Episodes {
         self.open
     }
 
+    /// Asks for the memory where the episodes under `hash` are found (a hint).
+    pub(crate) fn prefetch(&self, hash: u128) {
+        self.index.prefetch(hash);
+    }
+
     /// How many episodes of rule `idx` are open.
     fn open_of(&self, idx: u32) -> u32 {
         self.per_rule.get(idx as usize).copied().unwrap_or(0)
@@ -180,7 +186,7 @@ impl Episodes {
 
     /// [`Episodes::chain`] without collecting it.
     fn walk(&self, key: &Key) -> impl Iterator<Item = u32> + '_ {
-        let mut at = self.index.get(key).copied().unwrap_or(NIL);
+        let mut at = self.index.get(hash_of(key)).copied().unwrap_or(NIL);
         std::iter::from_fn(move || {
             (at != NIL).then(|| {
                 let this = at;
@@ -192,7 +198,7 @@ impl Episodes {
 
     fn insert(&mut self, key: Key, start: Millis, deadline: Millis, rule: u32, trigger: Box<[u8]>) {
         self.journal.note((key, start, deadline));
-        let next = self.index.get(&key).copied().unwrap_or(NIL);
+        let next = self.index.get(hash_of(&key)).copied().unwrap_or(NIL);
         let slot = Slot {
             key,
             start,
@@ -211,7 +217,7 @@ impl Episodes {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(key, at);
+        self.index.insert(hash_of(&key), at);
         self.timers.push(Reverse((deadline, at)));
         self.open += 1;
         if self.per_rule.len() <= rule as usize {
@@ -233,12 +239,12 @@ impl Episodes {
             let s = &self.slots[at as usize];
             (s.key, s.next, s.deadline)
         };
-        match self.index.get(&key).copied() {
+        match self.index.get(hash_of(&key)).copied() {
             Some(head) if head == at => {
                 if next == NIL {
-                    self.index.remove(&key);
+                    self.index.remove(hash_of(&key));
                 } else {
-                    self.index.insert(key, next);
+                    self.index.insert(hash_of(&key), next);
                 }
             }
             Some(head) => {
@@ -338,37 +344,55 @@ pub(super) fn on_trigger(
     episodes.insert(k, event.time, deadline, idx, cx.encoded_trigger(idx, event));
 }
 
-pub(super) fn on_closer(
-    cx: &Cx,
-    part: &mut Partition,
+/// What a closing event needs of rule `idx` before its episodes are looked
+/// up: decided on the event alone, so that the look-ups of all the rules an
+/// event meets can be prefetched together (see [`Engine::on_event`]).
+///
+/// [`Engine::on_event`]: super::Engine::on_event
+pub(super) struct CloserProbe {
     idx: u32,
-    event: &Arc<Event>,
-    out: &mut Output,
-) {
-    let rule = cx.rules.rule(idx);
-    let RuleKind::Absence(a) = &rule.kind else {
-        return;
-    };
-    // Nothing of this rule open or awaiting delivery here: nothing to close.
-    if part.episodes.open_of(idx) == 0 && part.guard.is_empty() {
-        return;
-    }
-    let conditions: smallvec::SmallVec<[_; 4]> = a
-        .until
+    key: Key,
+    /// The conditions that read the event alone hold: every episode in
+    /// range closes, without evaluating them again.
+    closes_every_episode: bool,
+}
+
+/// The closing conditions of `rule` for this event's type.
+fn closing_conditions<'r>(
+    a: &'r Absence,
+    event: &Event,
+) -> smallvec::SmallVec<[&'r crate::rules::Condition; 4]> {
+    a.until
         .iter()
         .chain(&a.cancel_on)
         .filter(|c| c.event == event.kind)
-        .collect();
-    // `trigger` is only decoded for conditions that name it.
-    let needs_trigger = cx.closer_reads_trigger[idx as usize];
+        .collect()
+}
+
+/// Decides whether `event` can close anything of rule `idx` here, and if
+/// so asks for the memory its episodes are found in.
+pub(super) fn closer_probe(
+    cx: &Cx,
+    part: &Partition,
+    idx: u32,
+    event: &Event,
+) -> Option<CloserProbe> {
+    let rule = cx.rules.rule(idx);
+    let RuleKind::Absence(a) = &rule.kind else {
+        return None;
+    };
+    // Nothing of this rule open or awaiting delivery here: nothing to close.
+    if part.episodes.open_of(idx) == 0 && part.guard.is_empty() {
+        return None;
+    }
     // Conditions on the event alone decide alike for every episode: decide
     // once, before looking any up. Most closing-type events (every page
     // view, say) close nothing. Should a condition fail to evaluate, each
-    // episode evaluates it again below, and reports the error, as before.
+    // episode evaluates it again in `on_closer`, and reports the error.
     let mut closes_every_episode = false;
-    if !needs_trigger {
+    if !cx.closer_reads_trigger[idx as usize] {
         let mut failed = false;
-        let holds = conditions.iter().any(|c| {
+        let holds = closing_conditions(a, event).iter().any(|c| {
             condition_holds(&event.payload, || cx.scope.get(), c).unwrap_or_else(|_| {
                 failed = true;
                 false
@@ -376,21 +400,47 @@ pub(super) fn on_closer(
         });
         if !failed {
             if !holds {
-                return;
+                return None;
             }
             closes_every_episode = true;
         }
     }
     // Most closers concern no open episode: hash without copying the key.
-    let Some(hash) = event_key_hash("episode", rule, event) else {
+    let hash = event_key_hash("episode", rule, event)?;
+    part.episodes.prefetch(hash);
+    Some(CloserProbe {
+        idx,
+        key: key_of(hash),
+        closes_every_episode,
+    })
+}
+
+/// Closes the episodes of a probed rule that `event` ends, and resolves
+/// the fired ones awaiting delivery that it would have ended.
+pub(super) fn on_closer(
+    cx: &Cx,
+    part: &mut Partition,
+    probe: CloserProbe,
+    event: &Arc<Event>,
+    out: &mut Output,
+) {
+    let CloserProbe {
+        idx,
+        key: k,
+        closes_every_episode,
+    } = probe;
+    let rule = cx.rules.rule(idx);
+    let RuleKind::Absence(a) = &rule.kind else {
         return;
     };
-    let k = key_of(hash);
     let chain = part.episodes.chain(&k);
     let guarded = part.guard.by_key.contains_key(&k);
     if chain.is_empty() && !guarded {
         return;
     }
+    let conditions = closing_conditions(a, event);
+    // `trigger` is only decoded for conditions that name it.
+    let needs_trigger = cx.closer_reads_trigger[idx as usize];
     // Conditions that name `trigger` run in CEL with the stored trigger
     // decoded; the others may take the fast path.
     let closes = |trigger: &[u8], start: Millis, out: &mut Output| {
@@ -675,7 +725,7 @@ mod tests {
                 };
                 let key = key_of(u128::from(r));
                 eps.insert(key, 0, deadline, 0, Box::new([1]));
-                let at = eps.index[&key];
+                let at = eps.index.get(hash_of(&key)).copied().unwrap();
                 model.insert((deadline, at));
             }
             assert_eq!(eps.len(), model.len());

@@ -650,10 +650,10 @@ impl Engine {
                 clock,
             };
             let part = self.partitions.get_mut(&p).expect("inserted above");
-            // Trigger conditions and key hashes first: they read the event
-            // alone. The windows they lead to are prefetched, so that their
-            // cache misses overlap each other and the closers' work rather
-            // than come one after another.
+            // Every condition on the event alone, and every key hash,
+            // first: the episodes and windows they lead to are prefetched,
+            // so that their cache misses overlap rather than come one after
+            // another.
             let mut held: smallvec::SmallVec<[(u32, Option<u128>); 8]> = Default::default();
             for &idx in triggers {
                 let rule = self.rules.rule(idx);
@@ -665,7 +665,13 @@ impl Engine {
                 // taken from the event's fields without copying them.
                 let hash = match &rule.kind {
                     RuleKind::Match { .. } => None,
-                    RuleKind::Absence(_) => event_key_hash("episode", rule, event),
+                    RuleKind::Absence(_) => {
+                        let hash = event_key_hash("episode", rule, event);
+                        if let Some(k) = hash {
+                            part.episodes.prefetch(k);
+                        }
+                        hash
+                    }
                     RuleKind::Threshold(_) => {
                         let hash = event_key_hash("window", rule, event);
                         if let Some(k) = hash {
@@ -679,8 +685,12 @@ impl Engine {
             // Closers before triggers: an event that both closes and
             // re-triggers (say, a second checkout after an order) ends the
             // old episode before it opens the next.
-            for &idx in closers {
-                absence::on_closer(&cx, part, idx, event, out);
+            let probes: smallvec::SmallVec<[absence::CloserProbe; 8]> = closers
+                .iter()
+                .filter_map(|&idx| absence::closer_probe(&cx, part, idx, event))
+                .collect();
+            for probe in probes {
+                absence::on_closer(&cx, part, probe, event, out);
             }
             for (idx, hash) in held {
                 let rule = self.rules.rule(idx);

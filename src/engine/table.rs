@@ -14,26 +14,47 @@
 //! following entries back (no tombstones), so probes stay short however
 //! many keys come and go.
 
-/// One entry: its key and value in one aligned 64-byte line (values up to
-/// 48 bytes fit; larger ones take two lines and lose the point).
+/// One entry: its key and value, aligned as `A` says (see [`Line`]).
 #[derive(Debug, Default, Clone)]
-#[repr(C, align(64))]
-struct Slot<V> {
-    /// 0 marks an empty slot; the key 0 itself lives in [`Table::zero`].
-    key: u128,
+#[repr(C)]
+struct Slot<V, A> {
+    /// Takes no room; gives the slot `A`'s alignment.
+    align: [A; 0],
+    /// [0, 0] marks an empty slot; the key 0 itself lives in [`Table::zero`].
+    /// Two words rather than a `u128`, so that small values make small
+    /// slots (24 bytes with a `u32`) rather than 16-aligned ones.
+    key: [u64; 2],
     value: V,
 }
 
+/// Aligns each slot to a cache line: for values of 33 to 48 bytes, whose
+/// slot then fills exactly one line and never straddles two.
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(align(64))]
+pub(crate) struct Line;
+
+fn split(key: u128) -> [u64; 2] {
+    [key as u64, (key >> 64) as u64]
+}
+
+fn join(key: [u64; 2]) -> u128 {
+    (u128::from(key[1]) << 64) | u128::from(key[0])
+}
+
+const EMPTY: [u64; 2] = [0, 0];
+
+/// `A` is the slots' alignment: `u64` packs small values densely, [`Line`]
+/// keeps each slot in one cache line.
 #[derive(Debug, Clone)]
-pub(crate) struct Table<V> {
-    slots: Vec<Slot<V>>,
+pub(crate) struct Table<V, A = u64> {
+    slots: Vec<Slot<V, A>>,
     /// The value under key 0 (which marks empty slots in `slots`).
     zero: Option<V>,
     /// Entries in `slots` (not counting `zero`).
     len: usize,
 }
 
-impl<V> Default for Table<V> {
+impl<V, A> Default for Table<V, A> {
     fn default() -> Self {
         Table {
             slots: Vec::new(),
@@ -43,7 +64,7 @@ impl<V> Default for Table<V> {
     }
 }
 
-impl<V: Default> Table<V> {
+impl<V: Default, A: Default> Table<V, A> {
     pub(crate) fn len(&self) -> usize {
         self.len + usize::from(self.zero.is_some())
     }
@@ -52,18 +73,19 @@ impl<V: Default> Table<V> {
         self.slots.len().wrapping_sub(1)
     }
 
-    fn home(&self, key: u128) -> usize {
-        (key as u64 ^ (key >> 64) as u64) as usize & self.mask()
+    fn home(&self, key: [u64; 2]) -> usize {
+        (key[0] ^ key[1]) as usize & self.mask()
     }
 
     /// The slot holding `key`, or the empty slot where it would go.
     /// Requires a non-empty table and a key other than 0.
     fn probe(&self, key: u128) -> (usize, bool) {
+        let key = split(key);
         let mask = self.mask();
         let mut at = self.home(key);
         loop {
             match self.slots[at].key {
-                0 => return (at, false),
+                EMPTY => return (at, false),
                 k if k == key => return (at, true),
                 _ => at = (at + 1) & mask,
             }
@@ -77,7 +99,7 @@ impl<V: Default> Table<V> {
         if self.slots.is_empty() {
             return;
         }
-        let line = &self.slots[self.home(key)] as *const Slot<V>;
+        let line = &self.slots[self.home(split(key))] as *const Slot<V, A>;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: prefetching has no effect on memory or on the program's
         // behaviour; the address is that of an element of `slots`.
@@ -111,7 +133,7 @@ impl<V: Default> Table<V> {
         }
         let (at, found) = self.probe(key);
         if !found {
-            self.slots[at].key = key;
+            self.slots[at].key = split(key);
             self.len += 1;
         }
         &mut self.slots[at].value
@@ -143,10 +165,10 @@ impl<V: Default> Table<V> {
     /// entries after it that probed past it, so that no probe stops early.
     fn vacate(&mut self, mut hole: usize) {
         let mask = self.mask();
-        self.slots[hole].key = 0;
+        self.slots[hole].key = EMPTY;
         self.len -= 1;
         let mut at = (hole + 1) & mask;
-        while self.slots[at].key != 0 {
+        while self.slots[at].key != EMPTY {
             let home = self.home(self.slots[at].key);
             // The entry may move to `hole` when `hole` lies on its probe
             // path: cyclically within [home, at).
@@ -163,9 +185,9 @@ impl<V: Default> Table<V> {
         let old = std::mem::replace(&mut self.slots, Vec::with_capacity(size));
         self.slots.resize_with(size, Slot::default);
         let mask = self.mask();
-        for slot in old.into_iter().filter(|s| s.key != 0) {
+        for slot in old.into_iter().filter(|s| s.key != EMPTY) {
             let mut at = self.home(slot.key);
-            while self.slots[at].key != 0 {
+            while self.slots[at].key != EMPTY {
                 at = (at + 1) & mask;
             }
             self.slots[at] = slot;
@@ -178,8 +200,8 @@ impl<V: Default> Table<V> {
         zero.into_iter().chain(
             self.slots
                 .iter()
-                .filter(|s| s.key != 0)
-                .map(|s| (s.key, &s.value)),
+                .filter(|s| s.key != EMPTY)
+                .map(|s| (join(s.key), &s.value)),
         )
     }
 
@@ -193,7 +215,7 @@ impl<V: Default> Table<V> {
         // Removal shifts later entries back into the hole, possibly from
         // past the wrap: visit a slot again when something moved into it,
         // and start after an empty slot so that every entry is seen once.
-        let Some(start) = self.slots.iter().position(|s| s.key == 0) else {
+        let Some(start) = self.slots.iter().position(|s| s.key == EMPTY) else {
             return;
         };
         let n = self.slots.len();
@@ -201,11 +223,11 @@ impl<V: Default> Table<V> {
         let mut at = (start + 1) % n;
         while seen < n {
             let key = self.slots[at].key;
-            if key != 0 && !keep(key, &mut self.slots[at].value) {
+            if key != EMPTY && !keep(join(key), &mut self.slots[at].value) {
                 self.slots[at].value = V::default();
                 self.vacate(at);
                 // The slot may now hold an entry not yet visited.
-                if self.slots[at].key != 0 {
+                if self.slots[at].key != EMPTY {
                     continue;
                 }
             }
@@ -248,48 +270,60 @@ mod tests {
         ]
     }
 
+    /// Runs `ops` on a table and on a `HashMap`, checking they agree.
+    fn agrees_with_a_map<A: Default>(ops: &[Op]) -> Result<(), TestCaseError> {
+        let mut t: Table<u32, A> = Table::default();
+        let mut m: HashMap<u128, u32> = HashMap::new();
+        for op in ops {
+            match *op {
+                Op::Insert(k, v) => prop_assert_eq!(t.insert(k, v), m.insert(k, v)),
+                Op::Bump(k) => {
+                    *t.get_or_default(k) += 1;
+                    *m.entry(k).or_default() += 1;
+                }
+                Op::Remove(k) => prop_assert_eq!(t.remove(k), m.remove(&k)),
+                Op::Retain(d) => {
+                    let mut visits = HashMap::new();
+                    t.retain(|k, v| {
+                        *visits.entry(k).or_insert(0) += 1;
+                        *v % d != 0
+                    });
+                    prop_assert!(
+                        visits.values().all(|&n| n == 1),
+                        "visited twice: {visits:?}"
+                    );
+                    prop_assert_eq!(visits.len(), m.len());
+                    m.retain(|_, v| *v % d != 0);
+                }
+            }
+            prop_assert_eq!(t.len(), m.len());
+            for (k, v) in &m {
+                prop_assert_eq!(t.get(*k), Some(v));
+            }
+            let mut all: Vec<_> = t.iter().map(|(k, v)| (k, *v)).collect();
+            all.sort();
+            let mut want: Vec<_> = m.iter().map(|(k, v)| (*k, *v)).collect();
+            want.sort();
+            prop_assert_eq!(all, want);
+        }
+        Ok(())
+    }
+
     proptest! {
         /// The table behaves as a `HashMap` under any sequence of
-        /// operations, including keys that collide, wrap and are 0.
+        /// operations, including keys that collide, wrap and are 0, in
+        /// either slot layout.
         #[test]
         fn behaves_as_a_map(ops in prop::collection::vec(op(), 1..300)) {
-            let mut t: Table<u32> = Table::default();
-            let mut m: HashMap<u128, u32> = HashMap::new();
-            for op in ops {
-                match op {
-                    Op::Insert(k, v) => prop_assert_eq!(t.insert(k, v), m.insert(k, v)),
-                    Op::Bump(k) => {
-                        *t.get_or_default(k) += 1;
-                        *m.entry(k).or_default() += 1;
-                    }
-                    Op::Remove(k) => prop_assert_eq!(t.remove(k), m.remove(&k)),
-                    Op::Retain(d) => {
-                        let mut visits = HashMap::new();
-                        t.retain(|k, v| {
-                            *visits.entry(k).or_insert(0) += 1;
-                            *v % d != 0
-                        });
-                        prop_assert!(visits.values().all(|&n| n == 1), "visited twice: {visits:?}");
-                        prop_assert_eq!(visits.len(), m.len());
-                        m.retain(|_, v| *v % d != 0);
-                    }
-                }
-                prop_assert_eq!(t.len(), m.len());
-                for (k, v) in &m {
-                    prop_assert_eq!(t.get(*k), Some(v));
-                }
-                let mut all: Vec<_> = t.iter().map(|(k, v)| (k, *v)).collect();
-                all.sort();
-                let mut want: Vec<_> = m.iter().map(|(k, v)| (*k, *v)).collect();
-                want.sort();
-                prop_assert_eq!(all, want);
-            }
+            agrees_with_a_map::<u64>(&ops)?;
+            agrees_with_a_map::<Line>(&ops)?;
         }
     }
 
     #[test]
-    fn a_window_sized_value_takes_one_cache_line() {
-        assert_eq!(std::mem::size_of::<Slot<[u64; 6]>>(), 64);
-        assert_eq!(std::mem::align_of::<Slot<[u64; 6]>>(), 64);
+    fn slots_are_as_large_and_aligned_as_documented() {
+        assert_eq!(std::mem::size_of::<Slot<[u64; 6], Line>>(), 64);
+        assert_eq!(std::mem::align_of::<Slot<[u64; 6], Line>>(), 64);
+        assert_eq!(std::mem::size_of::<Slot<u32, u64>>(), 24);
     }
 }

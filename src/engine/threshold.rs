@@ -11,7 +11,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
-use super::table::Table;
+use super::table::{Line, Table};
 use super::{event_identity, notification_id, record, Cx, Firing, Output, Partition, PartitionId};
 use crate::event::{Event, Millis};
 use crate::rules::{Rule, Threshold};
@@ -19,7 +19,7 @@ use crate::rules::{Rule, Threshold};
 /// The open windows of one partition.
 #[derive(Debug, Default)]
 pub(crate) struct Windows {
-    map: Table<Window>,
+    map: Table<Window, Line>,
     /// Watermark at which windows are next swept.
     next_sweep: Millis,
     /// Keys changed or dropped since the last flush.
