@@ -1,11 +1,11 @@
-//! A hash table of small values keyed by 128-bit key hashes, one value per
-//! cache line, for state that millions of keys reach at random.
+//! A hash table of small values keyed by 128-bit key hashes, each entry in
+//! one cache line, for state that millions of keys reach at random.
 //!
 //! `std`'s map (hashbrown) keeps its control bytes apart from its entries:
 //! a look-up touches two cache lines in two places, and its address is not
 //! known to the caller beforehand. Here the key sits in the entry's own
-//! line, found by linear probing from `key & mask` (keys are uniform hashes
-//! already), so a look-up touches one line, or the next few after it, and
+//! line, found by linear probing from the folded key (keys are uniform
+//! hashes already), so a look-up touches one line, or the next few after it, and
 //! [`Table::prefetch`] can ask for that line while other work goes on: an
 //! event's look-ups then wait for memory together rather than one by one.
 //!
