@@ -365,7 +365,7 @@ fn closing_conditions<'r>(
     a.until
         .iter()
         .chain(&a.cancel_on)
-        .filter(|c| c.event == event.kind)
+        .filter(|c| crate::event::same_text(&c.event, &event.kind))
         .collect()
 }
 

@@ -33,7 +33,7 @@ impl<'a> Members<'a> {
         self.0
             .iter()
             .rev()
-            .find(|(k, _)| *k == key)
+            .find(|(k, _)| super::same_text(k, key))
             .map(|(_, v)| *v)
     }
 }

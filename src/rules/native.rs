@@ -295,7 +295,7 @@ fn lookup<'a>(root: &'a Value, path: &[String]) -> Option<Option<&'a Value>> {
     let mut v = root;
     for seg in path {
         match v {
-            Value::Object(m) => match m.get(seg) {
+            Value::Object(m) => match crate::event::member(m, seg) {
                 Some(next) => v = next,
                 None => return Some(None),
             },
@@ -314,6 +314,10 @@ fn compare(v: &Value, op: Op, lit: &Lit) -> Option<bool> {
         // A JSON number with a fraction or exponent is a double in CEL.
         (Value::Number(n), Lit::Double(l)) if n.is_f64() => {
             n.as_f64().and_then(|x| x.partial_cmp(l))
+        }
+        // Equality, the common case, without an ordering (and `memcmp`).
+        (Value::String(s), Lit::Str(l)) if matches!(op, Op::Eq | Op::Ne) => {
+            return Some(crate::event::same_text(s, l) == (op == Op::Eq));
         }
         (Value::String(s), Lit::Str(l)) => Some(s.as_str().cmp(l.as_str())),
         (Value::Bool(b), Lit::Bool(l)) if matches!(op, Op::Eq | Op::Ne) => Some(b.cmp(l)),
