@@ -198,7 +198,8 @@ impl Episodes {
 
     fn insert(&mut self, key: Key, start: Millis, deadline: Millis, rule: u32, trigger: Box<[u8]>) {
         self.journal.note((key, start, deadline));
-        let next = self.index.get(hash_of(&key)).copied().unwrap_or(NIL);
+        let hash = hash_of(&key);
+        let next = self.index.get(hash).copied().unwrap_or(NIL);
         let slot = Slot {
             key,
             start,
@@ -217,7 +218,7 @@ impl Episodes {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(hash_of(&key), at);
+        self.index.insert(hash, at);
         self.timers.push(Reverse((deadline, at)));
         self.open += 1;
         if self.per_rule.len() <= rule as usize {
@@ -239,12 +240,13 @@ impl Episodes {
             let s = &self.slots[at as usize];
             (s.key, s.next, s.deadline)
         };
-        match self.index.get(hash_of(&key)).copied() {
+        let hash = hash_of(&key);
+        match self.index.get(hash).copied() {
             Some(head) if head == at => {
                 if next == NIL {
-                    self.index.remove(hash_of(&key));
+                    self.index.remove(hash);
                 } else {
-                    self.index.insert(hash_of(&key), next);
+                    self.index.insert(hash, next);
                 }
             }
             Some(head) => {

@@ -125,8 +125,22 @@ impl<V: Default, A: Default> Table<V, A> {
 
     /// The value under `key`, inserted as `V::default()` if absent.
     pub(crate) fn get_or_default(&mut self, key: u128) -> &mut V {
+        self.entry(key).0
+    }
+
+    /// Sets `key`'s value, returning the one it replaces.
+    pub(crate) fn insert(&mut self, key: u128, value: V) -> Option<V> {
+        let (slot, found) = self.entry(key);
+        let was = std::mem::replace(slot, value);
+        found.then_some(was)
+    }
+
+    /// The value under `key` (`V::default()` if it was absent: false), in
+    /// one probe.
+    fn entry(&mut self, key: u128) -> (&mut V, bool) {
         if key == 0 {
-            return self.zero.get_or_insert_with(V::default);
+            let found = self.zero.is_some();
+            return (self.zero.get_or_insert_with(V::default), found);
         }
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
@@ -136,14 +150,7 @@ impl<V: Default, A: Default> Table<V, A> {
             self.slots[at].key = split(key);
             self.len += 1;
         }
-        &mut self.slots[at].value
-    }
-
-    /// Sets `key`'s value, returning the one it replaces.
-    pub(crate) fn insert(&mut self, key: u128, value: V) -> Option<V> {
-        let was = self.remove(key);
-        *self.get_or_default(key) = value;
-        was
+        (&mut self.slots[at].value, found)
     }
 
     pub(crate) fn remove(&mut self, key: u128) -> Option<V> {
