@@ -362,13 +362,12 @@ pub(super) struct CloserProbe {
 /// The closing conditions of `rule` for this event's type.
 fn closing_conditions<'r>(
     a: &'r Absence,
-    event: &Event,
-) -> smallvec::SmallVec<[&'r crate::rules::Condition; 4]> {
+    event: &'r Event,
+) -> impl Iterator<Item = &'r crate::rules::Condition> + Clone {
     a.until
         .iter()
         .chain(&a.cancel_on)
         .filter(|c| crate::event::same_text(&c.event, &event.kind))
-        .collect()
 }
 
 /// Decides whether `event` can close anything of rule `idx` here, and if
@@ -394,7 +393,7 @@ pub(super) fn closer_probe(
     let mut closes_every_episode = false;
     if !cx.closer_reads_trigger[idx as usize] {
         let mut failed = false;
-        let holds = closing_conditions(a, event).iter().any(|c| {
+        let holds = closing_conditions(a, event).any(|c| {
             condition_holds(&event.payload, || cx.scope.get(), c).unwrap_or_else(|_| {
                 failed = true;
                 false
@@ -408,7 +407,7 @@ pub(super) fn closer_probe(
         }
     }
     // Most closers concern no open episode: hash without copying the key.
-    let hash = event_key_hash("episode", rule, event)?;
+    let hash = event_key_hash(&cx.key_prefix[idx as usize], rule, event)?;
     part.episodes.prefetch(hash);
     Some(CloserProbe {
         idx,
@@ -461,7 +460,7 @@ pub(super) fn on_closer(
             cx.scope.get()
         };
         conditions
-            .iter()
+            .clone()
             .any(|c| trigger_holds(rule, &event.payload, || scope, c, out))
     };
     for at in chain {

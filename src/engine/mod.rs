@@ -277,6 +277,8 @@ pub struct Engine {
     always_retain: Vec<crate::event::FieldPath>,
     /// Per rule: an until / cancel_on condition names `trigger`.
     closer_reads_trigger: Vec<bool>,
+    /// Per rule: the start of its key hashes ([`key_prefix`]).
+    key_prefix: Vec<Box<[u8]>>,
     cel: cel::Context<'static, 'static>,
     cfg: EngineConfig,
     partitions: BTreeMap<PartitionId, Partition>,
@@ -339,6 +341,7 @@ impl Engine {
             .collect();
         Engine {
             closer_reads_trigger,
+            key_prefix: rules.rules.iter().map(|r| key_prefix(r)).collect(),
             rules,
             by_type,
             needs,
@@ -643,6 +646,7 @@ impl Engine {
                 plans: &self.plans,
                 retain_class: &self.retain_class,
                 closer_reads_trigger: &self.closer_reads_trigger,
+                key_prefix: &self.key_prefix,
                 encoded: Default::default(),
                 cfg: &self.cfg,
                 scope: &scope,
@@ -666,14 +670,14 @@ impl Engine {
                 let hash = match &rule.kind {
                     RuleKind::Match { .. } => None,
                     RuleKind::Absence(_) => {
-                        let hash = event_key_hash("episode", rule, event);
+                        let hash = event_key_hash(&self.key_prefix[idx as usize], rule, event);
                         if let Some(k) = hash {
                             part.episodes.prefetch(k);
                         }
                         hash
                     }
                     RuleKind::Threshold(_) => {
-                        let hash = event_key_hash("window", rule, event);
+                        let hash = event_key_hash(&self.key_prefix[idx as usize], rule, event);
                         if let Some(k) = hash {
                             part.windows.prefetch(k);
                         }
@@ -908,6 +912,8 @@ struct Cx<'a> {
     retain_class: &'a [u32],
     /// Per rule: an until / cancel_on condition names `trigger`.
     closer_reads_trigger: &'a [bool],
+    /// Per rule: the start of its key hashes.
+    key_prefix: &'a [Box<[u8]>],
     /// This event's stored form per retain class, encoded once however
     /// many absence rules it opens an episode for.
     encoded: EncodedTriggers,
@@ -1018,6 +1024,26 @@ impl KeyBuf {
         }
     }
 
+    /// A buffer that starts with `laid`, parts laid out by [`KeyBuf::put`].
+    fn starting_with(laid: &[u8]) -> KeyBuf {
+        let mut buf = KeyBuf::new();
+        if laid.len() <= KeyBuf::STACK {
+            buf.stack[..laid.len()].copy_from_slice(laid);
+        } else {
+            buf.heap.extend_from_slice(laid);
+        }
+        buf.len = laid.len();
+        buf
+    }
+
+    /// The parts laid out so far.
+    fn bytes(&self) -> &[u8] {
+        match self.heap.is_empty() {
+            true => &self.stack[..self.len],
+            false => &self.heap,
+        }
+    }
+
     fn put(&mut self, part: &str) {
         let prefix = (part.len() as u32).to_le_bytes();
         let end = self.len + prefix.len() + part.len();
@@ -1035,20 +1061,32 @@ impl KeyBuf {
     }
 
     fn digest(&self) -> u128 {
-        match self.heap.is_empty() {
-            true => xxhash_rust::xxh3::xxh3_128(&self.stack[..self.len]),
-            false => xxhash_rust::xxh3::xxh3_128(&self.heap),
-        }
+        xxhash_rust::xxh3::xxh3_128(self.bytes())
     }
+}
+
+/// The start every key hash of `rule` shares, laid out once per rule:
+/// its tag ("episode" for absence rules, "window" for threshold rules,
+/// nothing for others) and the rule id (see [`key_hash`]).
+fn key_prefix(rule: &Rule) -> Box<[u8]> {
+    let tag = match rule.kind {
+        RuleKind::Absence(_) => "episode",
+        RuleKind::Threshold(_) => "window",
+        RuleKind::Match { .. } => return Box::default(),
+    };
+    let mut buf = KeyBuf::new();
+    buf.put(tag);
+    buf.put(&rule.id);
+    buf.bytes().into()
 }
 
 /// The key hash of an event for `rule`, straight from its fields (string
 /// values are borrowed, not copied); `None` when a key field is missing.
-fn event_key_hash(tag: &str, rule: &Rule, event: &Event) -> Option<u128> {
+/// `prefix` is the rule's [`key_prefix`]: the same hash as [`key_hash`]
+/// of its tag, id and key values.
+fn event_key_hash(prefix: &[u8], rule: &Rule, event: &Event) -> Option<u128> {
     use crate::rules::KeyField;
-    let mut buf = KeyBuf::new();
-    buf.put(tag);
-    buf.put(&rule.id);
+    let mut buf = KeyBuf::starting_with(prefix);
     for k in &rule.key {
         match k {
             KeyField::Customer => buf.put(&event.customer),

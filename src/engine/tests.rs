@@ -815,13 +815,13 @@ fn closer_key_hashes_match_trigger_key_hashes() {
         let event = ev("order_placed", "c1", 0, payload);
         let values = rule.key_values(&event).unwrap();
         assert_eq!(
-            event_key_hash("episode", rule, &event),
+            event_key_hash(&key_prefix(rule), rule, &event),
             Some(key_hash("episode", &rule.id, &values)),
             "{values:?}"
         );
     }
     let missing = ev("order_placed", "c1", 0, json!({"flag": true}));
-    assert_eq!(event_key_hash("episode", rule, &missing), None);
+    assert_eq!(event_key_hash(&key_prefix(rule), rule, &missing), None);
     assert_eq!(rule.key_values(&missing), None);
 }
 
