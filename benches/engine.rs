@@ -58,7 +58,7 @@ use forewarn::rules::{load_rules, LoadOptions, Rule, RuleKind, RuleSet};
 /// (`forewarn::alloc`, tuned the same way at the start of `main`).
 struct CountingAlloc;
 
-static INNER: forewarn::alloc::Allocator = mimalloc::MiMalloc;
+static INNER: forewarn::alloc::Allocator = forewarn::alloc::Allocator;
 
 static COUNTING: AtomicBool = AtomicBool::new(true);
 static LIVE: AtomicIsize = AtomicIsize::new(0);

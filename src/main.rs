@@ -217,7 +217,7 @@ enum DeadLetterAction {
 
 /// mimalloc, with large pages: see `forewarn::alloc` for why.
 #[global_allocator]
-static ALLOCATOR: forewarn::alloc::Allocator = mimalloc::MiMalloc;
+static ALLOCATOR: forewarn::alloc::Allocator = forewarn::alloc::Allocator;
 
 fn main() -> ExitCode {
     forewarn::alloc::tune();
