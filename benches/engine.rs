@@ -825,7 +825,7 @@ fn run_engine(rules: &Arc<RuleSet>, schema: &EventSchema, stream: &Stream, limit
     for (i, bytes) in stream.iter().take(limit).enumerate() {
         events += 1;
         // The daemon's path: the full payload only for types a rule names.
-        let event = match schema.decode_lazy(bytes, |kind| engine.payload_need(kind)) {
+        let event = match schema.decode_lazy(bytes, |kind| engine.reads(kind)) {
             Ok(e) => Arc::new(e),
             Err(_) => {
                 tally.invalid += 1;
@@ -990,7 +990,7 @@ fn run_durable(
     let n = limit.min(stream.len());
     let start = Instant::now();
     for (i, bytes) in stream.iter().take(n).enumerate() {
-        if let Ok(event) = schema.decode_lazy(bytes, |kind| engine.payload_need(kind)) {
+        if let Ok(event) = schema.decode_lazy(bytes, |kind| engine.reads(kind)) {
             let event = Arc::new(event);
             let p = partition_of(&event.customer);
             engine.on_event(p, &event, Clock::Virtual, &mut out);
@@ -1049,7 +1049,7 @@ fn run_decode(
     let watch = Stopwatch::start();
     for bytes in stream.iter().take(limit) {
         let decoded = match lazy {
-            Some(engine) => schema.decode_lazy(bytes, |kind| engine.payload_need(kind)),
+            Some(engine) => schema.decode_lazy(bytes, |kind| engine.reads(kind)),
             None => schema.decode(bytes),
         };
         match decoded {
@@ -1159,7 +1159,7 @@ notify      = { channel = "email", template = "checkout_dropoff" }
 }
 
 fn cart_total(e: &forewarn::event::Event) -> f64 {
-    e.payload
+    e.payload()
         .pointer("/cart/total")
         .and_then(serde_json::Value::as_f64)
         .unwrap_or(0.0)
@@ -1212,7 +1212,7 @@ fn measure_memory(shipped: &RuleSet, episodes: usize) -> MemoryResult {
                             b.len(),
                             t.customer,
                             t.id,
-                            t.payload
+                            t.payload()
                         )
                     })
                     .unwrap_or_default();
@@ -1381,24 +1381,21 @@ fn main() {
         )
         .unwrap();
         {
-            // What decode_lazy parses of each type's payload for these rules.
+            // The types whose payload decode_lazy keeps (read in place) for
+            // these rules; the others keep only type, customer, time, id.
             let engine = new_engine(&rules);
-            let needs: Vec<String> = MIX
+            let (read, skipped): (Vec<&str>, Vec<&str>) = MIX
                 .iter()
-                .filter(|(k, _)| *k != "extra")
-                .map(|(k, _)| {
-                    let need = match engine.payload_need(k) {
-                        forewarn::event::PayloadNeed::Nothing => "nothing".to_string(),
-                        forewarn::event::PayloadNeed::Full => "all".to_string(),
-                        forewarn::event::PayloadNeed::Fields(f) => {
-                            let f: Vec<String> = f.iter().map(ToString::to_string).collect();
-                            f.join("+")
-                        }
-                    };
-                    format!("{k} [{need}]")
-                })
-                .collect();
-            writeln!(o, "  payload decoded per type: {}", needs.join(", ")).unwrap();
+                .map(|(k, _)| *k)
+                .filter(|k| *k != "extra")
+                .partition(|k| engine.reads(k));
+            writeln!(
+                o,
+                "  payload read in place: {}; envelope only: {}",
+                read.join(", "),
+                skipped.join(", ")
+            )
+            .unwrap();
         }
         o.flush().unwrap();
 

@@ -812,9 +812,8 @@ impl Pipeline {
         let engine = &self.engine;
         let event = match self
             .schema
-            .decode_lazy(msg.payload().unwrap_or_default(), |kind| {
-                engine.payload_need(kind)
-            }) {
+            .decode_lazy(msg.payload().unwrap_or_default(), |kind| engine.reads(kind))
+        {
             Ok(e) => Arc::new(e),
             Err(invalid) => {
                 self.metrics

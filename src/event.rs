@@ -15,9 +15,25 @@ mod scan;
 
 /// A dotted path into a JSON object, parsed once (`customer.id` → ["customer", "id"]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FieldPath(Arc<[String]>);
+pub struct FieldPath {
+    segments: Arc<[String]>,
+    /// Each segment's first word, for look-ups in records read in place.
+    words: Arc<[u64]>,
+}
 
 impl FieldPath {
+    /// A path of these segments (none: the payload itself).
+    pub fn from_segments(segments: Vec<String>) -> FieldPath {
+        let words = segments
+            .iter()
+            .map(|s| scan::key_word(s.as_bytes()))
+            .collect();
+        FieldPath {
+            segments: segments.into(),
+            words,
+        }
+    }
+
     pub fn parse(s: &str) -> Result<FieldPath, String> {
         let s = s.trim();
         if s.is_empty() {
@@ -27,13 +43,13 @@ impl FieldPath {
         if parts.iter().any(String::is_empty) {
             return Err("the field path has an empty segment: write segments separated by single dots, e.g. \"customer.id\"".into());
         }
-        Ok(FieldPath(parts.into()))
+        Ok(FieldPath::from_segments(parts))
     }
 
     /// The value at this path, if every segment exists.
     pub fn get<'a>(&self, root: &'a Value) -> Option<&'a Value> {
         let mut v = root;
-        for seg in self.0.iter() {
+        for seg in self.segments.iter() {
             v = match v {
                 Value::Object(m) => member(m, seg)?,
                 Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
@@ -46,17 +62,20 @@ impl FieldPath {
     /// The value at this path as text: strings as-is, numbers and booleans
     /// printed; null, objects and arrays are not identifiers.
     pub fn get_text(&self, root: &Value) -> Option<String> {
-        self.get(root).and_then(scalar_text)
+        self.get(root)
+            .map(Scalar::of_value)
+            .and_then(Scalar::into_text)
+            .map(Cow::into_owned)
     }
 
     pub fn segments(&self) -> &[String] {
-        &self.0
+        &self.segments
     }
 }
 
 impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("."))
+        f.write_str(&self.segments.join("."))
     }
 }
 
@@ -89,17 +108,6 @@ pub(crate) fn same_text(a: &str, b: &str) -> bool {
         4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
         8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
         _ => a == b,
-    }
-}
-
-/// A scalar as an identifier: strings as-is (non-empty), numbers and
-/// booleans printed; null, objects and arrays are not identifiers.
-fn scalar_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
     }
 }
 
@@ -152,49 +160,385 @@ pub struct Event {
     pub time: Millis,
     /// Optional producer-assigned id; de-duplicates redelivered events.
     pub id: Option<String>,
-    /// The whole payload, or only the members the rules read (see
-    /// [`EventSchema::decode_lazy`]); then `raw` keeps the record.
-    pub payload: Value,
-    pub raw: Option<Arc<[u8]>>,
+    body: Body,
+}
+
+/// What conditions read fields from: an event, or a bare payload.
+pub trait Fields {
+    /// See [`Event::field`].
+    fn field(&self, path: &FieldPath) -> Option<Option<Scalar<'_>>>;
+}
+
+impl Fields for Event {
+    fn field(&self, path: &FieldPath) -> Option<Option<Scalar<'_>>> {
+        Event::field(self, path)
+    }
+}
+
+impl Fields for Value {
+    fn field(&self, path: &FieldPath) -> Option<Option<Scalar<'_>>> {
+        tree_field(self, path.segments())
+    }
+}
+
+/// An event's payload: a JSON tree, or the record read in place.
+#[derive(Debug, Clone)]
+enum Body {
+    Tree(Value),
+    /// The record's bytes and where each object member is in them
+    /// ([`EventSchema::decode_lazy`]): rules read fields straight from the
+    /// bytes; the tree is parsed only when something asks for the whole
+    /// payload (a template, a CEL condition on it).
+    Record {
+        bytes: Arc<[u8]>,
+        doc: scan::Doc,
+        tree: std::sync::OnceLock<Value>,
+    },
 }
 
 impl Event {
-    /// This event with its whole payload (parsed now if it was decoded
-    /// partially): what templates and notification ids see.
-    pub fn complete(self: &Arc<Event>) -> Arc<Event> {
-        match &self.raw {
-            None => Arc::clone(self),
-            Some(_) => Arc::new(Event {
-                kind: self.kind.clone(),
-                customer: self.customer.clone(),
-                time: self.time,
-                id: self.id.clone(),
-                payload: self.full_payload().into_owned(),
-                raw: None,
+    /// An event with this payload (which is what rules and templates read).
+    pub fn new(
+        kind: String,
+        customer: String,
+        time: Millis,
+        id: Option<String>,
+        payload: Value,
+    ) -> Event {
+        Event {
+            kind,
+            customer,
+            time,
+            id,
+            body: Body::Tree(payload),
+        }
+    }
+
+    /// An event whose payload is `bytes` read in place, as
+    /// [`EventSchema::decode_lazy`] reads it (`None`: the scanner declines
+    /// the record).
+    #[cfg(test)]
+    pub(crate) fn in_place(
+        kind: String,
+        customer: String,
+        time: Millis,
+        id: Option<String>,
+        bytes: &[u8],
+    ) -> Option<Event> {
+        let mut doc = scan::Doc::default();
+        scan::object(bytes, &mut doc)?;
+        Some(Event {
+            kind,
+            customer,
+            time,
+            id,
+            body: Body::Record {
+                bytes: Arc::from(bytes),
+                doc,
+                tree: std::sync::OnceLock::new(),
+            },
+        })
+    }
+
+    /// The whole payload (parsed on first use when the record was read in
+    /// place): what templates, previews and CEL conditions see. `Null` for
+    /// an event no rule reads ([`EventSchema::decode_lazy`]).
+    pub fn payload(&self) -> &Value {
+        match &self.body {
+            Body::Tree(v) => v,
+            Body::Record { bytes, tree, .. } => tree.get_or_init(|| {
+                // The scanner accepted the record, so serde_json does.
+                serde_json::from_slice(bytes).unwrap_or(Value::Null)
             }),
         }
     }
 
-    /// The whole payload, parsed now if it was decoded partially.
-    pub fn full_payload(&self) -> Cow<'_, Value> {
-        match &self.raw {
-            None => Cow::Borrowed(&self.payload),
-            Some(raw) => {
-                Cow::Owned(serde_json::from_slice(raw).unwrap_or_else(|_| self.payload.clone()))
+    /// The value at `path` as conditions read it: `Some(None)` when a
+    /// member on the way is missing, `None` when a value on the way is not
+    /// an object.
+    pub fn field(&self, path: &FieldPath) -> Option<Option<Scalar<'_>>> {
+        match &self.body {
+            Body::Tree(v) => tree_field(v, path.segments()),
+            Body::Record { bytes, doc, .. } => {
+                let d = doc.on(bytes);
+                if path.segments().is_empty() {
+                    return Some(Some(Scalar::Object(Object(ObjectIn::Doc(d, d.top())))));
+                }
+                match d.lookup(path) {
+                    scan::Found::At(i) => Some(Some(Scalar::of_doc(d, i))),
+                    scan::Found::Missing => Some(None),
+                    scan::Found::Below(..) => None,
+                }
+            }
+        }
+    }
+
+    /// The value at `path`, as [`FieldPath::get`] finds it (array indices
+    /// included).
+    pub fn get(&self, path: &FieldPath) -> Option<Scalar<'_>> {
+        match &self.body {
+            Body::Tree(v) => path.get(v).map(Scalar::of_value),
+            Body::Record { bytes, doc, .. } => {
+                let d = doc.on(bytes);
+                match d.lookup(path) {
+                    scan::Found::At(i) => Some(Scalar::of_doc(d, i)),
+                    scan::Found::Missing => None,
+                    // Only an array can be walked further: on the tree.
+                    scan::Found::Below(i, _) if d.raw(i).starts_with('[') => {
+                        path.get(self.payload()).map(Scalar::of_value)
+                    }
+                    scan::Found::Below(..) => None,
+                }
+            }
+        }
+    }
+
+    /// The value at `path` as an identifier (see [`FieldPath::get_text`]).
+    pub fn text(&self, path: &FieldPath) -> Option<Cow<'_, str>> {
+        self.get(path)?.into_text()
+    }
+
+    /// The payload with only `paths` ([`crate::engine::project::project`]),
+    /// built from the record without parsing the rest of it.
+    pub fn project(&self, paths: &[FieldPath]) -> Value {
+        match &self.body {
+            Body::Tree(v) => crate::engine::project::project(v, paths),
+            Body::Record { bytes, doc, .. } => {
+                let d = doc.on(bytes);
+                let mut out = serde_json::Map::new();
+                for path in paths {
+                    copy_doc_path(d, d.top(), &mut out, path.segments());
+                }
+                Value::Object(out)
+            }
+        }
+    }
+
+    /// The top-level members for [`crate::engine::project`]'s writer:
+    /// the tree's map, or the record in place.
+    pub(crate) fn members(&self) -> Members<'_> {
+        match &self.body {
+            Body::Tree(Value::Object(m)) => Members::Tree(m),
+            Body::Tree(_) => Members::None,
+            Body::Record { bytes, doc, .. } => {
+                let d = doc.on(bytes);
+                Members::Doc(d, d.top())
             }
         }
     }
 }
 
-/// How much of an event's payload the rules need, by event type.
-#[derive(Debug, Clone, Copy)]
-pub enum PayloadNeed<'a> {
-    /// No rule names this type.
-    Nothing,
-    /// These fields (their first-level members are kept whole).
-    Fields(&'a [FieldPath]),
-    /// All of it.
-    Full,
+/// An object's members, in a tree or in a record read in place.
+pub(crate) enum Members<'a> {
+    None,
+    Tree(&'a serde_json::Map<String, Value>),
+    Doc(scan::DocRef<'a>, std::ops::Range<usize>),
+}
+
+/// A member's value as [`Members::get`] gives it.
+pub(crate) enum MemberValue<'a> {
+    Tree(&'a Value),
+    Doc(scan::DocRef<'a>, usize),
+}
+
+impl<'a> Members<'a> {
+    pub(crate) fn get(&self, key: &str) -> Option<MemberValue<'a>> {
+        match self {
+            Members::None => None,
+            Members::Tree(m) => m.get(key).map(MemberValue::Tree),
+            Members::Doc(d, level) => d
+                .find(level.clone(), key, scan::key_word(key.as_bytes()))
+                .map(|i| MemberValue::Doc(*d, i)),
+        }
+    }
+}
+
+impl<'a> MemberValue<'a> {
+    /// Its members when it is an object.
+    pub(crate) fn object(&self) -> Option<Members<'a>> {
+        match self {
+            MemberValue::Tree(Value::Object(m)) => Some(Members::Tree(m)),
+            MemberValue::Tree(_) => None,
+            MemberValue::Doc(d, i) => d.children(*i).map(|c| Members::Doc(*d, c)),
+        }
+    }
+
+    /// It as a JSON value.
+    pub(crate) fn to_value(&self) -> Value {
+        match self {
+            MemberValue::Tree(v) => (*v).clone(),
+            MemberValue::Doc(d, i) => doc_value(*d, *i),
+        }
+    }
+
+    /// It read as a scalar.
+    pub(crate) fn scalar(&self) -> Scalar<'a> {
+        match self {
+            MemberValue::Tree(v) => Scalar::of_value(v),
+            MemberValue::Doc(d, i) => Scalar::of_doc(*d, *i),
+        }
+    }
+}
+
+/// The value at node `i` as serde_json would parse it (the text is valid).
+fn doc_value(d: scan::DocRef<'_>, i: usize) -> Value {
+    scan::value(d.raw(i)).unwrap_or(Value::Null)
+}
+
+/// [`crate::engine::project`]'s `copy_path`, on a record in place.
+fn copy_doc_path(
+    d: scan::DocRef<'_>,
+    level: std::ops::Range<usize>,
+    dst: &mut serde_json::Map<String, Value>,
+    segments: &[String],
+) {
+    let Some((first, rest)) = segments.split_first() else {
+        return;
+    };
+    let Some(i) = d.find(level, first, scan::key_word(first.as_bytes())) else {
+        return;
+    };
+    let children = d.children(i);
+    match children {
+        Some(c) if !rest.is_empty() => {
+            let child = dst
+                .entry(first.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Value::Object(child) = child {
+                copy_doc_path(d, c, child, rest);
+            }
+        }
+        _ => {
+            dst.insert(first.clone(), doc_value(d, i));
+        }
+    }
+}
+
+/// [`Event::field`] on a tree.
+fn tree_field<'a, S: AsRef<str>>(root: &'a Value, path: &[S]) -> Option<Option<Scalar<'a>>> {
+    let mut v = root;
+    for seg in path {
+        match v {
+            Value::Object(m) => match member(m, seg.as_ref()) {
+                Some(next) => v = next,
+                None => return Some(None),
+            },
+            _ => return None,
+        }
+    }
+    Some(Some(Scalar::of_value(v)))
+}
+
+/// A field's value as rules read it: borrowed from the tree or the record.
+/// Numbers are typed as serde_json types them: integers that fit `i64`,
+/// larger ones that fit `u64`, and `f64` for the rest.
+#[derive(Debug, Clone)]
+pub enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+    Null,
+    Object(Object<'a>),
+    Array,
+}
+
+/// An object value, for `has()`.
+#[derive(Debug, Clone)]
+pub struct Object<'a>(ObjectIn<'a>);
+
+#[derive(Debug, Clone)]
+enum ObjectIn<'a> {
+    Tree(&'a serde_json::Map<String, Value>),
+    Doc(scan::DocRef<'a>, std::ops::Range<usize>),
+}
+
+impl Object<'_> {
+    pub fn contains(&self, key: &str) -> bool {
+        match &self.0 {
+            ObjectIn::Tree(m) => m.contains_key(key),
+            ObjectIn::Doc(d, level) => d
+                .find(level.clone(), key, scan::key_word(key.as_bytes()))
+                .is_some(),
+        }
+    }
+}
+
+impl<'a> Scalar<'a> {
+    pub fn of_value(v: &'a Value) -> Scalar<'a> {
+        match v {
+            Value::String(s) => Scalar::Str(Cow::Borrowed(s)),
+            Value::Number(n) => Scalar::of_number(n),
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::Null => Scalar::Null,
+            Value::Object(m) => Scalar::Object(Object(ObjectIn::Tree(m))),
+            Value::Array(_) => Scalar::Array,
+        }
+    }
+
+    fn of_number(n: &serde_json::Number) -> Scalar<'a> {
+        match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Scalar::Int(i),
+            (None, Some(u), _) => Scalar::UInt(u),
+            (_, _, f) => Scalar::Float(f.unwrap_or(f64::NAN)),
+        }
+    }
+
+    fn of_doc(d: scan::DocRef<'a>, i: usize) -> Scalar<'a> {
+        if let Some(s) = d.plain_str(i) {
+            return Scalar::Str(Cow::Borrowed(s));
+        }
+        match d.children(i) {
+            Some(level) => Scalar::Object(Object(ObjectIn::Doc(d, level))),
+            None => Scalar::of_raw(d.raw(i)).unwrap_or(Scalar::Null),
+        }
+    }
+
+    /// A value's raw JSON text (valid, from the scanner), read as
+    /// serde_json reads it; objects are not looked into.
+    fn of_raw(raw: &'a str) -> Option<Scalar<'a>> {
+        Some(match raw.as_bytes().first()? {
+            b'"' => match scan::plain_str(raw) {
+                Some(s) => Scalar::Str(Cow::Borrowed(s)),
+                None => Scalar::Str(Cow::Owned(serde_json::from_str(raw).ok()?)),
+            },
+            b't' => Scalar::Bool(true),
+            b'f' => Scalar::Bool(false),
+            b'n' => Scalar::Null,
+            // Objects are read through the doc (`of_doc`).
+            b'[' => Scalar::Array,
+            b'{' => return None,
+            _ if scan::plain_integer(raw) => Scalar::Int(raw.parse().ok()?),
+            _ => match scan::plain_decimal(raw) {
+                Some(f) => Scalar::Float(f),
+                None => Scalar::of_number(&serde_json::from_str(raw).ok()?),
+            },
+        })
+    }
+
+    /// As an identifier: strings as-is (non-empty), numbers and booleans
+    /// printed as serde_json prints them; null, objects and arrays are not
+    /// identifiers.
+    pub fn into_text(self) -> Option<Cow<'a, str>> {
+        match self {
+            Scalar::Str(s) if !s.is_empty() => Some(s),
+            Scalar::Int(i) => Some(Cow::Owned(i.to_string())),
+            Scalar::UInt(u) => Some(Cow::Owned(u.to_string())),
+            Scalar::Float(f) => serde_json::Number::from_f64(f).map(|n| Cow::Owned(n.to_string())),
+            Scalar::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
+            _ => None,
+        }
+    }
+
+    /// As an event time: see [`parse_time`].
+    pub fn time(&self) -> Option<Millis> {
+        match self {
+            Scalar::Str(s) => parse_timestamp(s),
+            Scalar::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
 }
 
 /// Why a record is not a usable event. `reason()` is a bounded metric label.
@@ -227,47 +571,39 @@ impl InvalidEvent {
 
 impl EventSchema {
     /// Decodes only what every event needs (type, customer, time, id) and
-    /// parses the payload only as far as `need(type)` says: most events
-    /// on a busy topic concern no rule, and building their JSON tree is the
-    /// largest cost of reading them. The record is still fully validated.
-    pub fn decode_lazy<'n>(
+    /// reads the payload in place: the record is validated and its object
+    /// members located in one pass, and rules read their fields straight
+    /// from the bytes. Nothing of the payload is kept for an event no rule
+    /// reads (`read(type)` is false): most events on a busy topic concern
+    /// no rule.
+    pub fn decode_lazy(
         &self,
         bytes: &[u8],
-        need: impl FnOnce(&str) -> PayloadNeed<'n>,
+        read: impl FnOnce(&str) -> bool,
     ) -> Result<Event, InvalidEvent> {
-        let mut top = scan::Members::default();
-        let Some(()) = scan::object(bytes, &mut top) else {
-            // Not an object, not JSON, or what the scanner leaves to
-            // serde_json: the full parse decides (and names the problem).
-            return self.decode(bytes);
-        };
-        let env = self.envelope(|path| raw_field(&top, path))?;
-        let (payload, raw) = match need(&env.kind) {
-            PayloadNeed::Full => return self.decode(bytes),
-            PayloadNeed::Nothing => (Value::Null, None),
-            PayloadNeed::Fields(paths) => {
-                // Whole first-level members: exact for any path below them.
-                let mut members = serde_json::Map::new();
-                let mut last: Option<&str> = None;
-                for p in paths {
-                    let Some(first) = p.segments().first() else {
-                        continue;
-                    };
-                    // Paths under one member are mostly neighbours (the
-                    // engine sorts them), and each member is built once
-                    // for them; a member met again is only built again.
-                    if last.is_some_and(|l| same_text(l, first)) {
-                        continue;
-                    }
-                    last = Some(first);
-                    if let Some(v) = top.get(first.as_str()).and_then(scan::value) {
-                        members.insert(first.clone(), v);
-                    }
-                }
-                (Value::Object(members), Some(Arc::from(bytes)))
-            }
-        };
-        Ok(env.into_event(payload, raw))
+        // The members are read into a buffer kept per thread, and copied
+        // out at their exact size only for an event a rule reads.
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<scan::Doc> = std::cell::RefCell::default();
+        }
+        SCRATCH.with_borrow_mut(|doc| {
+            let Some(()) = scan::object(bytes, doc) else {
+                // Not an object, not JSON, or what the scanner leaves to
+                // serde_json: the full parse decides (and names the problem).
+                return self.decode(bytes);
+            };
+            let d = doc.on(bytes);
+            let env = self.envelope(|path| doc_field(d, path))?;
+            let body = match read(&env.kind) {
+                false => Body::Tree(Value::Null),
+                true => Body::Record {
+                    bytes: Arc::from(bytes),
+                    doc: doc.clone(),
+                    tree: std::sync::OnceLock::new(),
+                },
+            };
+            Ok(env.into_event(body))
+        })
     }
 
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, InvalidEvent> {
@@ -282,35 +618,41 @@ impl EventSchema {
         if !payload.is_object() {
             return Err(InvalidEvent::NotObject);
         }
-        let env = self.envelope(|p| p.get(&payload).map(Field::of_value))?;
-        Ok(env.into_event(payload, None))
+        let env = self.envelope(|p| p.get(&payload).map(Scalar::of_value))?;
+        Ok(env.into_event(Body::Tree(payload)))
     }
 
     /// Type, customer, time and id through `field`: a lookup on the parsed
-    /// payload, or on the raw record (`decode_lazy`). One place for the
-    /// checks and their errors, whichever way the event was read.
+    /// payload, or on the record in place (`decode_lazy`). One place for
+    /// the checks and their errors, whichever way the event was read.
     fn envelope<'v>(
         &self,
-        field: impl Fn(&FieldPath) -> Option<Field<'v>>,
+        field: impl Fn(&FieldPath) -> Option<Scalar<'v>>,
     ) -> Result<Envelope, InvalidEvent> {
         let missing = |path: &FieldPath, role| InvalidEvent::MissingField {
             field: path.to_string(),
             role,
         };
         let kind = match field(&self.kind) {
-            Some(Field::Text(s)) if !s.is_empty() => s.into_owned(),
+            Some(Scalar::Str(s)) if !s.is_empty() => s.into_owned(),
             _ => return Err(missing(&self.kind, "type")),
         };
         let customer = field(&self.customer)
-            .and_then(Field::into_text)
-            .ok_or_else(|| missing(&self.customer, "customer"))?;
+            .and_then(Scalar::into_text)
+            .ok_or_else(|| missing(&self.customer, "customer"))?
+            .into_owned();
         let time = match field(&self.time) {
-            None | Some(Field::Null) => return Err(missing(&self.time, "time")),
+            None | Some(Scalar::Null) => return Err(missing(&self.time, "time")),
             Some(f) => f.time().ok_or_else(|| InvalidEvent::BadTime {
                 field: self.time.to_string(),
             })?,
         };
-        let id = self.id.as_ref().and_then(&field).and_then(Field::into_text);
+        let id = self
+            .id
+            .as_ref()
+            .and_then(&field)
+            .and_then(Scalar::into_text)
+            .map(Cow::into_owned);
         Ok(Envelope {
             kind,
             customer,
@@ -320,105 +662,36 @@ impl EventSchema {
     }
 }
 
-/// An envelope field as the checks see it, borrowed where the record allows.
-enum Field<'a> {
-    Text(Cow<'a, str>),
-    /// Its text as serde_json prints it, and its value when an integer.
-    Number(Cow<'a, str>, Option<i64>),
-    Bool(bool),
-    Null,
-    /// An object or an array.
-    Other,
-}
-
-impl<'a> Field<'a> {
-    fn of_value(v: &'a Value) -> Field<'a> {
-        match v {
-            Value::String(s) => Field::Text(Cow::Borrowed(s)),
-            Value::Number(n) => Field::Number(Cow::Owned(n.to_string()), n.as_i64()),
-            Value::Bool(b) => Field::Bool(*b),
-            Value::Null => Field::Null,
-            _ => Field::Other,
+/// The field at `path` of a record in place, for the envelope. An array on
+/// the way is parsed and walked; a container found there is reported as
+/// [`Scalar::Array`] (the envelope only asks whether a value is a scalar).
+fn doc_field<'a>(d: scan::DocRef<'a>, path: &FieldPath) -> Option<Scalar<'a>> {
+    match d.lookup(path) {
+        scan::Found::At(i) => Some(Scalar::of_doc(d, i)),
+        scan::Found::Missing => None,
+        scan::Found::Below(i, rest) => {
+            let v: Value = serde_json::from_str(d.raw(i)).ok()?;
+            let segs = path.segments();
+            let tail = FieldPath::from_segments(segs[segs.len() - rest..].to_vec());
+            Some(match tail.get(&v)? {
+                Value::String(s) => Scalar::Str(Cow::Owned(s.clone())),
+                Value::Number(n) => Scalar::of_number(n),
+                Value::Bool(b) => Scalar::Bool(*b),
+                Value::Null => Scalar::Null,
+                Value::Object(_) | Value::Array(_) => Scalar::Array,
+            })
         }
     }
-
-    fn of_owned(v: Value) -> Field<'a> {
-        match v {
-            Value::String(s) => Field::Text(Cow::Owned(s)),
-            other => match Field::of_value(&other) {
-                Field::Number(text, i) => Field::Number(Cow::Owned(text.into_owned()), i),
-                Field::Bool(b) => Field::Bool(b),
-                Field::Null => Field::Null,
-                _ => Field::Other,
-            },
-        }
-    }
-
-    /// A value's raw JSON text (valid, from the scanner), read without
-    /// building a tree when it is a plain string or integer.
-    fn of_raw(raw: &'a str) -> Option<Field<'a>> {
-        match raw.as_bytes().first()? {
-            b'"' => Some(match scan::plain_str(raw) {
-                Some(s) => Field::Text(Cow::Borrowed(s)),
-                None => Field::Text(Cow::Owned(serde_json::from_str(raw).ok()?)),
-            }),
-            b't' => Some(Field::Bool(true)),
-            b'f' => Some(Field::Bool(false)),
-            b'n' => Some(Field::Null),
-            b'{' | b'[' => Some(Field::Other),
-            _ if scan::plain_integer(raw) => {
-                Some(Field::Number(Cow::Borrowed(raw), raw.parse().ok()))
-            }
-            _ => serde_json::from_str(raw).ok().map(Field::of_owned),
-        }
-    }
-
-    /// As an identifier: see [`scalar_text`].
-    fn into_text(self) -> Option<String> {
-        match self {
-            Field::Text(s) if !s.is_empty() => Some(s.into_owned()),
-            Field::Number(n, _) => Some(n.into_owned()),
-            Field::Bool(b) => Some(b.to_string()),
-            _ => None,
-        }
-    }
-
-    /// As an event time: see [`parse_time`].
-    fn time(&self) -> Option<Millis> {
-        match self {
-            Field::Text(s) => parse_timestamp(s),
-            Field::Number(_, i) => *i,
-            _ => None,
-        }
-    }
-}
-
-/// The field at `path` of a scanned record: nested objects are scanned in
-/// turn; an array on the way is parsed and walked.
-fn raw_field<'a>(top: &scan::Members<'a>, path: &FieldPath) -> Option<Field<'a>> {
-    let (first, rest) = path.segments().split_first()?;
-    let mut raw = top.get(first.as_str())?;
-    for (i, seg) in rest.iter().enumerate() {
-        if raw.starts_with('{') {
-            raw = scan::nested_get(raw, seg.as_str())?;
-        } else {
-            let v: Value = serde_json::from_str(raw).ok()?;
-            let tail = FieldPath(rest[i..].to_vec().into());
-            return tail.get(&v).cloned().map(Field::of_owned);
-        }
-    }
-    Field::of_raw(raw)
 }
 
 impl Envelope {
-    fn into_event(self, payload: Value, raw: Option<Arc<[u8]>>) -> Event {
+    fn into_event(self, body: Body) -> Event {
         Event {
             kind: self.kind,
             customer: self.customer,
             time: self.time,
             id: self.id,
-            payload,
-            raw,
+            body,
         }
     }
 }
@@ -617,7 +890,7 @@ mod tests {
         ];
         for r in records {
             let full = s.decode(r);
-            let lazy = s.decode_lazy(r, |_| PayloadNeed::Nothing);
+            let lazy = s.decode_lazy(r, |_| false);
             match (&full, &lazy) {
                 (Ok(f), Ok(l)) => {
                     assert_eq!(
@@ -625,7 +898,7 @@ mod tests {
                         (&l.kind, &l.customer, l.time, &l.id)
                     );
                     assert_eq!(
-                        l.payload,
+                        *l.payload(),
                         Value::Null,
                         "payload skipped for an event no rule wants"
                     );
@@ -638,14 +911,14 @@ mod tests {
                     String::from_utf8_lossy(r)
                 ),
             }
-            if let Ok(e) = s.decode_lazy(r, |_| PayloadNeed::Full) {
-                assert_eq!(Some(e.payload), full.ok().map(|f| f.payload));
+            if let Ok(e) = s.decode_lazy(r, |_| true) {
+                assert_eq!(Some(e.payload()), full.as_ref().ok().map(|f| f.payload()));
             }
         }
         // A key with escapes goes to serde_json, which reads it the same.
         let e = s
             .decode_lazy(br#"{"ty\u0070e":"x","customer":{"id":"c"},"ts":1}"#, |_| {
-                PayloadNeed::Nothing
+                false
             })
             .unwrap();
         assert_eq!(
@@ -658,28 +931,22 @@ mod tests {
             ..schema()
         };
         let e = nested
-            .decode_lazy(br#"{"type":"x","items":[{"sku":"A1"}],"ts":1}"#, |_| {
-                PayloadNeed::Nothing
-            })
+            .decode_lazy(br#"{"type":"x","items":[{"sku":"A1"}],"ts":1}"#, |_| false)
             .unwrap();
         assert_eq!(e.customer, "A1");
         let cart = [FieldPath::parse("cart.total").unwrap()];
         let e = schema()
             .decode_lazy(
                 br#"{"type":"x","customer":{"id":"c"},"ts":1,"cart":{"total":5,"items":[1]},"big":"zzz"}"#,
-                |_| PayloadNeed::Fields(&cart),
+                |_| true,
             )
             .unwrap();
-        assert_eq!(
-            e.payload,
-            serde_json::json!({"cart": {"total": 5, "items": [1]}})
-        );
-        let e = Arc::new(e);
-        assert_eq!(
-            e.complete().payload["big"],
-            "zzz",
-            "the whole payload on demand"
-        );
+        let at = |p: &str| e.field(&FieldPath::parse(p).unwrap());
+        assert!(matches!(at("cart.total"), Some(Some(Scalar::Int(5)))));
+        assert!(matches!(at("cart.gone"), Some(None)));
+        assert!(at("big.deeper").is_none(), "not an object");
+        assert_eq!(e.project(&cart), serde_json::json!({"cart": {"total": 5}}));
+        assert_eq!(e.payload()["big"], "zzz", "the whole payload on demand");
     }
 
     proptest::proptest! {
@@ -733,6 +1000,78 @@ mod tests {
             if garble.is_none() {
                 proptest::prop_assert_eq!(utc_fast(text.as_bytes()), jiff_ms, "{}", text);
             }
+        }
+    }
+
+    /// JSON values for the in-place reading tests: every kind, nested
+    /// objects with a few short keys (so paths hit and miss), numbers of
+    /// every form serde_json types differently.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1000i64..1000).prop_map(|i| Value::from(i as f64 / 8.0)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[ab\\\"\u{e9}]{0,4}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::vec(("[a-c]", inner), 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A field as a comparable text: objects by their members' names
+    /// (the tree's and the record's live in different places).
+    fn shown(f: Option<Option<Scalar<'_>>>) -> Option<Option<String>> {
+        f.map(|f| {
+            f.map(|s| match s {
+                Scalar::Object(o) => {
+                    let held: Vec<&str> = ["a", "b", "c"]
+                        .into_iter()
+                        .filter(|k| o.contains(k))
+                        .collect();
+                    format!("Object{held:?}")
+                }
+                other => format!("{other:?}"),
+            })
+        })
+    }
+
+    proptest::proptest! {
+        /// A record read in place answers every path as the tree
+        /// serde_json parses from it: fields, identifiers, times,
+        /// projections. Members are written with repeated keys too (the
+        /// last one wins).
+        #[test]
+        fn in_place_reads_agree_with_the_tree(
+            members in proptest::collection::vec(("[a-c]", any_json()), 0..6),
+            paths in proptest::collection::vec("[a-c](\\.([a-c]|0)){0,3}", 1..4),
+        ) {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!("{k:?}: {v}"))
+                .collect();
+            let text = format!("{{{}}}", body.join(", "));
+            let tree: Value = serde_json::from_str(&text).unwrap();
+            let e = Event::in_place("t".into(), "c".into(), 0, None, text.as_bytes()).unwrap();
+            let paths: Vec<FieldPath> = paths.iter().map(|p| FieldPath::parse(p).unwrap()).collect();
+            for p in &paths {
+                proptest::prop_assert_eq!(shown(e.field(p)), shown(tree_field(&tree, p.segments())), "{} in {}", p, text);
+                proptest::prop_assert_eq!(e.text(p).map(Cow::into_owned), p.get_text(&tree), "{} in {}", p, text);
+                proptest::prop_assert_eq!(e.get(p).and_then(|s| s.time()), p.get(&tree).and_then(parse_time));
+            }
+            let root = FieldPath::from_segments(Vec::new());
+            proptest::prop_assert_eq!(shown(e.field(&root)), shown(tree_field::<&str>(&tree, &[])));
+            proptest::prop_assert_eq!(e.project(&paths), crate::engine::project::project(&tree, &paths));
+            proptest::prop_assert_eq!(e.payload(), &tree);
         }
     }
 

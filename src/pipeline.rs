@@ -82,13 +82,13 @@ pub fn prepare(
             detail: None,
         };
     }
-    // Policy and templates see the whole payload.
-    let firing = &*decision.firing.with_full_event();
+    // Policy and templates see the whole payload (`Event::payload`).
+    let firing = &decision.firing;
     let rule = &firing.rule;
     let view = CustomerView {
         id: &firing.event.customer,
         profile,
-        event: &firing.event.payload,
+        event: firing.event.payload(),
     };
     if let Err(s) = policy::admit(cx.policy, rule, &view, now, caps) {
         return Prepared::Skip {

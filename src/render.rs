@@ -131,10 +131,11 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
     for n in 0..repeats {
         // Distinct ids: the engine counts a redelivered event (same id) once.
         let event = match (&event.id, n) {
-            (Some(id), 1..) => Arc::new(crate::event::Event {
-                id: Some(format!("{id}#{n}")),
-                ..(*event).clone()
-            }),
+            (Some(id), 1..) => {
+                let mut copy = (*event).clone();
+                copy.id = Some(format!("{id}#{n}"));
+                Arc::new(copy)
+            }
             _ => Arc::clone(&event),
         };
         engine.on_event(0, &event, Clock::Virtual, &mut out);

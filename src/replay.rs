@@ -190,7 +190,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         }
         let event = match opts
             .schema
-            .decode_lazy(line.as_bytes(), |kind| engine.payload_need(kind))
+            .decode_lazy(line.as_bytes(), |kind| engine.reads(kind))
         {
             Ok(e) => Arc::new(e),
             Err(e) => {

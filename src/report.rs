@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::config::{KafkaConfig, Secret};
 use crate::decisions::DecisionRecord;
-use crate::event::{format_time, EventSchema, Millis, PayloadNeed};
+use crate::event::{format_time, EventSchema, Millis};
 use crate::state::{Store, StoreError};
 
 /// Below this many customers in a group, the normal approximation (and any
@@ -846,7 +846,7 @@ pub fn read_file(path: &Path, schema: &EventSchema, m: &mut Measure) -> Result<(
         if line.trim_ascii().is_empty() {
             continue;
         }
-        match schema.decode_lazy(&line, |_| PayloadNeed::Nothing) {
+        match schema.decode_lazy(&line, |_| false) {
             Ok(e) => m.observe(&e.kind, &e.customer, e.time),
             Err(e) => m.invalid(format!("line {n}: {e}")),
         }
@@ -987,7 +987,7 @@ pub fn read_kafka(
                         )
                     };
                     match msg.payload() {
-                        Some(bytes) => match schema.decode_lazy(bytes, |_| PayloadNeed::Nothing) {
+                        Some(bytes) => match schema.decode_lazy(bytes, |_| false) {
                             Ok(e) => m.observe(&e.kind, &e.customer, e.time),
                             Err(e) => m.invalid(format!("{}: {e}", at())),
                         },
@@ -1056,16 +1056,15 @@ mod tests {
 
     /// Through [`measure`], the pure entry point: records and events in.
     fn report(records: &[DecisionRecord], events: &[(&str, &str, Millis)]) -> Report {
-        let events = events
-            .iter()
-            .map(|(kind, customer, time)| crate::event::Event {
-                kind: kind.to_string(),
-                customer: customer.to_string(),
-                time: *time,
-                id: None,
-                payload: serde_json::Value::Null,
-                raw: None,
-            });
+        let events = events.iter().map(|(kind, customer, time)| {
+            crate::event::Event::new(
+                kind.to_string(),
+                customer.to_string(),
+                *time,
+                None,
+                serde_json::Value::Null,
+            )
+        });
         measure(
             "checkout-dropoff",
             records,

@@ -492,10 +492,7 @@ impl Suite<'_> {
         let mut notes = Vec::new();
         let mut last = test.start;
         for (label, bytes) in &test.events {
-            let event = match self
-                .schema
-                .decode_lazy(bytes, |kind| engine.payload_need(kind))
-            {
+            let event = match self.schema.decode_lazy(bytes, |kind| engine.reads(kind)) {
                 Ok(e) => Arc::new(e),
                 Err(e) => {
                     notes.push(format!("{label} is invalid and was skipped: {e}"));

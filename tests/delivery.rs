@@ -867,14 +867,13 @@ fn firing(loaded: &forewarn::rules::load::Loaded, id: &str, name: &str, note: &s
     });
     Firing {
         rule: Arc::clone(&loaded.rules.rules[0]),
-        event: Arc::new(Event {
-            kind: "order_note".into(),
-            customer: "c-9".into(),
-            time: 1_795_518_900_000,
-            id: None,
+        event: Arc::new(Event::new(
+            "order_note".into(),
+            "c-9".into(),
+            1_795_518_900_000,
+            None,
             payload,
-            raw: None,
-        }),
+        )),
         entry: None,
         key: vec!["c-9".into()],
         episode_start: 1_795_518_900_000,

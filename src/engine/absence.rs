@@ -21,7 +21,7 @@ use super::{
     notification_id, record, Clock, Cx, EngineConfig, Firing, KeyMap, Outcome, Output, Partition,
     PartitionId, RuleError,
 };
-use crate::event::{parse_time, Event, Millis};
+use crate::event::{Event, Millis};
 use crate::rules::expr::to_cel;
 use crate::rules::{Absence, DeadlineSpec, Mode, OnRepeat, RuleKind, RuleSet};
 
@@ -292,9 +292,9 @@ impl Episodes {
 fn deadline_of(a: &Absence, event: &Event) -> Option<Millis> {
     match &a.deadline {
         DeadlineSpec::Within(w) => Some(event.time.saturating_add(*w)),
-        DeadlineSpec::Field { path, grace } => path
-            .get(&event.payload)
-            .and_then(parse_time)
+        DeadlineSpec::Field { path, grace } => event
+            .get(path)
+            .and_then(|v| v.time())
             .map(|t| t.saturating_add(*grace)),
     }
 }
@@ -394,7 +394,7 @@ pub(super) fn closer_probe(
     if !cx.closer_reads_trigger[idx as usize] {
         let mut failed = false;
         let holds = closing_conditions(a, event).any(|c| {
-            condition_holds(&event.payload, || cx.scope.get(), c).unwrap_or_else(|_| {
+            condition_holds(event, || cx.scope.get(), c).unwrap_or_else(|_| {
                 failed = true;
                 false
             })
@@ -452,7 +452,7 @@ pub(super) fn on_closer(
         let scope: &cel::Context<'_, 'static> = if needs_trigger {
             let mut s = cx.scope.get().new_inner_scope();
             if let Some(t) = decode_trigger(trigger, &rule.trigger.event, start) {
-                s.add_variable_from_value("trigger", to_cel(&t.payload));
+                s.add_variable_from_value("trigger", to_cel(t.payload()));
             }
             inner = s;
             &inner
@@ -461,7 +461,7 @@ pub(super) fn on_closer(
         };
         conditions
             .clone()
-            .any(|c| trigger_holds(rule, &event.payload, || scope, c, out))
+            .any(|c| trigger_holds(rule, event, || scope, c, out))
     };
     for at in chain {
         let slot = &part.episodes.slots[at as usize];

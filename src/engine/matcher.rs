@@ -15,13 +15,13 @@ use crate::rules::{Condition, Rule};
 /// Evaluates a condition's `if` (true without one). An error is for the
 /// caller to report ([`trigger_holds`]) or to settle otherwise.
 pub(super) fn condition_holds<'c>(
-    payload: &serde_json::Value,
+    event: &Event,
     scope: impl FnOnce() -> &'c cel::Context<'c, 'static>,
     cond: &Condition,
 ) -> Result<bool, crate::rules::expr::EvalError> {
     match &cond.when {
         None => Ok(true),
-        Some(expr) => expr.eval_event(payload, |e| e.eval_bool(scope())),
+        Some(expr) => expr.eval_event(event, |e| e.eval_bool(scope())),
     }
 }
 
@@ -29,12 +29,12 @@ pub(super) fn condition_holds<'c>(
 /// reported as rule errors.
 pub(super) fn trigger_holds<'c>(
     rule: &Rule,
-    payload: &serde_json::Value,
+    event: &Event,
     scope: impl FnOnce() -> &'c cel::Context<'c, 'static>,
     cond: &Condition,
     out: &mut Output,
 ) -> bool {
-    condition_holds(payload, scope, cond).unwrap_or_else(|e| {
+    condition_holds(event, scope, cond).unwrap_or_else(|e| {
         let source = cond.when.as_ref().map_or("", |w| w.source());
         out.errors.push(RuleError {
             rule_id: rule.id.clone(),
@@ -56,8 +56,8 @@ pub(super) fn on_trigger(
     event: &Arc<Event>,
     out: &mut Output,
 ) {
-    // The payload stays as decoded: catalog conditions read only the
-    // fields decoding kept, and templates complete it when composing.
+    // Catalog conditions read their fields in place; the payload is
+    // parsed whole only if a template or CEL condition asks for it.
     key.push(event_identity(event));
     let entries: Vec<Option<Arc<crate::rules::catalog::CatalogEntry>>> = match catalog {
         None => vec![None],
@@ -67,7 +67,7 @@ pub(super) fn on_trigger(
             .filter(|entry| {
                 match entry
                     .matches
-                    .eval_event(&event.payload, |e| e.eval_bool(cx.scope.get()))
+                    .eval_event(&**event, |e| e.eval_bool(cx.scope.get()))
                 {
                     Ok(b) => b,
                     Err(e) => {

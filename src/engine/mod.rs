@@ -112,22 +112,6 @@ pub struct Firing {
     pub notification_id: String,
 }
 
-impl Firing {
-    /// This firing with its event's whole payload. The engine reads only
-    /// the fields its rules name (see `EventSchema::decode_lazy`); the
-    /// payload is parsed whole only when a message is composed from it.
-    pub fn with_full_event(&self) -> std::borrow::Cow<'_, Firing> {
-        use std::borrow::Cow;
-        match self.event.raw {
-            None => Cow::Borrowed(self),
-            Some(_) => Cow::Owned(Firing {
-                event: self.event.complete(),
-                ..self.clone()
-            }),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Decision {
     pub firing: Firing,
@@ -266,8 +250,6 @@ pub struct Engine {
     /// Per event type that some enabled rule names: its rules and the
     /// fields their conditions read, found with one lookup per event.
     by_type: TypeMap<TypeRules>,
-    /// Per event type: every payload field the engine reads (None: all).
-    needs: TypeMap<Option<Vec<crate::event::FieldPath>>>,
     /// Per rule: the trigger fields an episode keeps, as the encoder
     /// walks them (None: all).
     plans: Vec<Option<project::Plan>>,
@@ -305,7 +287,6 @@ impl Engine {
             .map(|r| project::retained_paths(r, always_retain))
             .collect();
         let bindings = event_bindings(&rules);
-        let needs = payload_needs(&rules, &retain, &bindings);
         let plans = retain
             .iter()
             .map(|r| r.as_deref().map(project::Plan::new))
@@ -344,7 +325,6 @@ impl Engine {
             key_prefix: rules.rules.iter().map(|r| key_prefix(r)).collect(),
             rules,
             by_type,
-            needs,
             retain_class,
             plans,
             always_retain: always_retain.to_vec(),
@@ -360,15 +340,11 @@ impl Engine {
         &self.rules
     }
 
-    /// How much of an event of this type must be decoded for the engine
-    /// (see [`crate::event::EventSchema::decode_lazy`]).
-    pub fn payload_need(&self, kind: &str) -> crate::event::PayloadNeed<'_> {
-        use crate::event::PayloadNeed;
-        match self.needs.get(kind) {
-            None => PayloadNeed::Nothing,
-            Some(None) => PayloadNeed::Full,
-            Some(Some(paths)) => PayloadNeed::Fields(paths),
-        }
+    /// Whether a rule reads events of this type: if none does, decoding
+    /// keeps nothing of its payload (see
+    /// [`crate::event::EventSchema::decode_lazy`]).
+    pub fn reads(&self, kind: &str) -> bool {
+        self.by_type.contains_key(kind)
     }
 
     /// Starts tracking a partition. Until it sees an event or goes idle, its
@@ -661,8 +637,7 @@ impl Engine {
             let mut held: smallvec::SmallVec<[(u32, Option<u128>); 8]> = Default::default();
             for &idx in triggers {
                 let rule = self.rules.rule(idx);
-                if !matcher::trigger_holds(rule, &event.payload, || scope.get(), &rule.trigger, out)
-                {
+                if !matcher::trigger_holds(rule, event, || scope.get(), &rule.trigger, out) {
                     continue;
                 }
                 // Absence and threshold state is found by the key's hash,
@@ -839,66 +814,14 @@ impl<'a> LazyScope<'a> {
     fn get(&self) -> &cel::Context<'a, 'static> {
         self.cell.get_or_init(|| {
             let value = match self.paths {
-                Some(paths) => to_cel(&project::project(&self.event.payload, paths)),
-                None => to_cel(&self.event.payload),
+                Some(paths) => to_cel(&self.event.project(paths)),
+                None => to_cel(self.event.payload()),
             };
             let mut scope = self.base.new_inner_scope();
             scope.add_variable_from_value("event", value);
             scope
         })
     }
-}
-
-/// For each event type, every payload field the engine reads before a
-/// firing: condition fields, keys, deadline and once_per fields, and the
-/// fields an absence episode stores. (Firings of match and threshold rules
-/// complete the event for templates.)
-fn payload_needs(
-    rules: &RuleSet,
-    retain: &[Option<Vec<crate::event::FieldPath>>],
-    bindings: &TypeMap<Option<Vec<crate::event::FieldPath>>>,
-) -> TypeMap<Option<Vec<crate::event::FieldPath>>> {
-    use crate::rules::{DeadlineSpec, KeyField, OncePerField};
-    let mut out = bindings.clone();
-    let mut add = |kind: &str, paths: Option<Vec<crate::event::FieldPath>>| {
-        let entry = out
-            .entry(kind.to_string())
-            .or_insert_with(|| Some(Vec::new()));
-        match (entry.as_mut(), paths) {
-            (Some(all), Some(p)) => all.extend(p),
-            _ => *entry = None,
-        }
-    };
-    for (idx, rule) in rules.rules.iter().enumerate().filter(|(_, r)| r.enabled) {
-        let keys: Vec<crate::event::FieldPath> = rule
-            .key
-            .iter()
-            .filter_map(|k| match k {
-                KeyField::Path(p) => Some(p.clone()),
-                KeyField::Customer => None,
-            })
-            .collect();
-        let mut own = keys.clone();
-        own.extend(rule.once_per.iter().filter_map(|f| match f {
-            OncePerField::Event(KeyField::Path(p)) => Some(p.clone()),
-            _ => None,
-        }));
-        if let RuleKind::Absence(a) = &rule.kind {
-            if let DeadlineSpec::Field { path, .. } = &a.deadline {
-                own.push(path.clone());
-            }
-            add(&rule.trigger.event, retain[idx].clone());
-            for c in a.until.iter().chain(&a.cancel_on) {
-                add(&c.event, Some(keys.clone()));
-            }
-        }
-        add(&rule.trigger.event, Some(own));
-    }
-    for paths in out.values_mut().flatten() {
-        paths.sort_by_key(ToString::to_string);
-        paths.dedup();
-    }
-    out
 }
 
 /// What the per-kind modules need from the engine for one event.
@@ -1090,11 +1013,9 @@ fn event_key_hash(prefix: &[u8], rule: &Rule, event: &Event) -> Option<u128> {
     for k in &rule.key {
         match k {
             KeyField::Customer => buf.put(&event.customer),
-            KeyField::Path(p) => match p.get(&event.payload)? {
-                serde_json::Value::String(s) if !s.is_empty() => buf.put(s),
-                // Numbers and booleans, as `FieldPath::get_text` prints them.
-                _ => buf.put(&p.get_text(&event.payload)?),
-            },
+            // Strings borrowed; numbers and booleans printed as
+            // `FieldPath::get_text` prints them.
+            KeyField::Path(p) => buf.put(&event.text(p)?),
         }
     }
     Some(buf.digest())
@@ -1107,8 +1028,8 @@ fn event_identity(event: &Event) -> String {
     match &event.id {
         Some(id) => id.clone(),
         None => {
-            // Hashed over the whole payload, however much was decoded.
-            let bytes = serde_json::to_vec(&*event.full_payload()).unwrap_or_default();
+            // Hashed over the whole payload.
+            let bytes = serde_json::to_vec(event.payload()).unwrap_or_default();
             hex::encode(&Sha256::digest(&bytes)[..8])
         }
     }

@@ -745,7 +745,7 @@ fn stored_triggers_keep_only_what_the_rule_uses() {
     e.flush(Clock::Virtual, &mut out);
     let trigger = &out.decisions[0].firing.event;
     assert_eq!(
-        trigger.payload,
+        *trigger.payload(),
         json!({"cart": {"total": 42.0}, "customer": {"email": "a@example.com"}}),
         "the template reads trigger.cart.total; the address path is always kept"
     );

@@ -16,55 +16,250 @@
 //! occur, inside strings, as they are scanned: everything else in valid
 //! JSON is ASCII, so a record is not walked twice.
 
-use smallvec::SmallVec;
-
 /// serde_json's recursion limit: deeper records go to serde_json, which
 /// rejects them.
 const MAX_DEPTH: usize = 128;
 
-/// The top-level members of a JSON object, in record order, borrowed.
+/// One object member of a scanned record: where its key and its value
+/// are, and where the next member of the same object is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Node {
+    /// The key's first eight bytes (zeros past its end), which with its
+    /// length settles most comparisons in one step.
+    word: u64,
+    /// The key's text, without quotes (keys with escapes are declined).
+    key: u32,
+    key_len: u32,
+    /// The value's raw text.
+    val: u32,
+    val_end: u32,
+    /// One past this member's last nested node: its next sibling, if any.
+    next: u32,
+    /// The value is a string without escapes.
+    plain: bool,
+    /// On the first member of an object: a key may repeat in it, so a
+    /// look-up reads on to the last match.
+    repeats: bool,
+}
+
+/// The keys of one object as the scan records them: which may repeat.
 #[derive(Default)]
-pub(crate) struct Members<'a>(SmallVec<[(&'a str, &'a str); 16]>);
-
-impl<'a> Members<'a> {
-    /// The raw text of the last member named `key` (a repeated key means
-    /// the last one, as serde_json's map decides).
-    pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| super::same_text(k, key))
-            .map(|(_, v)| *v)
-    }
+struct Keys {
+    /// One bit per key, by a hash of its first word and length.
+    seen: u64,
+    first: Option<usize>,
+    repeats: bool,
 }
 
-/// Reads the members of `bytes` into `into` when it is one JSON object
-/// (surrounding white space allowed) whose keys have no escapes; `None`
-/// otherwise. The caller owns the list, so it is filled in place and never
-/// moved (it is a few hundred bytes on the stack).
-pub(crate) fn object<'a>(bytes: &'a [u8], into: &mut Members<'a>) -> Option<()> {
-    into.0.clear();
-    members_of(bytes, |k, v| {
-        into.0.push((k, v));
-        Some(())
-    })
-}
-
-/// The raw text of the last member named `key` of a nested value's raw
-/// text (from [`object`] or [`Members::get`], so checked already); `None`
-/// when the value is not an object or has no such member.
-pub(crate) fn nested_get<'a>(raw: &'a str, key: &str) -> Option<&'a str> {
-    if !raw.starts_with('{') {
-        return None;
+impl Keys {
+    #[inline(always)]
+    fn add(&mut self, nodes: &[Node], n: Option<usize>) {
+        let Some(n) = n else { return };
+        let node = &nodes[n];
+        let bit = 1u64
+            << ((node.word ^ u64::from(node.key_len)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58);
+        self.repeats |= self.seen & bit != 0;
+        self.seen |= bit;
+        self.first.get_or_insert(n);
     }
-    let mut found = None;
-    members_of(raw.as_bytes(), |k, v| {
-        if k == key {
-            found = Some(v);
+
+    fn finish(self, nodes: &mut [Node]) {
+        if let (Some(first), true) = (self.first, self.repeats) {
+            nodes[first].repeats = true;
         }
-        Some(())
-    })?;
-    found
+    }
+}
+
+/// The first eight bytes of `key`, zeros past its end.
+#[inline(always)]
+pub(crate) fn key_word(key: &[u8]) -> u64 {
+    let n = key.len();
+    if let Some(first) = key.first_chunk::<8>() {
+        return u64::from_le_bytes(*first);
+    }
+    if n >= 4 {
+        // Two overlapping halves (the bytes they share are the same).
+        let lo = u32::from_le_bytes(key[..4].try_into().expect("4 bytes"));
+        let hi = u32::from_le_bytes(key[n - 4..].try_into().expect("4 bytes"));
+        return u64::from(lo) | u64::from(hi) << ((n - 4) * 8);
+    }
+    key.iter()
+        .enumerate()
+        .fold(0, |w, (i, &b)| w | u64::from(b) << (i * 8))
+}
+
+/// Every object member of a record, at every depth outside arrays, in
+/// record order: the record read in place. Looking a path up compares
+/// keys along it; nothing is copied or built.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Doc {
+    nodes: Vec<Node>,
+}
+
+impl Doc {
+    /// `bytes` must be the record this was read from.
+    pub(crate) fn on<'a>(&'a self, bytes: &'a [u8]) -> DocRef<'a> {
+        DocRef {
+            b: bytes,
+            nodes: &self.nodes,
+        }
+    }
+}
+
+/// A [`Doc`] with its record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DocRef<'a> {
+    b: &'a [u8],
+    nodes: &'a [Node],
+}
+
+/// Where a path leads in a [`Doc`].
+pub(crate) enum Found {
+    /// The member at this node.
+    At(usize),
+    /// A member on the way, or the last one, is missing.
+    Missing,
+    /// The value at this node is not an object, and `rest` segments of the
+    /// path remain below it.
+    Below(usize, usize),
+}
+
+impl<'a> DocRef<'a> {
+    fn text(&self, from: u32, to: u32) -> &'a str {
+        let bytes = &self.b[from as usize..to as usize];
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: the nodes are ranges the scanner accepted in `self.b`
+        // (see `Scanner::text`).
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn key(&self, i: usize) -> &'a str {
+        let n = &self.nodes[i];
+        self.text(n.key, n.key + n.key_len)
+    }
+
+    /// The raw text of the value at node `i`.
+    pub(crate) fn raw(&self, i: usize) -> &'a str {
+        let n = &self.nodes[i];
+        self.text(n.val, n.val_end)
+    }
+
+    /// The content of the value at node `i` when it is a string without
+    /// escapes (known from the scan: nothing is looked at again).
+    pub(crate) fn plain_str(&self, i: usize) -> Option<&'a str> {
+        let n = &self.nodes[i];
+        n.plain.then(|| self.text(n.val + 1, n.val_end - 1))
+    }
+
+    /// The members of the record itself.
+    pub(crate) fn top(&self) -> std::ops::Range<usize> {
+        0..self.nodes.len()
+    }
+
+    /// The members of the object at node `i`; `None` when it is not an
+    /// object.
+    pub(crate) fn children(&self, i: usize) -> Option<std::ops::Range<usize>> {
+        let n = &self.nodes[i];
+        (self.b[n.val as usize] == b'{').then(|| i + 1..n.next as usize)
+    }
+
+    /// The members in `level`, in record order.
+    #[cfg(test)]
+    pub(crate) fn members(
+        &self,
+        level: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let nodes = self.nodes;
+        let mut i = level.start;
+        std::iter::from_fn(move || {
+            (i < level.end).then(|| {
+                let at = i;
+                i = nodes[i].next as usize;
+                at
+            })
+        })
+    }
+
+    /// The last member named `key` in `level` (a repeated key means the
+    /// last one, as serde_json's map decides).
+    /// `word` is the key's [`key_word`].
+    #[inline(always)]
+    pub(crate) fn find(
+        &self,
+        level: std::ops::Range<usize>,
+        key: &str,
+        word: u64,
+    ) -> Option<usize> {
+        let key = key.as_bytes();
+        let len = key.len() as u32;
+        let mut found = None;
+        let nodes = &self.nodes[..level.end];
+        // Without a repeated key, the first match is the only one.
+        let read_on = nodes.get(level.start).is_some_and(|n| n.repeats);
+        let mut i = level.start;
+        while let Some(n) = nodes.get(i) {
+            if n.word == word
+                && n.key_len == len
+                && (len <= 8 || self.b.get(n.key as usize..(n.key + len) as usize) == Some(key))
+            {
+                found = Some(i);
+                if !read_on {
+                    break;
+                }
+            }
+            i = n.next as usize;
+        }
+        found
+    }
+
+    /// The raw text of the last top-level member named `key`.
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
+        self.find(self.top(), key, key_word(key.as_bytes()))
+            .map(|i| self.raw(i))
+    }
+
+    /// Follows `path` from the record's top level.
+    pub(crate) fn lookup(&self, path: &super::FieldPath) -> Found {
+        let mut level = self.top();
+        let mut at = None;
+        let segments = path.segments();
+        for (k, (seg, &word)) in segments.iter().zip(path.words.iter()).enumerate() {
+            if let Some(i) = at {
+                match self.children(i) {
+                    Some(c) => level = c,
+                    None => return Found::Below(i, segments.len() - k),
+                }
+            }
+            match self.find(level.clone(), seg, word) {
+                Some(i) => at = Some(i),
+                None => return Found::Missing,
+            }
+        }
+        at.map_or(Found::Missing, Found::At)
+    }
+}
+
+/// Reads `bytes` into `into` when it is one JSON object (surrounding white
+/// space allowed) whose keys outside arrays have no escapes, and no longer
+/// than 4 GiB; `None` otherwise.
+pub(crate) fn object(bytes: &[u8], into: &mut Doc) -> Option<()> {
+    into.nodes.clear();
+    u32::try_from(bytes.len()).ok()?;
+    let mut s = Scanner {
+        b: bytes,
+        i: 0,
+        nodes: std::mem::take(&mut into.nodes),
+        record: true,
+        arrays: 0,
+        escaped: false,
+    };
+    s.ws();
+    let read = s.members(&mut |_, _| Some(()));
+    s.ws();
+    into.nodes = std::mem::take(&mut s.nodes);
+    read.filter(|()| s.i == s.b.len())
 }
 
 /// Calls `each(key, raw value)` for every member, in record order, of the
@@ -74,7 +269,14 @@ fn members_of<'a>(
     bytes: &'a [u8],
     mut each: impl FnMut(&'a str, &'a str) -> Option<()>,
 ) -> Option<()> {
-    let mut s = Scanner { b: bytes, i: 0 };
+    let mut s = Scanner {
+        b: bytes,
+        i: 0,
+        nodes: Vec::new(),
+        record: false,
+        arrays: 0,
+        escaped: false,
+    };
     s.ws();
     s.members(&mut each)?;
     s.ws();
@@ -129,6 +331,34 @@ pub(crate) fn plain_integer(raw: &str) -> bool {
         && digits.bytes().all(|b| b.is_ascii_digit())
         && (digits == "0" || !digits.starts_with('0'))
         && raw != "-0"
+}
+
+/// A raw JSON number with a fraction, no exponent and at most 18 digits,
+/// as serde_json computes it: the digits read as one integer, then divided
+/// by ten to the number of fraction digits (serde_json's own steps, so the
+/// same `f64` to the bit); `None` for other text.
+pub(crate) fn plain_decimal(raw: &str) -> Option<f64> {
+    const POW10: [f64; 19] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18,
+    ];
+    let (negative, digits) = match raw.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, raw),
+    };
+    let (int, frac) = digits.split_once('.')?;
+    if int.is_empty() || frac.is_empty() || int.len() + frac.len() > 18 {
+        return None;
+    }
+    let mut significand: u64 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        significand = significand * 10 + u64::from(b - b'0');
+    }
+    let f = significand as f64 / POW10[frac.len()];
+    Some(if negative { -f } else { f })
 }
 
 /// Bytes that end a run of plain string characters: the quote, the
@@ -204,6 +434,13 @@ fn plain_run(rest: &[u8]) -> usize {
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
+    /// Object members read so far, when `record`: those outside arrays.
+    nodes: Vec<Node>,
+    record: bool,
+    /// How many arrays the scan is inside.
+    arrays: u32,
+    /// Whether the last string value scanned had escapes.
+    escaped: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -240,6 +477,7 @@ impl<'a> Scanner<'a> {
         if self.eat(b'}').is_some() {
             return Some(());
         }
+        let mut keys = Keys::default();
         loop {
             self.ws();
             let (start, end, escaped) = self.string()?;
@@ -251,13 +489,17 @@ impl<'a> Scanner<'a> {
             self.eat(b':')?;
             self.ws();
             let at = self.i;
+            let node = self.open(start, end);
+            keys.add(&self.nodes, node);
             self.value(1)?;
+            self.close(node);
             each(key, self.text(at, self.i))?;
             self.ws();
             match self.peek()? {
                 b',' => self.i += 1,
                 b'}' => {
                     self.i += 1;
+                    keys.finish(&mut self.nodes);
                     return Some(());
                 }
                 _ => return None,
@@ -265,10 +507,42 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Records a member whose key is `key..key_end` and whose value starts
+    /// here, when recording and outside arrays.
+    #[inline(always)]
+    fn open(&mut self, key: usize, key_end: usize) -> Option<usize> {
+        (self.record && self.arrays == 0).then(|| {
+            self.nodes.push(Node {
+                word: key_word(&self.b[key..key_end]),
+                key: key as u32,
+                key_len: (key_end - key) as u32,
+                val: self.i as u32,
+                val_end: 0,
+                next: 0,
+                plain: false,
+                repeats: false,
+            });
+            self.nodes.len() - 1
+        })
+    }
+
+    /// Ends the member `open` recorded, its value just scanned.
+    #[inline(always)]
+    fn close(&mut self, node: Option<usize>) {
+        if let Some(n) = node {
+            let next = self.nodes.len() as u32;
+            let plain = self.b[self.nodes[n].val as usize] == b'"' && !self.escaped;
+            let m = &mut self.nodes[n];
+            m.val_end = self.i as u32;
+            m.next = next;
+            m.plain = plain;
+        }
+    }
+
     /// Skips one value, checking it.
     fn value(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
-            b'"' => self.string().map(|_| ()),
+            b'"' => self.string().map(|(_, _, escaped)| self.escaped = escaped),
             b'{' => self.container(depth, b'}', true),
             b'[' => self.container(depth, b']', false),
             b't' => self.literal(b"true"),
@@ -289,20 +563,35 @@ impl<'a> Scanner<'a> {
         if self.eat(close).is_some() {
             return Some(());
         }
+        if !keyed {
+            self.arrays += 1;
+        }
+        let mut keys = Keys::default();
         loop {
             self.ws();
+            let mut node = None;
             if keyed {
-                self.string()?;
+                let (start, end, escaped) = self.string()?;
+                if escaped && self.record && self.arrays == 0 {
+                    return None;
+                }
                 self.ws();
                 self.eat(b':')?;
                 self.ws();
+                node = self.open(start, end);
+                keys.add(&self.nodes, node);
             }
             self.value(depth + 1)?;
+            self.close(node);
             self.ws();
             match self.peek()? {
                 b',' => self.i += 1,
                 c if c == close => {
                     self.i += 1;
+                    if !keyed {
+                        self.arrays -= 1;
+                    }
+                    keys.finish(&mut self.nodes);
                     return Some(());
                 }
                 _ => return None,
@@ -431,9 +720,9 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
-    fn read(bytes: &[u8]) -> Option<Members<'_>> {
-        let mut m = Members::default();
-        object(bytes, &mut m).map(|()| m)
+    fn read(bytes: &[u8]) -> Option<Doc> {
+        let mut d = Doc::default();
+        object(bytes, &mut d).map(|()| d)
     }
 
     /// What serde_json makes of a record: its members as (key, value).
@@ -446,8 +735,9 @@ mod tests {
     /// The scanner's members, each value read by [`value`] (and checked
     /// against serde_json's reading of its text).
     fn scanned(bytes: &[u8]) -> Option<Vec<(String, Value)>> {
-        let m = read(bytes)?;
-        let mut keys: Vec<&str> = m.0.iter().map(|(k, _)| *k).collect();
+        let d = read(bytes)?;
+        let m = d.on(bytes);
+        let mut keys: Vec<&str> = m.members(m.top()).map(|i| m.key(i)).collect();
         keys.sort_unstable();
         keys.dedup();
         Some(
@@ -468,17 +758,34 @@ mod tests {
 
     #[test]
     fn reads_members_and_declines_what_it_does_not_handle() {
-        let m = read(br#" {"a": 1, "b": {"c": [true, null, "x\n"]}, "a": "last"} "#).unwrap();
+        let rec = br#" {"a": 1, "b": {"c": [true, null, "x\n"]}, "a": "last"} "#;
+        let d = read(rec).unwrap();
+        let m = d.on(rec);
         assert_eq!(m.get("a"), Some(r#""last""#));
         assert_eq!(m.get("b"), Some(r#"{"c": [true, null, "x\n"]}"#));
-        assert_eq!(
-            nested_get(m.get("b").unwrap(), "c").unwrap(),
-            r#"[true, null, "x\n"]"#
-        );
+        let path = |p: &str| super::super::FieldPath::parse(p).unwrap();
+        let Found::At(c) = m.lookup(&path("b.c")) else {
+            panic!("b.c is there")
+        };
+        assert_eq!(m.raw(c), r#"[true, null, "x\n"]"#);
+        assert!(matches!(m.lookup(&path("b.c.d")), Found::Below(_, 1)));
+        assert!(matches!(m.lookup(&path("b.x")), Found::Missing));
         assert!(read(b"{}").is_some());
-        assert_eq!(nested_get(r#"{"k": 1, "k": 2}"#, "k"), Some("2"));
-        assert_eq!(nested_get(r#"[{"k": 1}]"#, "k"), None);
-        assert_eq!(nested_get(r#"{"k": 1}"#, "j"), None);
+        let rec = br#"{"o": {"k": 1, "k": 2}, "l": [{"k": 1}], "n": {"m": {"q": true}, "r": 0}}"#;
+        let d = read(rec).unwrap();
+        let m = d.on(rec);
+        let at = |p: &str| match m.lookup(&path(p)) {
+            Found::At(i) => Some(m.raw(i)),
+            _ => None,
+        };
+        assert_eq!(at("o.k"), Some("2"), "the last of a repeated key");
+        assert_eq!(at("l.k"), None, "arrays are not looked into");
+        assert_eq!(at("n.m.q"), Some("true"));
+        assert_eq!(at("n.r"), Some("0"), "a sibling after a nested object");
+        assert_eq!(at("o.j"), None);
+        // Keys with escapes outside arrays are declined; inside, accepted.
+        assert!(read(br#"{"a": {"k\n": 1}}"#).is_none());
+        assert!(read(br#"{"a": [{"k\n": 1}]}"#).is_some());
         for bad in [
             &b"[1]"[..],
             b"{\"a\":1,}",
@@ -508,9 +815,9 @@ mod tests {
         ] {
             assert!(read(bad).is_none(), "{}", String::from_utf8_lossy(bad));
         }
-        let m =
-            read("{\"caf\u{e9}\":\"\u{65e5}\u{672c} \u{1F600}\",\"b\":[\"\u{e9}\"]}".as_bytes())
-                .unwrap();
+        let rec = "{\"caf\u{e9}\":\"\u{65e5}\u{672c} \u{1F600}\",\"b\":[\"\u{e9}\"]}".as_bytes();
+        let d = read(rec).unwrap();
+        let m = d.on(rec);
         assert_eq!(m.get("caf\u{e9}"), Some("\"\u{65e5}\u{672c} \u{1F600}\""));
         assert_eq!(m.get("b"), Some("[\"\u{e9}\"]"));
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));

@@ -111,7 +111,7 @@ impl ComposeError {
 /// `customer` object (if any) overlaid with the customer's profile from the
 /// profiles topic, plus `id` and the resolved `email`.
 pub fn template_context(firing: &Firing, email: Option<&str>, profile: Option<&Value>) -> Value {
-    let payload = &firing.event.payload;
+    let payload = firing.event.payload();
     let mut customer = serde_json::Map::new();
     if let Some(Value::Object(obj)) = payload.get("customer") {
         customer.extend(obj.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -172,11 +172,10 @@ pub fn compose(
     to: &Recipient<'_>,
     needs_address: bool,
 ) -> Result<Notification, ComposeError> {
-    let firing = &*firing.with_full_event();
     let view = crate::policy::CustomerView {
         id: &firing.event.customer,
         profile: to.profile,
-        event: &firing.event.payload,
+        event: firing.event.payload(),
     };
     let address = view
         .text(to.email)
@@ -204,7 +203,7 @@ pub fn compose(
             deadline: firing.deadline,
             partition: firing.partition,
         },
-        event: firing.event.payload.clone(),
+        event: firing.event.payload().clone(),
         entry: firing.entry.as_ref().map(|e| e.fields.clone()),
         unsubscribe_url,
         not_before: None,

@@ -119,12 +119,12 @@ impl Expr {
     /// and this event's values allow, else through CEL via `cel` (so the
     /// caller builds the CEL scope only when it is needed). Both decide the
     /// same; `tests/engine_model.rs`-style checks compare them.
-    pub fn eval_event(
+    pub fn eval_event<F: crate::event::Fields + ?Sized>(
         &self,
-        payload: &serde_json::Value,
+        event: &F,
         cel: impl FnOnce(&Expr) -> Result<bool, EvalError>,
     ) -> Result<bool, EvalError> {
-        if let Some(t) = self.native.as_ref().and_then(|n| n.eval(payload)) {
+        if let Some(t) = self.native.as_ref().and_then(|n| n.eval(event)) {
             return Ok(t == super::native::Tri::True);
         }
         cel(self)

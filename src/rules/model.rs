@@ -97,7 +97,7 @@ impl KeyField {
     pub fn value(&self, event: &Event) -> Option<String> {
         match self {
             KeyField::Customer => Some(event.customer.clone()),
-            KeyField::Path(p) => p.get_text(&event.payload),
+            KeyField::Path(p) => event.text(p).map(std::borrow::Cow::into_owned),
         }
     }
 }

@@ -11,7 +11,8 @@
 //! and otherwise an error on either side wins.
 
 use cel::common::ast::{operators, Expr, IdedExpr, LiteralValue};
-use serde_json::Value;
+
+use crate::event::{FieldPath, Fields, Scalar};
 
 /// The result of a native evaluation: a boolean, or cel's `NoSuchKey`
 /// (a missing field), which a condition reads as false.
@@ -59,13 +60,14 @@ enum StrFn {
 
 #[derive(Debug, Clone)]
 enum Node {
-    Cmp(Vec<String>, Op, Lit),
-    In(Vec<String>, Vec<Lit>),
-    Str(Vec<String>, StrFn, String),
-    Has(Vec<String>),
+    Cmp(FieldPath, Op, Lit),
+    In(FieldPath, Vec<Lit>),
+    Str(FieldPath, StrFn, String),
+    /// `has(event.<parents>.<last>)`.
+    Has(FieldPath, String),
     /// A boolean field used as a condition: `event.is_first_order`.
-    Field(Vec<String>),
-    Semver(Vec<String>, semver::VersionReq),
+    Field(FieldPath),
+    Semver(FieldPath, semver::VersionReq),
     And(Box<Node>, Box<Node>),
     Or(Box<Node>, Box<Node>),
     Not(Box<Node>),
@@ -80,12 +82,13 @@ impl Node {
             // has(event.a.b) is a Select with test = true.
             if let Expr::Select(s) = &e.expr {
                 if s.test {
-                    let mut path = match &s.operand.expr {
-                        Expr::Ident(root) if root == "event" => Vec::new(),
+                    let parents = match &s.operand.expr {
+                        Expr::Ident(root) if root == "event" => {
+                            FieldPath::from_segments(Vec::new())
+                        }
                         _ => event_path(&s.operand)?,
                     };
-                    path.push(s.field.clone());
-                    return Some(Node::Has(path));
+                    return Some(Node::Has(parents, s.field.clone()));
                 }
             }
             return None;
@@ -166,25 +169,25 @@ impl Node {
         }
     }
 
-    fn eval(&self, event: &Value) -> Option<Tri> {
+    fn eval<F: Fields + ?Sized>(&self, event: &F) -> Option<Tri> {
         Some(match self {
-            Node::Cmp(path, op, lit) => match lookup(event, path)? {
+            Node::Cmp(path, op, lit) => match event.field(path)? {
                 None => Tri::Missing,
-                Some(v) => compare(v, *op, lit)?.into(),
+                Some(v) => compare(&v, *op, lit)?.into(),
             },
-            Node::In(path, lits) => match lookup(event, path)? {
+            Node::In(path, lits) => match event.field(path)? {
                 None => Tri::Missing,
                 Some(v) => {
                     let mut found = false;
                     for l in lits {
-                        found |= compare(v, Op::Eq, l)?;
+                        found |= compare(&v, Op::Eq, l)?;
                     }
                     found.into()
                 }
             },
-            Node::Str(path, f, arg) => match lookup(event, path)? {
+            Node::Str(path, f, arg) => match event.field(path)? {
                 None => Tri::Missing,
-                Some(Value::String(s)) => match f {
+                Some(Scalar::Str(s)) => match f {
                     StrFn::StartsWith => s.starts_with(arg.as_str()),
                     StrFn::EndsWith => s.ends_with(arg.as_str()),
                     StrFn::Contains => s.contains(arg.as_str()),
@@ -192,22 +195,19 @@ impl Node {
                 .into(),
                 Some(_) => return None,
             },
-            Node::Field(path) => match lookup(event, path)? {
+            Node::Field(path) => match event.field(path)? {
                 None => Tri::Missing,
-                Some(Value::Bool(b)) => (*b).into(),
+                Some(Scalar::Bool(b)) => b.into(),
                 Some(_) => return None,
             },
-            Node::Has(path) => {
-                let (last, parents) = path.split_last()?;
-                match lookup(event, parents)? {
-                    None => Tri::Missing,
-                    Some(Value::Object(m)) => m.contains_key(last).into(),
-                    Some(_) => return None,
-                }
-            }
-            Node::Semver(path, req) => match lookup(event, path)? {
+            Node::Has(parents, last) => match event.field(parents)? {
                 None => Tri::Missing,
-                Some(Value::String(v)) => semver::Version::parse(v.trim().trim_start_matches('v'))
+                Some(Scalar::Object(m)) => m.contains(last).into(),
+                Some(_) => return None,
+            },
+            Node::Semver(path, req) => match event.field(path)? {
+                None => Tri::Missing,
+                Some(Scalar::Str(v)) => semver::Version::parse(v.trim().trim_start_matches('v'))
                     .map(|v| req.matches(&v))
                     .unwrap_or(false)
                     .into(),
@@ -254,14 +254,14 @@ impl Native {
         Node::compile(e).map(Native)
     }
 
-    /// Evaluates on the event payload; `None`: ask CEL.
-    pub fn eval(&self, event: &Value) -> Option<Tri> {
+    /// Evaluates on the event's fields; `None`: ask CEL.
+    pub fn eval<F: Fields + ?Sized>(&self, event: &F) -> Option<Tri> {
         self.0.eval(event)
     }
 }
 
 /// `event.a.b` → ["a", "b"].
-fn event_path(e: &IdedExpr) -> Option<Vec<String>> {
+fn event_path(e: &IdedExpr) -> Option<FieldPath> {
     let mut segments = Vec::new();
     let mut at = e;
     loop {
@@ -272,7 +272,7 @@ fn event_path(e: &IdedExpr) -> Option<Vec<String>> {
             }
             Expr::Ident(name) if name == "event" && !segments.is_empty() => {
                 segments.reverse();
-                return Some(segments);
+                return Some(FieldPath::from_segments(segments));
             }
             _ => return None,
         }
@@ -289,38 +289,20 @@ fn literal(e: &IdedExpr) -> Option<Lit> {
     }
 }
 
-/// `Some(None)`: a field on the way is missing (cel's NoSuchKey);
-/// `None`: a non-object on the way, which CEL reports differently.
-fn lookup<'a>(root: &'a Value, path: &[String]) -> Option<Option<&'a Value>> {
-    let mut v = root;
-    for seg in path {
-        match v {
-            Value::Object(m) => match crate::event::member(m, seg) {
-                Some(next) => v = next,
-                None => return Some(None),
-            },
-            _ => return None,
-        }
-    }
-    Some(Some(v))
-}
-
 /// Same-type comparisons only, as CEL would make them from this JSON.
-fn compare(v: &Value, op: Op, lit: &Lit) -> Option<bool> {
+fn compare(v: &Scalar<'_>, op: Op, lit: &Lit) -> Option<bool> {
     use std::cmp::Ordering;
     let ord: Option<Ordering> = match (v, lit) {
         // serde_json keeps integers that fit i64 as i64; CEL sees an int.
-        (Value::Number(n), Lit::Int(l)) if n.is_i64() => n.as_i64().map(|x| x.cmp(l)),
+        (Scalar::Int(x), Lit::Int(l)) => Some(x.cmp(l)),
         // A JSON number with a fraction or exponent is a double in CEL.
-        (Value::Number(n), Lit::Double(l)) if n.is_f64() => {
-            n.as_f64().and_then(|x| x.partial_cmp(l))
-        }
+        (Scalar::Float(x), Lit::Double(l)) => x.partial_cmp(l),
         // Equality, the common case, without an ordering (and `memcmp`).
-        (Value::String(s), Lit::Str(l)) if matches!(op, Op::Eq | Op::Ne) => {
+        (Scalar::Str(s), Lit::Str(l)) if matches!(op, Op::Eq | Op::Ne) => {
             return Some(crate::event::same_text(s, l) == (op == Op::Eq));
         }
-        (Value::String(s), Lit::Str(l)) => Some(s.as_str().cmp(l.as_str())),
-        (Value::Bool(b), Lit::Bool(l)) if matches!(op, Op::Eq | Op::Ne) => Some(b.cmp(l)),
+        (Scalar::Str(s), Lit::Str(l)) => Some(s.as_ref().cmp(l.as_str())),
+        (Scalar::Bool(b), Lit::Bool(l)) if matches!(op, Op::Eq | Op::Ne) => Some(b.cmp(l)),
         _ => return None,
     };
     let Some(ord) = ord else {
@@ -432,17 +414,25 @@ mod tests {
         /// Whenever the fast path answers, it answers as CEL does.
         #[test]
         fn native_agrees_with_cel(ev in event()) {
+            // The record as the engine reads it, in place, and the tree
+            // serde_json reads from the same text (floats as read back).
+            let bytes = serde_json::to_vec(&ev).unwrap();
+            let ev: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let rec = crate::event::Event::in_place("t".into(), "c".into(), 0, None, &bytes).unwrap();
             let base = base_context();
             let mut scope = base.new_inner_scope();
             scope.add_variable_from_value("event", to_cel(&ev));
+            let fell_back = || Err(crate::rules::expr::EvalError::Execution("fell back".into()));
             for src in CONDITIONS {
                 let expr = Expr::compile(src).unwrap();
                 prop_assert!(expr.is_native(), "{src} should compile natively");
                 let cel = expr.eval_bool(&scope);
-                let fast = expr.eval_event(&ev, |_| Err(crate::rules::expr::EvalError::Execution("fell back".into())));
-                if fast != Err(crate::rules::expr::EvalError::Execution("fell back".into())) {
+                let fast = expr.eval_event(&ev, |_| fell_back());
+                if fast != fell_back() {
                     prop_assert_eq!(&fast, &cel, "{} on {}", src, ev);
                 }
+                let in_place = expr.eval_event(&rec, |_| fell_back());
+                prop_assert_eq!(&in_place, &fast, "{} in place on {}", src, ev);
             }
         }
     }
