@@ -4,6 +4,11 @@
 //! and id fields are found through configurable dotted paths. Decoding is
 //! pure: bytes in, `Event` or `InvalidEvent` out. It never logs payloads;
 //! the caller decides what to count and where to dead-letter.
+//!
+//! An event read from the wire keeps its record and an index of where each
+//! object member is in it (`scan::Doc`): rules read fields in place
+//! ([`Event::field`], [`Event::get`]), and the JSON tree is parsed only if
+//! something asks for the whole payload ([`Event::payload`]).
 
 use std::borrow::Cow;
 use std::fmt;

@@ -1,12 +1,12 @@
-//! One validating pass over a JSON record that finds its top-level
-//! members without building anything: the fast path of
-//! [`super::EventSchema::decode_lazy`].
+//! One validating pass over a JSON record that indexes its object members
+//! without building anything (a [`Doc`]): how
+//! [`super::EventSchema::decode_lazy`] reads events in place.
 //!
 //! The scanner accepts exactly the JSON grammar (RFC 8259) that
 //! serde_json accepts, nested up to serde_json's depth limit. It gives up
 //! (returns `None`) on anything it does not handle itself: invalid JSON, a
-//! record that is not an object, keys with escapes, nesting deeper than
-//! the limit. The caller then takes the full serde_json parse, which
+//! record that is not an object, keys with escapes outside arrays, nesting
+//! deeper than the limit, a record over 4 GiB. The caller then takes the full serde_json parse, which
 //! decides the same record and names its problem. So the scanner never
 //! accepts a record serde_json would reject, and a record it declines
 //! costs only the time it took to decline.
