@@ -19,16 +19,37 @@ use serde_json::Value;
 mod scan;
 
 /// A dotted path into a JSON object, parsed once (`customer.id` → ["customer", "id"]).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Paths are equal when their segments are.
+#[derive(Debug, Clone)]
 pub struct FieldPath {
     segments: Arc<[String]>,
     /// Each segment's first word, for look-ups in records read in place.
     words: Arc<[u64]>,
+    /// The same number for the same segments, process-wide: an event
+    /// remembers where a path led by it ([`Memo`]), since many rules'
+    /// conditions read the same few fields of one event.
+    id: u32,
 }
 
 impl FieldPath {
     /// A path of these segments (none: the payload itself).
     pub fn from_segments(segments: Vec<String>) -> FieldPath {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static IDS: OnceLock<Mutex<HashMap<Vec<String>, u32>>> = OnceLock::new();
+        let id = {
+            let mut ids = IDS
+                .get_or_init(Mutex::default)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let next = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+            *ids.entry(segments.clone()).or_insert(next)
+        };
+        FieldPath::with_id(segments, id)
+    }
+
+    /// A path numbered `id` (`u32::MAX`: never remembered).
+    fn with_id(segments: Vec<String>, id: u32) -> FieldPath {
         let words = segments
             .iter()
             .map(|s| scan::key_word(s.as_bytes()))
@@ -36,6 +57,7 @@ impl FieldPath {
         FieldPath {
             segments: segments.into(),
             words,
+            id,
         }
     }
 
@@ -75,6 +97,20 @@ impl FieldPath {
 
     pub fn segments(&self) -> &[String] {
         &self.segments
+    }
+}
+
+impl PartialEq for FieldPath {
+    fn eq(&self, other: &FieldPath) -> bool {
+        self.segments == other.segments
+    }
+}
+
+impl Eq for FieldPath {}
+
+impl std::hash::Hash for FieldPath {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.segments.hash(state);
     }
 }
 
@@ -198,7 +234,43 @@ enum Body {
         bytes: Arc<[u8]>,
         doc: scan::Doc,
         tree: std::sync::OnceLock<Value>,
+        memo: Memo,
     },
+}
+
+/// Where recent paths led in one record: a small direct-mapped cache by
+/// path id. A slot holds `id + 1` above the node index + 1 (0: missing).
+/// Atomics only so that events can be shared across threads; each slot is
+/// written whole, and a lost write is only a look-up done again.
+#[derive(Default)]
+struct Memo([std::sync::atomic::AtomicU64; 8]);
+
+impl Memo {
+    fn get(&self, id: u32) -> Option<Option<usize>> {
+        let v = self.0[id as usize % 8].load(std::sync::atomic::Ordering::Relaxed);
+        ((v >> 32) as u32 == id.wrapping_add(1) && id != u32::MAX)
+            .then(|| (v as u32).checked_sub(1).map(|i| i as usize))
+    }
+
+    fn put(&self, id: u32, at: Option<usize>) {
+        if id != u32::MAX {
+            let node = at.map_or(0, |i| i as u64 + 1);
+            let v = u64::from(id + 1) << 32 | node;
+            self.0[id as usize % 8].store(v, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Memo {
+        Memo::default()
+    }
+}
+
+impl fmt::Debug for Memo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 impl Event {
@@ -241,6 +313,7 @@ impl Event {
                 bytes: Arc::from(bytes),
                 doc,
                 tree: std::sync::OnceLock::new(),
+                memo: Memo::default(),
             },
         })
     }
@@ -264,12 +337,14 @@ impl Event {
     pub fn field(&self, path: &FieldPath) -> Option<Option<Scalar<'_>>> {
         match &self.body {
             Body::Tree(v) => tree_field(v, path.segments()),
-            Body::Record { bytes, doc, .. } => {
+            Body::Record {
+                bytes, doc, memo, ..
+            } => {
                 let d = doc.on(bytes);
                 if path.segments().is_empty() {
                     return Some(Some(Scalar::Object(Object(ObjectIn::Doc(d, d.top())))));
                 }
-                match d.lookup(path) {
+                match locate(d, memo, path) {
                     scan::Found::At(i) => Some(Some(Scalar::of_doc(d, i))),
                     scan::Found::Missing => Some(None),
                     scan::Found::Below(..) => None,
@@ -283,9 +358,11 @@ impl Event {
     pub fn get(&self, path: &FieldPath) -> Option<Scalar<'_>> {
         match &self.body {
             Body::Tree(v) => path.get(v).map(Scalar::of_value),
-            Body::Record { bytes, doc, .. } => {
+            Body::Record {
+                bytes, doc, memo, ..
+            } => {
                 let d = doc.on(bytes);
-                match d.lookup(path) {
+                match locate(d, memo, path) {
                     scan::Found::At(i) => Some(Scalar::of_doc(d, i)),
                     scan::Found::Missing => None,
                     // Only an array can be walked further: on the tree.
@@ -331,6 +408,20 @@ impl Event {
             }
         }
     }
+}
+
+/// Where `path` leads in a record, remembered in `memo`.
+fn locate(d: scan::DocRef<'_>, memo: &Memo, path: &FieldPath) -> scan::Found {
+    if let Some(at) = memo.get(path.id) {
+        return at.map_or(scan::Found::Missing, scan::Found::At);
+    }
+    let found = d.lookup(path);
+    match found {
+        scan::Found::At(i) => memo.put(path.id, Some(i)),
+        scan::Found::Missing => memo.put(path.id, None),
+        scan::Found::Below(..) => {}
+    }
+    found
 }
 
 /// An object's members, in a tree or in a record read in place.
@@ -605,6 +696,7 @@ impl EventSchema {
                     bytes: Arc::from(bytes),
                     doc: doc.clone(),
                     tree: std::sync::OnceLock::new(),
+                    memo: Memo::default(),
                 },
             };
             Ok(env.into_event(body))
@@ -677,7 +769,8 @@ fn doc_field<'a>(d: scan::DocRef<'a>, path: &FieldPath) -> Option<Scalar<'a>> {
         scan::Found::Below(i, rest) => {
             let v: Value = serde_json::from_str(d.raw(i)).ok()?;
             let segs = path.segments();
-            let tail = FieldPath::from_segments(segs[segs.len() - rest..].to_vec());
+            // Built per record: not numbered (nothing remembers it).
+            let tail = FieldPath::with_id(segs[segs.len() - rest..].to_vec(), u32::MAX);
             Some(match tail.get(&v)? {
                 Value::String(s) => Scalar::Str(Cow::Owned(s.clone())),
                 Value::Number(n) => Scalar::of_number(n),
@@ -1068,7 +1161,8 @@ mod tests {
             let tree: Value = serde_json::from_str(&text).unwrap();
             let e = Event::in_place("t".into(), "c".into(), 0, None, text.as_bytes()).unwrap();
             let paths: Vec<FieldPath> = paths.iter().map(|p| FieldPath::parse(p).unwrap()).collect();
-            for p in &paths {
+            // Twice over: the second reads come from the event's memo.
+            for p in paths.iter().chain(&paths) {
                 proptest::prop_assert_eq!(shown(e.field(p)), shown(tree_field(&tree, p.segments())), "{} in {}", p, text);
                 proptest::prop_assert_eq!(e.text(p).map(Cow::into_owned), p.get_text(&tree), "{} in {}", p, text);
                 proptest::prop_assert_eq!(e.get(p).and_then(|s| s.time()), p.get(&tree).and_then(parse_time));
@@ -1078,6 +1172,28 @@ mod tests {
             proptest::prop_assert_eq!(e.project(&paths), crate::engine::project::project(&tree, &paths));
             proptest::prop_assert_eq!(e.payload(), &tree);
         }
+    }
+
+    /// Paths whose numbers share a memo slot, read in turns, each still
+    /// find their own field.
+    #[test]
+    fn the_memo_keeps_paths_apart() {
+        let text = br#"{"a": 1, "b": {"c": "x"}, "d": [1]}"#;
+        let e = Event::in_place("t".into(), "c".into(), 0, None, text).unwrap();
+        let tree: Value = serde_json::from_slice(text).unwrap();
+        let paths: Vec<FieldPath> = (0..40)
+            .map(|i| FieldPath::parse(["a", "b.c", "b.z", "d.0", "q"][i % 5]).unwrap())
+            .chain((0..24).map(|i| FieldPath::parse(&format!("n{i}.m")).unwrap()))
+            .collect();
+        for _ in 0..3 {
+            for p in &paths {
+                assert_eq!(e.text(p).map(Cow::into_owned), p.get_text(&tree), "{p}");
+            }
+        }
+        assert_eq!(
+            FieldPath::parse("b.c").unwrap(),
+            FieldPath::from_segments(vec!["b".into(), "c".into()])
+        );
     }
 
     #[test]

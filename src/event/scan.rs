@@ -114,6 +114,7 @@ pub(crate) struct DocRef<'a> {
 }
 
 /// Where a path leads in a [`Doc`].
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Found {
     /// The member at this node.
     At(usize),
