@@ -1389,11 +1389,15 @@ fn main() {
                 .map(|(k, _)| *k)
                 .filter(|k| *k != "extra")
                 .partition(|k| engine.reads(k));
+            let list = |types: &[&str]| match types.is_empty() {
+                true => "none".to_string(),
+                false => types.join(", "),
+            };
             writeln!(
                 o,
                 "  payload read in place: {}; envelope only: {}",
-                read.join(", "),
-                skipped.join(", ")
+                list(&read),
+                list(&skipped)
             )
             .unwrap();
         }
