@@ -37,37 +37,6 @@ pub(crate) struct Node {
     next: u32,
     /// The value is a string without escapes.
     plain: bool,
-    /// On the first member of an object: a key may repeat in it, so a
-    /// look-up reads on to the last match.
-    repeats: bool,
-}
-
-/// The keys of one object as the scan records them: which may repeat.
-#[derive(Default)]
-struct Keys {
-    /// One bit per key, by a hash of its first word and length.
-    seen: u64,
-    first: Option<usize>,
-    repeats: bool,
-}
-
-impl Keys {
-    #[inline(always)]
-    fn add(&mut self, nodes: &[Node], n: Option<usize>) {
-        let Some(n) = n else { return };
-        let node = &nodes[n];
-        let bit = 1u64
-            << ((node.word ^ u64::from(node.key_len)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58);
-        self.repeats |= self.seen & bit != 0;
-        self.seen |= bit;
-        self.first.get_or_insert(n);
-    }
-
-    fn finish(self, nodes: &mut [Node]) {
-        if let (Some(first), true) = (self.first, self.repeats) {
-            nodes[first].repeats = true;
-        }
-    }
 }
 
 /// The first eight bytes of `key`, zeros past its end.
@@ -196,8 +165,6 @@ impl<'a> DocRef<'a> {
         let len = key.len() as u32;
         let mut found = None;
         let nodes = &self.nodes[..level.end];
-        // Without a repeated key, the first match is the only one.
-        let read_on = nodes.get(level.start).is_some_and(|n| n.repeats);
         let mut i = level.start;
         while let Some(n) = nodes.get(i) {
             if n.word == word
@@ -205,9 +172,6 @@ impl<'a> DocRef<'a> {
                 && (len <= 8 || self.b.get(n.key as usize..(n.key + len) as usize) == Some(key))
             {
                 found = Some(i);
-                if !read_on {
-                    break;
-                }
             }
             i = n.next as usize;
         }
@@ -478,7 +442,6 @@ impl<'a> Scanner<'a> {
         if self.eat(b'}').is_some() {
             return Some(());
         }
-        let mut keys = Keys::default();
         loop {
             self.ws();
             let (start, end, escaped) = self.string()?;
@@ -491,7 +454,6 @@ impl<'a> Scanner<'a> {
             self.ws();
             let at = self.i;
             let node = self.open(start, end);
-            keys.add(&self.nodes, node);
             self.value(1)?;
             self.close(node);
             each(key, self.text(at, self.i))?;
@@ -500,7 +462,6 @@ impl<'a> Scanner<'a> {
                 b',' => self.i += 1,
                 b'}' => {
                     self.i += 1;
-                    keys.finish(&mut self.nodes);
                     return Some(());
                 }
                 _ => return None,
@@ -521,7 +482,6 @@ impl<'a> Scanner<'a> {
                 val_end: 0,
                 next: 0,
                 plain: false,
-                repeats: false,
             });
             self.nodes.len() - 1
         })
@@ -567,7 +527,6 @@ impl<'a> Scanner<'a> {
         if !keyed {
             self.arrays += 1;
         }
-        let mut keys = Keys::default();
         loop {
             self.ws();
             let mut node = None;
@@ -580,7 +539,6 @@ impl<'a> Scanner<'a> {
                 self.eat(b':')?;
                 self.ws();
                 node = self.open(start, end);
-                keys.add(&self.nodes, node);
             }
             self.value(depth + 1)?;
             self.close(node);
@@ -592,7 +550,6 @@ impl<'a> Scanner<'a> {
                     if !keyed {
                         self.arrays -= 1;
                     }
-                    keys.finish(&mut self.nodes);
                     return Some(());
                 }
                 _ => return None,
