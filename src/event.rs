@@ -362,6 +362,9 @@ impl Event {
                 bytes, doc, memo, ..
             } => {
                 let d = doc.on(bytes);
+                if path.segments().is_empty() {
+                    return Some(Scalar::Object(Object(ObjectIn::Doc(d, d.top()))));
+                }
                 match locate(d, memo, path) {
                     scan::Found::At(i) => Some(Scalar::of_doc(d, i)),
                     scan::Found::Missing => None,
@@ -401,7 +404,7 @@ impl Event {
     pub(crate) fn members(&self) -> Members<'_> {
         match &self.body {
             Body::Tree(Value::Object(m)) => Members::Tree(m),
-            Body::Tree(_) => Members::None,
+            Body::Tree(_) => Members::Empty,
             Body::Record { bytes, doc, .. } => {
                 let d = doc.on(bytes);
                 Members::Doc(d, d.top())
@@ -426,7 +429,8 @@ fn locate(d: scan::DocRef<'_>, memo: &Memo, path: &FieldPath) -> scan::Found {
 
 /// An object's members, in a tree or in a record read in place.
 pub(crate) enum Members<'a> {
-    None,
+    /// The payload is not an object.
+    Empty,
     Tree(&'a serde_json::Map<String, Value>),
     Doc(scan::DocRef<'a>, std::ops::Range<usize>),
 }
@@ -440,7 +444,7 @@ pub(crate) enum MemberValue<'a> {
 impl<'a> Members<'a> {
     pub(crate) fn get(&self, key: &str) -> Option<MemberValue<'a>> {
         match self {
-            Members::None => None,
+            Members::Empty => None,
             Members::Tree(m) => m.get(key).map(MemberValue::Tree),
             Members::Doc(d, level) => d
                 .find(level.clone(), key, scan::key_word(key.as_bytes()))

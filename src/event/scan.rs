@@ -6,10 +6,10 @@
 //! serde_json accepts, nested up to serde_json's depth limit. It gives up
 //! (returns `None`) on anything it does not handle itself: invalid JSON, a
 //! record that is not an object, keys with escapes outside arrays, nesting
-//! deeper than the limit, a record over 4 GiB. The caller then takes the full serde_json parse, which
-//! decides the same record and names its problem. So the scanner never
-//! accepts a record serde_json would reject, and a record it declines
-//! costs only the time it took to decline.
+//! deeper than the limit, a record over 4 GiB. The caller then takes the
+//! full serde_json parse, which decides the same record and names its
+//! problem. So the scanner never accepts a record serde_json would reject,
+//! and a record it declines costs only the time it took to decline.
 //!
 //! Values are returned as their raw text (always valid JSON, always valid
 //! UTF-8), to be read as far as needed. UTF-8 is checked where it can
@@ -152,8 +152,7 @@ impl<'a> DocRef<'a> {
     }
 
     /// The last member named `key` in `level` (a repeated key means the
-    /// last one, as serde_json's map decides).
-    /// `word` is the key's [`key_word`].
+    /// last one, as serde_json's map decides); `word` is its [`key_word`].
     #[inline(always)]
     pub(crate) fn find(
         &self,
