@@ -386,25 +386,14 @@ impl Event {
     /// The payload with only `paths` ([`crate::engine::project::project`]),
     /// built from the record without parsing the rest of it.
     pub fn project(&self, paths: &[FieldPath]) -> Value {
-        match &self.body {
-            Body::Tree(v) => crate::engine::project::project(v, paths),
-            Body::Record { bytes, doc, .. } => {
-                let d = doc.on(bytes);
-                let mut out = serde_json::Map::new();
-                for path in paths {
-                    copy_doc_path(d, d.top(), &mut out, path.segments());
-                }
-                Value::Object(out)
-            }
-        }
+        crate::engine::project::project_members(&self.members(), paths)
     }
 
     /// The top-level members for [`crate::engine::project`]'s writer:
     /// the tree's map, or the record in place.
     pub(crate) fn members(&self) -> Members<'_> {
         match &self.body {
-            Body::Tree(Value::Object(m)) => Members::Tree(m),
-            Body::Tree(_) => Members::Empty,
+            Body::Tree(v) => Members::of(v),
             Body::Record { bytes, doc, .. } => {
                 let d = doc.on(bytes);
                 Members::Doc(d, d.top())
@@ -442,6 +431,14 @@ pub(crate) enum MemberValue<'a> {
 }
 
 impl<'a> Members<'a> {
+    /// The members of `v` (none when it is not an object).
+    pub(crate) fn of(v: &'a Value) -> Members<'a> {
+        match v {
+            Value::Object(m) => Members::Tree(m),
+            _ => Members::Empty,
+        }
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<MemberValue<'a>> {
         match self {
             Members::Empty => None,
@@ -457,7 +454,7 @@ impl<'a> MemberValue<'a> {
     /// Its members when it is an object.
     pub(crate) fn object(&self) -> Option<Members<'a>> {
         match self {
-            MemberValue::Tree(Value::Object(m)) => Some(Members::Tree(m)),
+            MemberValue::Tree(v @ Value::Object(_)) => Some(Members::of(v)),
             MemberValue::Tree(_) => None,
             MemberValue::Doc(d, i) => d.children(*i).map(|c| Members::Doc(*d, c)),
         }
@@ -483,35 +480,6 @@ impl<'a> MemberValue<'a> {
 /// The value at node `i` as serde_json would parse it (the text is valid).
 fn doc_value(d: scan::DocRef<'_>, i: usize) -> Value {
     scan::value(d.raw(i)).unwrap_or(Value::Null)
-}
-
-/// [`crate::engine::project`]'s `copy_path`, on a record in place.
-fn copy_doc_path(
-    d: scan::DocRef<'_>,
-    level: std::ops::Range<usize>,
-    dst: &mut serde_json::Map<String, Value>,
-    segments: &[String],
-) {
-    let Some((first, rest)) = segments.split_first() else {
-        return;
-    };
-    let Some(i) = d.find(level, first, scan::key_word(first.as_bytes())) else {
-        return;
-    };
-    let children = d.children(i);
-    match children {
-        Some(c) if !rest.is_empty() => {
-            let child = dst
-                .entry(first.clone())
-                .or_insert_with(|| Value::Object(serde_json::Map::new()));
-            if let Value::Object(child) = child {
-                copy_doc_path(d, c, child, rest);
-            }
-        }
-        _ => {
-            dst.insert(first.clone(), doc_value(d, i));
-        }
-    }
 }
 
 /// [`Event::field`] on a tree.

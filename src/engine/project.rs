@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::event::{Event, FieldPath, Millis};
+use crate::event::{Event, FieldPath, Members, Millis};
 use crate::rules::{DeadlineSpec, KeyField, OncePerField, Rule, RuleKind};
 
 /// The trigger fields an absence rule needs after the trigger; `None`
@@ -40,29 +40,37 @@ pub fn retained_paths(rule: &Rule, always: &[FieldPath]) -> Option<Vec<FieldPath
 /// `has(event.a.b)` and `trigger.a.b | default(…)` see what they would
 /// see on the whole payload.
 pub fn project(payload: &Value, paths: &[FieldPath]) -> Value {
+    project_members(&Members::of(payload), paths)
+}
+
+/// [`project`] of a tree's members or of a record's read in place.
+pub(crate) fn project_members(src: &Members<'_>, paths: &[FieldPath]) -> Value {
     let mut out = Map::new();
     for path in paths {
-        copy_path(payload, &mut out, path.segments());
+        copy_path(src, &mut out, path.segments());
     }
     Value::Object(out)
 }
 
-fn copy_path(src: &Value, dst: &mut Map<String, Value>, segments: &[String]) {
-    let (Some((first, rest)), Value::Object(src)) = (segments.split_first(), src) else {
+fn copy_path(src: &Members<'_>, dst: &mut Map<String, Value>, segments: &[String]) {
+    let Some((first, rest)) = segments.split_first() else {
         return;
     };
     let Some(v) = src.get(first) else {
         return;
     };
-    if rest.is_empty() || !v.is_object() {
-        dst.insert(first.clone(), v.clone());
-        return;
-    }
-    let child = dst
-        .entry(first.clone())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(child) = child {
-        copy_path(v, child, rest);
+    match v.object() {
+        Some(members) if !rest.is_empty() => {
+            let child = dst
+                .entry(first.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(child) = child {
+                copy_path(&members, child, rest);
+            }
+        }
+        _ => {
+            dst.insert(first.clone(), v.to_value());
+        }
     }
 }
 
