@@ -951,6 +951,10 @@ mod tests {
             br#"{"type":"x","customer":{"id":"-0"},"ts":1e3,"event_id":12345678901234567890}"#,
             br#"{"type":"x","customer":{"id":"a\"b"},"ts":"2026-11-24T10:00:00\u005a"}"#,
             br#"{"type":"x","customer":{"id":[1]},"ts":1}"#,
+            // Repeated keys: the last one stands, as in serde_json's map.
+            br#"{"type":"a","customer":{"id":"c"},"ts":1,"type":"b","event_id":"e","event_id":"f"}"#,
+            br#"{"customer":{"id":"c"},"ts":1,"type":"x","customer":{"name":"n"}}"#,
+            br#"{"type":"x","customer":"c","ts":1}"#,
             br#"{"type":7,"customer":{"id":"c"},"ts":1}"#,
             br#"{"type":"x","customer":{"id":"c"},"ts":false}"#,
             br#"{"type":"x","customer":{"id":"c"},"ts":null}"#,
