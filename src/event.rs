@@ -577,9 +577,9 @@ impl<'a> Scalar<'a> {
             // Objects are read through the doc (`of_doc`).
             b'[' => Scalar::Array,
             b'{' => return None,
-            _ if scan::plain_integer(raw) => Scalar::Int(raw.parse().ok()?),
-            _ => match scan::plain_decimal(raw) {
-                Some(f) => Scalar::Float(f),
+            _ => match scan::plain_number(raw) {
+                Some(scan::Plain::Int(i)) => Scalar::Int(i),
+                Some(scan::Plain::Float(f)) => Scalar::Float(f),
                 None => Scalar::of_number(&serde_json::from_str(raw).ok()?),
             },
         })

@@ -217,7 +217,7 @@ pub(crate) fn object(bytes: &[u8], into: &mut Doc) -> Option<()> {
         nodes: std::mem::take(&mut into.nodes),
         record: true,
         arrays: 0,
-        escaped: false,
+        plain: false,
     };
     s.ws();
     let read = s.members(&mut |_, _| Some(()));
@@ -239,7 +239,7 @@ fn members_of<'a>(
         nodes: Vec::new(),
         record: false,
         arrays: 0,
-        escaped: false,
+        plain: false,
     };
     s.ws();
     s.members(&mut each)?;
@@ -297,32 +297,63 @@ pub(crate) fn plain_integer(raw: &str) -> bool {
         && raw != "-0"
 }
 
-/// A raw JSON number with a fraction, no exponent and at most 18 digits,
-/// as serde_json computes it: the digits read as one integer, then divided
-/// by ten to the number of fraction digits (serde_json's own steps, so the
-/// same `f64` to the bit); `None` for other text.
-pub(crate) fn plain_decimal(raw: &str) -> Option<f64> {
+/// A raw JSON number read without serde_json, in one pass, where that is
+/// exact. See [`plain_number`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Plain {
+    Int(i64),
+    Float(f64),
+}
+
+/// A raw JSON number (checked by the scan) as serde_json reads it, where
+/// that is simple: an integer as [`plain_integer`] accepts it, or a
+/// decimal with a fraction, no exponent and at most 18 digits in all,
+/// computed as serde_json computes it: the digits read as one integer,
+/// then divided by ten to the number of fraction digits (serde_json's own
+/// steps, so the same `f64` to the bit). `None` for other text (exponents,
+/// longer numbers, `-0`), which serde_json reads.
+pub(crate) fn plain_number(raw: &str) -> Option<Plain> {
     const POW10: [f64; 19] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
         1e17, 1e18,
     ];
-    let (negative, digits) = match raw.strip_prefix('-') {
-        Some(d) => (true, d),
-        None => (false, raw),
+    let bytes = raw.as_bytes();
+    let (negative, digits) = match bytes.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, bytes),
     };
-    let (int, frac) = digits.split_once('.')?;
-    if int.is_empty() || frac.is_empty() || int.len() + frac.len() > 18 {
-        return None;
-    }
     let mut significand: u64 = 0;
-    for b in int.bytes().chain(frac.bytes()) {
-        if !b.is_ascii_digit() {
+    // Where the '.' is, if any.
+    let mut point = None;
+    for (i, &b) in digits.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => significand = significand * 10 + u64::from(b - b'0'),
+            b'.' if point.is_none() && i > 0 => point = Some(i),
+            _ => return None,
+        }
+        // 18 digits (and the point) at most: no overflow, and exact.
+        if i >= 18 + usize::from(point.is_some()) {
             return None;
         }
-        significand = significand * 10 + u64::from(b - b'0');
     }
-    let f = significand as f64 / POW10[frac.len()];
-    Some(if negative { -f } else { f })
+    match point {
+        None => {
+            let canonical = !digits.is_empty()
+                && (digits.len() == 1 || digits[0] != b'0')
+                && !(negative && significand == 0);
+            // At most 18 digits: within i64.
+            let n = significand as i64;
+            canonical.then_some(Plain::Int(if negative { -n } else { n }))
+        }
+        Some(p) => {
+            let fraction = digits.len() - p - 1;
+            if fraction == 0 {
+                return None;
+            }
+            let f = significand as f64 / POW10[fraction];
+            Some(Plain::Float(if negative { -f } else { f }))
+        }
+    }
 }
 
 /// Bytes that end a run of plain string characters: the quote, the
@@ -403,8 +434,8 @@ struct Scanner<'a> {
     record: bool,
     /// How many arrays the scan is inside.
     arrays: u32,
-    /// Whether the last string value scanned had escapes.
-    escaped: bool,
+    /// Whether the value just scanned is a string without escapes.
+    plain: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -491,7 +522,7 @@ impl<'a> Scanner<'a> {
     fn close(&mut self, node: Option<usize>) {
         if let Some(n) = node {
             let next = self.nodes.len() as u32;
-            let plain = self.b[self.nodes[n].val as usize] == b'"' && !self.escaped;
+            let plain = self.plain;
             let m = &mut self.nodes[n];
             m.val_end = self.i as u32;
             m.next = next;
@@ -501,8 +532,12 @@ impl<'a> Scanner<'a> {
 
     /// Skips one value, checking it.
     fn value(&mut self, depth: usize) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string().map(|(_, _, escaped)| self.escaped = escaped),
+        let scanned = match self.peek()? {
+            b'"' => {
+                let (_, _, escaped) = self.string()?;
+                self.plain = !escaped;
+                return Some(());
+            }
             b'{' => self.container(depth, b'}', true),
             b'[' => self.container(depth, b']', false),
             b't' => self.literal(b"true"),
@@ -510,7 +545,10 @@ impl<'a> Scanner<'a> {
             b'n' => self.literal(b"null"),
             b'-' | b'0'..=b'9' => self.number(),
             _ => None,
-        }
+        };
+        // After a container too: a string inside it set the flag.
+        self.plain = false;
+        scanned
     }
 
     /// An object (`keyed`) or an array, after checking the depth.
@@ -649,7 +687,8 @@ impl<'a> Scanner<'a> {
         if self.eat(b'.').is_some() && self.digits() == 0 {
             return None;
         }
-        if let Some(b'e' | b'E') = self.peek() {
+        let exponent = matches!(self.peek(), Some(b'e' | b'E'));
+        if exponent {
             self.i += 1;
             if let Some(b'+' | b'-') = self.peek() {
                 self.i += 1;
@@ -661,7 +700,7 @@ impl<'a> Scanner<'a> {
         // serde_json rejects numbers beyond f64's range; only an exponent
         // or some 300 digits can get there.
         let text = &self.b[from..self.i];
-        if text.len() > 300 || text.iter().any(|&b| b == b'e' || b == b'E') {
+        if exponent || text.len() > 300 {
             let f: f64 = std::str::from_utf8(text).ok()?.parse().ok()?;
             if !f.is_finite() {
                 return None;
@@ -822,6 +861,34 @@ mod tests {
             prop_oneof![Just(b'"'), Just(b'\\'), 0u8..0x20, 0x20u8..0x80, 0x80u8..=0xff], 0..40)) {
             let naive = bytes.iter().position(|&b| SPECIAL[b as usize]).unwrap_or(bytes.len());
             prop_assert_eq!(plain_run(&bytes), naive);
+        }
+
+        /// Numbers read in one pass are serde_json's, to the bit: integers
+        /// and decimals of any length, with leading and trailing zeros;
+        /// whatever is declined, serde_json reads.
+        #[test]
+        fn plain_numbers_are_serde_json_numbers(
+            negative in any::<bool>(),
+            int in "0|[1-9][0-9]{0,19}",
+            fraction in prop::option::of("[0-9]{1,20}"),
+        ) {
+            let raw = format!(
+                "{}{int}{}",
+                if negative { "-" } else { "" },
+                fraction.map(|f| format!(".{f}")).unwrap_or_default()
+            );
+            let serde: serde_json::Number = serde_json::from_str(&raw).unwrap();
+            match plain_number(&raw) {
+                Some(Plain::Int(i)) => prop_assert_eq!(serde.as_i64(), Some(i), "{}", raw),
+                Some(Plain::Float(f)) => {
+                    prop_assert!(serde.is_f64(), "{}", raw);
+                    prop_assert_eq!(serde.as_f64().map(f64::to_bits), Some(f.to_bits()), "{}", raw);
+                }
+                None => prop_assert!(
+                    raw.len() > 18 || raw == "-0",
+                    "{} declined though short", raw
+                ),
+            }
         }
 
         /// Every object serde_json writes, compact or pretty, is read with
