@@ -274,7 +274,12 @@ pub(crate) fn value(raw: &str) -> Option<serde_json::Value> {
             })
             .map(|()| Value::Object(map))
         }
-        b'-' | b'0'..=b'9' if plain_integer(raw) => raw.parse::<i64>().ok().map(Value::from),
+        // Integers only: serde_json reads fractions (and writes them back)
+        // as it always has.
+        b'-' | b'0'..=b'9' => match plain_number(raw) {
+            Some(Plain::Int(i)) => Some(Value::from(i)),
+            _ => None,
+        },
         _ => match raw {
             "true" => Some(Value::Bool(true)),
             "false" => Some(Value::Bool(false)),
@@ -283,18 +288,6 @@ pub(crate) fn value(raw: &str) -> Option<serde_json::Value> {
         },
     };
     fast.or_else(|| serde_json::from_str(raw).ok())
-}
-
-/// Whether a raw JSON number is an integer written as serde_json prints
-/// it (no sign on zero, no fraction or exponent, few enough digits for
-/// any i64 or u64), so that its text is its canonical form.
-pub(crate) fn plain_integer(raw: &str) -> bool {
-    let digits = raw.strip_prefix('-').unwrap_or(raw);
-    !digits.is_empty()
-        && digits.len() <= 18
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" || !digits.starts_with('0'))
-        && raw != "-0"
 }
 
 /// A raw JSON number read without serde_json, in one pass, where that is
@@ -306,8 +299,8 @@ pub(crate) enum Plain {
 }
 
 /// A raw JSON number (checked by the scan) as serde_json reads it, where
-/// that is simple: an integer as [`plain_integer`] accepts it, or a
-/// decimal with a fraction, no exponent and at most 18 digits in all,
+/// that is simple: an integer written as serde_json prints it (no sign
+/// on zero, no leading zero, at most 18 digits), or a decimal with a fraction, no exponent and at most 18 digits in all,
 /// computed as serde_json computes it: the digits read as one integer,
 /// then divided by ten to the number of fraction digits (serde_json's own
 /// steps, so the same `f64` to the bit). `None` for other text (exponents,
@@ -822,16 +815,29 @@ mod tests {
         assert_eq!(plain_str(r#""a\"c""#), None);
         assert_eq!(plain_str("12"), None);
         for (raw, plain) in [
-            ("12", true),
-            ("-3", true),
-            ("0", true),
-            ("-0", false),
-            ("01", false),
-            ("1.0", false),
-            ("1e3", false),
-            ("1234567890123456789", false),
+            ("12", Some(Plain::Int(12))),
+            ("-3", Some(Plain::Int(-3))),
+            ("0", Some(Plain::Int(0))),
+            ("-0", None),
+            ("01", None),
+            ("1.0", Some(Plain::Float(1.0))),
+            ("-0.50", Some(Plain::Float(-0.5))),
+            ("1.", None),
+            (".5", None),
+            ("1.2.3", None),
+            ("1e3", None),
+            ("1234567890123456789", None),
+            (
+                "123456789012345678",
+                Some(Plain::Int(123_456_789_012_345_678)),
+            ),
+            (
+                "12345678901234567.8",
+                Some(Plain::Float(12_345_678_901_234_567.8)),
+            ),
+            ("12345678901234567.89", None),
         ] {
-            assert_eq!(plain_integer(raw), plain, "{raw}");
+            assert_eq!(plain_number(raw), plain, "{raw}");
         }
     }
 
