@@ -305,6 +305,7 @@ pub(crate) enum Plain {
 /// then divided by ten to the number of fraction digits (serde_json's own
 /// steps, so the same `f64` to the bit). `None` for other text (exponents,
 /// longer numbers, `-0`), which serde_json reads.
+#[inline]
 pub(crate) fn plain_number(raw: &str) -> Option<Plain> {
     const POW10: [f64; 19] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
