@@ -274,8 +274,7 @@ pub(crate) fn value(raw: &str) -> Option<serde_json::Value> {
             })
             .map(|()| Value::Object(map))
         }
-        // Integers only: serde_json reads fractions (and writes them back)
-        // as it always has.
+        // Integers only; fractions go to serde_json, as they always have.
         b'-' | b'0'..=b'9' => match plain_number(raw) {
             Some(Plain::Int(i)) => Some(Value::from(i)),
             _ => None,
