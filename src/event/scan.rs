@@ -298,12 +298,13 @@ pub(crate) enum Plain {
 }
 
 /// A raw JSON number (checked by the scan) as serde_json reads it, where
-/// that is simple: an integer written as serde_json prints it (no sign
-/// on zero, no leading zero, at most 18 digits), or a decimal with a fraction, no exponent and at most 18 digits in all,
-/// computed as serde_json computes it: the digits read as one integer,
-/// then divided by ten to the number of fraction digits (serde_json's own
-/// steps, so the same `f64` to the bit). `None` for other text (exponents,
-/// longer numbers, `-0`), which serde_json reads.
+/// that is simple: an integer written as serde_json prints it (no sign on
+/// zero, no leading zero, at most 18 digits), or a decimal with a
+/// fraction, no exponent and at most 18 digits in all, computed as
+/// serde_json computes it: the digits read as one integer, then divided by
+/// ten to the number of fraction digits (serde_json's own steps, so the
+/// same `f64` to the bit). `None` for other text (exponents, longer
+/// numbers, `-0`), which serde_json reads.
 #[inline]
 pub(crate) fn plain_number(raw: &str) -> Option<Plain> {
     const POW10: [f64; 19] = [
