@@ -826,7 +826,7 @@ fn run_engine(rules: &Arc<RuleSet>, schema: &EventSchema, stream: &Stream, limit
         events += 1;
         // The daemon's path: the full payload only for types a rule names.
         let event = match schema.decode_lazy(bytes, |kind| engine.reads(kind)) {
-            Ok(e) => Arc::new(e),
+            Ok(e) => e,
             Err(_) => {
                 tally.invalid += 1;
                 continue;
@@ -991,7 +991,6 @@ fn run_durable(
     let start = Instant::now();
     for (i, bytes) in stream.iter().take(n).enumerate() {
         if let Ok(event) = schema.decode_lazy(bytes, |kind| engine.reads(kind)) {
-            let event = Arc::new(event);
             let p = partition_of(&event.customer);
             engine.on_event(p, &event, Clock::Virtual, &mut out);
             let t = Instant::now();
@@ -1050,7 +1049,9 @@ fn run_decode(
     for bytes in stream.iter().take(limit) {
         let decoded = match lazy {
             Some(engine) => schema.decode_lazy(bytes, |kind| engine.reads(kind)),
-            None => schema.decode(bytes),
+            // Shared as the engine path shares it (decode_lazy builds the
+            // event in its Arc).
+            None => schema.decode(bytes).map(Arc::new),
         };
         match decoded {
             Ok(e) => {

@@ -814,7 +814,7 @@ impl Pipeline {
             .schema
             .decode_lazy(msg.payload().unwrap_or_default(), |kind| engine.reads(kind))
         {
-            Ok(e) => Arc::new(e),
+            Ok(e) => e,
             Err(invalid) => {
                 self.metrics
                     .events

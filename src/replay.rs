@@ -192,7 +192,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
             .schema
             .decode_lazy(line.as_bytes(), |kind| engine.reads(kind))
         {
-            Ok(e) => Arc::new(e),
+            Ok(e) => e,
             Err(e) => {
                 report.invalid.push((n + 1, e.to_string()));
                 continue;

@@ -493,7 +493,7 @@ impl Suite<'_> {
         let mut last = test.start;
         for (label, bytes) in &test.events {
             let event = match self.schema.decode_lazy(bytes, |kind| engine.reads(kind)) {
-                Ok(e) => Arc::new(e),
+                Ok(e) => e,
                 Err(e) => {
                     notes.push(format!("{label} is invalid and was skipped: {e}"));
                     continue;
