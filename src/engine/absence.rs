@@ -351,6 +351,7 @@ pub(super) fn on_trigger(
 /// event meets can be prefetched together (see [`Engine::on_event`]).
 ///
 /// [`Engine::on_event`]: super::Engine::on_event
+#[derive(Clone, Copy)]
 pub(super) struct CloserProbe {
     idx: u32,
     key: Key,

@@ -668,10 +668,12 @@ impl Engine {
                 .iter()
                 .filter_map(|&idx| absence::closer_probe(&cx, part, idx, event))
                 .collect();
-            for probe in probes {
+            // Both lists walked in place: moved into an iterator, each
+            // (a few hundred bytes inline) was copied whole first.
+            for &probe in &probes {
                 absence::on_closer(&cx, part, probe, event, out);
             }
-            for (idx, hash) in held {
+            for &(idx, hash) in &held {
                 let rule = self.rules.rule(idx);
                 // A trigger without its key fields opens nothing (counted).
                 let missing = match (&rule.kind, hash) {
