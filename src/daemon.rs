@@ -262,6 +262,7 @@ impl Daemon {
             batch: Batch::default(),
             in_flight: None,
             applied: HashMap::new(),
+            accepted: Vec::new(),
         };
         let check_state = fresh_state && !options.reset_state;
         let health_for_task = Arc::clone(&health);
@@ -797,6 +798,10 @@ struct Pipeline {
     /// Durable next offset per (topic, partition): records before it are
     /// in the state already and are skipped should they come again.
     applied: HashMap<(String, i32), i64>,
+    /// `forewarn_events_total{topic, outcome="accepted"}` per topic, found
+    /// once: looking the labels up hashes them and takes a lock, on every
+    /// event. A handful of topics at most, so a list.
+    accepted: Vec<(String, prometheus::IntCounter)>,
 }
 
 impl Pipeline {
@@ -841,16 +846,26 @@ impl Pipeline {
                 return if written { Ok(()) } else { Err(None) };
             }
         };
-        self.metrics
-            .events
-            .with_label_values(&[topic, "accepted"])
-            .inc();
+        self.accepted_counter(topic).inc();
         let mut out = Output::default();
         let now = crate::event::now_millis();
         self.engine
             .on_event(msg.partition(), &event, Clock::Wall(now), &mut out);
         self.apply(out);
         Ok(())
+    }
+
+    /// The accepted-events counter of `topic`.
+    fn accepted_counter(&mut self, topic: &str) -> &prometheus::IntCounter {
+        let at = match self.accepted.iter().position(|(t, _)| t == topic) {
+            Some(at) => at,
+            None => {
+                let counter = self.metrics.events.with_label_values(&[topic, "accepted"]);
+                self.accepted.push((topic.to_string(), counter));
+                self.accepted.len() - 1
+            }
+        };
+        &self.accepted[at].1
     }
 
     /// Whether the record at `offset` is already part of the durable state.
