@@ -260,7 +260,7 @@ pub struct Engine {
     /// Per rule: an until / cancel_on condition names `trigger`.
     closer_reads_trigger: Vec<bool>,
     /// Per rule: the start of its key hashes ([`key_prefix`]).
-    key_prefix: Vec<Box<[u8]>>,
+    key_prefix: Vec<KeyBuf>,
     cel: cel::Context<'static, 'static>,
     cfg: EngineConfig,
     partitions: BTreeMap<PartitionId, Partition>,
@@ -838,7 +838,7 @@ struct Cx<'a> {
     /// Per rule: an until / cancel_on condition names `trigger`.
     closer_reads_trigger: &'a [bool],
     /// Per rule: the start of its key hashes.
-    key_prefix: &'a [Box<[u8]>],
+    key_prefix: &'a [KeyBuf],
     /// This event's stored form per retain class, encoded once however
     /// many absence rules it opens an episode for.
     encoded: EncodedTriggers,
@@ -931,6 +931,7 @@ fn key_hash_parts<'a>(tag: &str, rule_id: &str, values: impl Iterator<Item = &'a
 /// the set-up. A plain array and an offset: this runs for every rule an
 /// event meets, and a growable vector's checks per part cost more than
 /// the hash.
+#[derive(Debug, Clone)]
 struct KeyBuf {
     stack: [u8; KeyBuf::STACK],
     len: usize,
@@ -947,18 +948,6 @@ impl KeyBuf {
             len: 0,
             heap: Vec::new(),
         }
-    }
-
-    /// A buffer that starts with `laid`, parts laid out by [`KeyBuf::put`].
-    fn starting_with(laid: &[u8]) -> KeyBuf {
-        let mut buf = KeyBuf::new();
-        if laid.len() <= KeyBuf::STACK {
-            buf.stack[..laid.len()].copy_from_slice(laid);
-        } else {
-            buf.heap.extend_from_slice(laid);
-        }
-        buf.len = laid.len();
-        buf
     }
 
     /// The parts laid out so far.
@@ -993,25 +982,28 @@ impl KeyBuf {
 /// The start every key hash of `rule` shares, laid out once per rule:
 /// its tag ("episode" for absence rules, "window" for threshold rules,
 /// nothing for others) and the rule id (see [`key_hash`]).
-fn key_prefix(rule: &Rule) -> Box<[u8]> {
+/// Kept as a buffer an event's key hash starts from as a copy: a copy of
+/// fixed size, where laying the prefix into a fresh buffer took a zeroed
+/// buffer and a `memcpy` call per hash.
+fn key_prefix(rule: &Rule) -> KeyBuf {
+    let mut buf = KeyBuf::new();
     let tag = match rule.kind {
         RuleKind::Absence(_) => "episode",
         RuleKind::Threshold(_) => "window",
-        RuleKind::Match { .. } => return Box::default(),
+        RuleKind::Match { .. } => return buf,
     };
-    let mut buf = KeyBuf::new();
     buf.put(tag);
     buf.put(&rule.id);
-    buf.bytes().into()
+    buf
 }
 
 /// The key hash of an event for `rule`, straight from its fields (string
 /// values are borrowed, not copied); `None` when a key field is missing.
 /// `prefix` is the rule's [`key_prefix`]: the same hash as [`key_hash`]
 /// of its tag, id and key values.
-fn event_key_hash(prefix: &[u8], rule: &Rule, event: &Event) -> Option<u128> {
+fn event_key_hash(prefix: &KeyBuf, rule: &Rule, event: &Event) -> Option<u128> {
     use crate::rules::KeyField;
-    let mut buf = KeyBuf::starting_with(prefix);
+    let mut buf = prefix.clone();
     for k in &rule.key {
         match k {
             KeyField::Customer => buf.put(&event.customer),
