@@ -791,43 +791,38 @@ fn parse_timestamp(s: &str) -> Option<Millis> {
 /// time). Anything else, such as an offset or a leap second, is left to
 /// jiff, which reads this form the same.
 fn utc_fast(b: &[u8]) -> Option<Millis> {
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
+    // The fixed part as an array: every index below is checked once, here.
+    let head: &[u8; 20] = b.first_chunk()?;
+    if head[4] != b'-'
+        || head[7] != b'-'
+        || head[10] != b'T'
+        || head[13] != b':'
+        || head[16] != b':'
     {
         return None;
     }
-    let num = |from: usize, to: usize| -> Option<i64> {
-        b[from..to].iter().try_fold(0i64, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
-        })
+    let digit = |k: usize| {
+        let d = head[k].wrapping_sub(b'0');
+        (d < 10).then_some(i64::from(d))
     };
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let two = |k: usize| Some(digit(k)? * 10 + digit(k + 1)?);
+    let (year, month, day) = (two(0)? * 100 + two(2)?, two(5)?, two(8)?);
+    let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
     let mut i = 19;
     let mut millis = 0;
-    if b[i] == b'.' {
-        let from = i + 1;
-        i = from;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == from || i - from > 9 {
+    if head[19] == b'.' {
+        let fraction = &b[20..];
+        let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 || n > 9 {
             return None;
         }
         // Milliseconds: the first three digits (later ones truncate, as
         // jiff's as_millisecond does for times after 1970).
-        millis = (0..3).fold(0i64, |n, k| {
-            let d = if from + k < i {
-                i64::from(b[from + k] - b'0')
-            } else {
-                0
-            };
-            n * 10 + d
-        });
+        for k in 0..3 {
+            let d = fraction.get(k).filter(|_| k < n).map_or(0, |c| c - b'0');
+            millis = millis * 10 + i64::from(d);
+        }
+        i = 20 + n;
     }
     if b.get(i) != Some(&b'Z') || i + 1 != b.len() {
         return None;
