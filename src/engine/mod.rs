@@ -931,7 +931,7 @@ fn key_hash_parts<'a>(tag: &str, rule_id: &str, values: impl Iterator<Item = &'a
 /// the set-up. A plain array and an offset: this runs for every rule an
 /// event meets, and a growable vector's checks per part cost more than
 /// the hash.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct KeyBuf {
     stack: [u8; KeyBuf::STACK],
     len: usize,
