@@ -12,8 +12,8 @@ use std::sync::Arc;
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
 use super::project::decode_trigger;
 use super::table::Table;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use super::timers::Deadlines;
+use std::collections::HashMap;
 
 use super::{
     event_key_hash,
@@ -46,10 +46,10 @@ pub(crate) struct Episodes {
     free: Vec<u32>,
     /// (deadline, slot), earliest first. Closing an episode leaves its
     /// entry behind, to be dropped when it comes up: an entry stands only
-    /// while its slot is open with that deadline. A heap in one array
-    /// takes new deadlines, mostly the latest yet, at its end; a B-tree
-    /// paid a node walk for each.
-    timers: BinaryHeap<Reverse<(Millis, u32)>>,
+    /// while its slot is open with that deadline. Buckets of event time
+    /// (see [`Deadlines`]): a B-tree paid a node walk for each new
+    /// deadline, a heap a sift through cold memory for each firing.
+    timers: Deadlines,
     open: usize,
     /// Open episodes per rule index: a closer of a rule with none open
     /// here needs no lookup.
@@ -219,7 +219,7 @@ impl Episodes {
             }
         };
         self.index.insert(hash, at);
-        self.timers.push(Reverse((deadline, at)));
+        self.timers.push(deadline, at);
         self.open += 1;
         if self.per_rule.len() <= rule as usize {
             self.per_rule.resize(rule as usize + 1, 0);
@@ -230,7 +230,7 @@ impl Episodes {
         if self.timers.len() > 2 * self.open + 1024 {
             self.timers = self
                 .open_slots()
-                .map(|at| Reverse((self.slots[at as usize].deadline, at)))
+                .map(|at| (self.slots[at as usize].deadline, at))
                 .collect();
         }
     }
@@ -277,7 +277,7 @@ impl Episodes {
     /// The slot whose deadline is earliest, if the watermark has passed it.
     /// Entries of closed episodes are dropped on the way.
     fn due(&mut self, watermark: Millis) -> Option<u32> {
-        while let Some(&Reverse((deadline, at))) = self.timers.peek() {
+        while let Some((deadline, at)) = self.timers.peek() {
             let s = &self.slots[at as usize];
             if s.rule == NIL || s.deadline != deadline {
                 self.timers.pop();

@@ -19,6 +19,7 @@ pub mod persist;
 pub mod project;
 mod table;
 mod threshold;
+mod timers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
