@@ -7,16 +7,16 @@
 //! once the heap outgrows the cache; in a running daemon, where episodes
 //! fire as fast as they open, that was a twentieth of the engine's time.
 //! Here a deadline goes into the bucket of the 2^[`SHIFT`] ms of event
-//! time it falls in: a push appends to a `Vec` (nearly always the newest
-//! bucket, since most deadlines are an event's time plus a fixed
-//! `within`), and the earliest bucket is sorted once, when it comes to
-//! the front, and then popped from its end. Memory is walked in order.
+//! time it falls in: a push appends to a `Vec` (found among the last few
+//! buckets pushed to, since most deadlines are an event's time plus a
+//! rule's fixed `within`), and the earliest bucket is sorted once, when it comes to
+//! the front, and then popped from its start. Memory is walked in order.
 //!
 //! The order is exactly a min-heap's on (deadline, slot): ties on the
 //! deadline go to the lower slot (the property test below checks it
 //! against `BinaryHeap`), so firings come out as they always have.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::event::Millis;
 
@@ -31,19 +31,44 @@ fn bucket(deadline: Millis) -> i64 {
     deadline >> SHIFT
 }
 
-#[derive(Debug, Default)]
+/// How many recently pushed-to buckets [`Deadlines`] finds without a
+/// look-up: deadlines come from a few horizons (each rule's `within`, a
+/// field's date plus `grace`), each filling one bucket at a time.
+const HOT: usize = 4;
+/// No bucket: a bucket number no deadline has (they are at least
+/// `Millis::MIN >> SHIFT`).
+const NONE: i64 = i64::MIN;
+
+#[derive(Debug)]
 pub(crate) struct Deadlines {
-    /// The earliest bucket's entries, sorted latest first (popped from the
-    /// end), and the bucket they are from. Entries elsewhere are all in
-    /// later buckets; a deadline pushed for this bucket or an earlier one
-    /// is put in its place here.
-    front: Vec<Entry>,
+    /// The earliest bucket's entries, sorted, and the bucket they are
+    /// from. Entries elsewhere are all in later buckets; a deadline pushed
+    /// for this bucket or an earlier one is put in its place here (nearly
+    /// always at the back: a ring, so that neither end shifts the rest).
+    front: VecDeque<Entry>,
     front_bucket: Option<i64>,
-    /// Later buckets, unsorted, except the newest.
-    later: BTreeMap<i64, Vec<Entry>>,
-    /// The newest bucket, kept out of the map: most pushes land here.
-    tail: Option<(i64, Vec<Entry>)>,
+    /// The later buckets, by number: where each one's entries are in
+    /// `lists` (unsorted). Lists no bucket uses are empty, and in `free`.
+    later: BTreeMap<i64, u32>,
+    lists: Vec<Vec<Entry>>,
+    free: Vec<u32>,
+    /// (bucket, list) of the later buckets pushed to last, latest first.
+    hot: [(i64, u32); HOT],
     len: usize,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            front: VecDeque::new(),
+            front_bucket: None,
+            later: BTreeMap::new(),
+            lists: Vec::new(),
+            free: Vec::new(),
+            hot: [(NONE, 0); HOT],
+            len: 0,
+        }
+    }
 }
 
 impl Deadlines {
@@ -56,49 +81,86 @@ impl Deadlines {
         let b = bucket(deadline);
         self.len += 1;
         if self.front_bucket.is_some_and(|f| b <= f) {
-            // Latest first: before the first entry not later than this one.
-            let i = self.front.partition_point(|e| *e > entry);
-            self.front.insert(i, entry);
+            // Mostly the latest yet: no search.
+            match self.front.back() {
+                Some(last) if *last > entry => {
+                    let i = self.front.partition_point(|e| *e <= entry);
+                    self.front.insert(i, entry);
+                }
+                _ => self.front.push_back(entry),
+            }
             return;
         }
-        match &mut self.tail {
-            Some((t, list)) if *t == b => list.push(entry),
-            Some((t, _)) if *t > b => self.later.entry(b).or_default().push(entry),
-            tail => {
-                // A new newest bucket, sized as the last one ended up (with
-                // an eighth more): buckets of a steady stream are alike, and
-                // a `Vec` left to double would carry a third spare on average.
-                let mut list = Vec::with_capacity(match tail {
-                    Some((_, last)) => last.len() + last.len() / 8,
-                    None => 0,
-                });
-                list.push(entry);
-                if let Some((t, last)) = tail.replace((b, list)) {
-                    self.later.insert(t, last);
-                }
+        let list = match self.hot.iter().position(|&(h, _)| h == b) {
+            Some(i) => {
+                let list = self.hot[i].1;
+                self.hot.copy_within(0..i, 1);
+                list
             }
-        }
+            None => {
+                let list = match self.later.get(&b) {
+                    Some(&list) => list,
+                    None => self.open(b),
+                };
+                self.hot.copy_within(0..HOT - 1, 1);
+                list
+            }
+        };
+        self.hot[0] = (b, list);
+        self.lists[list as usize].push(entry);
+    }
+
+    /// A list for the new bucket `b`, sized as the bucket before it of the
+    /// same horizon (the nearest earlier one among the hot) ended up, with
+    /// an eighth more: buckets of a steady stream are alike, and a `Vec`
+    /// left to double would carry a third spare on average.
+    fn open(&mut self, b: i64) -> u32 {
+        let size = self
+            .hot
+            .iter()
+            .filter(|&&(h, _)| h != NONE && h < b)
+            .max_by_key(|&&(h, _)| h)
+            .map_or(0, |&(_, list)| {
+                let n = self.lists[list as usize].len();
+                n + n / 8
+            });
+        let list = match self.free.pop() {
+            Some(list) => {
+                self.lists[list as usize].reserve_exact(size);
+                list
+            }
+            None => {
+                self.lists.push(Vec::with_capacity(size));
+                (self.lists.len() - 1) as u32
+            }
+        };
+        self.later.insert(b, list);
+        list
     }
 
     /// The earliest entry.
     pub(crate) fn peek(&mut self) -> Option<Entry> {
         if self.front.is_empty() {
-            let (b, mut list) = match self.later.pop_first() {
-                Some(first) => first,
-                None => self.tail.take()?,
-            };
-            list.sort_unstable_by(|x, y| y.cmp(x));
-            self.front = list;
+            let (b, list) = self.later.pop_first()?;
+            let mut entries = std::mem::take(&mut self.lists[list as usize]);
+            self.free.push(list);
+            for h in &mut self.hot {
+                if h.0 == b {
+                    *h = (NONE, 0);
+                }
+            }
+            entries.sort_unstable();
+            self.front = entries.into();
             self.front_bucket = Some(b);
         }
-        self.front.last().copied()
+        self.front.front().copied()
     }
 
     /// Takes the earliest entry.
     pub(crate) fn pop(&mut self) -> Option<Entry> {
         self.peek()?;
         self.len -= 1;
-        self.front.pop()
+        self.front.pop_front()
     }
 }
 
