@@ -197,19 +197,20 @@ pub(super) fn expire(windows: &mut Windows, watermark: Millis) {
         return;
     }
     let journal = &mut windows.journal;
+    // The soonest end among the windows kept, found in the same pass.
+    let mut soonest = Millis::MAX;
     windows.map.retain(|k, w| {
         let keep = w.until >= watermark;
-        if !keep {
+        if keep {
+            soonest = soonest.min(w.until);
+        } else {
             journal.note(k);
         }
         keep
     });
-    let soonest = windows
-        .map
-        .iter()
-        .map(|(_, w)| w.until)
-        .min()
-        .unwrap_or(watermark);
+    if windows.map.len() == 0 {
+        soonest = watermark;
+    }
     windows.next_sweep =
         watermark.saturating_add(soonest.saturating_sub(watermark).max(SWEEP_EVERY));
 }
