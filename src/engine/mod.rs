@@ -829,7 +829,9 @@ impl<'a> LazyScope<'a> {
 
 /// What the per-kind modules need from the engine for one event.
 /// (retain class, the trigger as stored) for the event being processed.
-type EncodedTriggers = std::cell::RefCell<smallvec::SmallVec<[(u32, Box<[u8]>); 2]>>;
+/// (retain class, slot of the episode holding this event's stored form):
+/// see [`absence::on_trigger`].
+type EncodedTriggers = std::cell::RefCell<smallvec::SmallVec<[(u32, u32); 4]>>;
 
 struct Cx<'a> {
     rules: &'a RuleSet,
@@ -840,8 +842,8 @@ struct Cx<'a> {
     closer_reads_trigger: &'a [bool],
     /// Per rule: the start of its key hashes.
     key_prefix: &'a [KeyBuf],
-    /// This event's stored form per retain class, encoded once however
-    /// many absence rules it opens an episode for.
+    /// Where this event's stored form is, per retain class: encoded once
+    /// however many absence rules it opens an episode for.
     encoded: EncodedTriggers,
     cfg: &'a EngineConfig,
     scope: &'a LazyScope<'a>,
@@ -851,20 +853,6 @@ struct Cx<'a> {
 
 /// Applies the ledgers (stale, once_per, cooldown) to a firing and records
 /// the decision: the one way every rule kind emits.
-impl Cx<'_> {
-    /// The trigger as rule `idx` stores it (see [`project::encode_trigger`]).
-    fn encoded_trigger(&self, idx: u32, event: &Event) -> Box<[u8]> {
-        let class = self.retain_class[idx as usize];
-        let mut cache = self.encoded.borrow_mut();
-        if let Some((_, bytes)) = cache.iter().find(|(c, _)| *c == class) {
-            return bytes.clone();
-        }
-        let bytes = project::encode_trigger(event, self.plans[idx as usize].as_ref());
-        cache.push((class, bytes.clone()));
-        bytes
-    }
-}
-
 fn record(
     firing: Firing,
     clock: Clock,

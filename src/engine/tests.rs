@@ -754,6 +754,74 @@ fn stored_triggers_keep_only_what_the_rule_uses() {
 }
 
 #[test]
+fn one_event_opening_episodes_of_several_rules_stores_each_rules_own_form() {
+    // a and b keep the same fields (one retain class); c also keeps the
+    // session its until condition compares. The event is encoded once per
+    // class and copied for the other rules of that class.
+    let rules = r#"
+[[rule]]
+id = "a"
+kind = "absence"
+trigger = { event = "checkout_started" }
+until = { event = "order_placed" }
+within = "30m"
+notify = { channel = "email", template = "t" }
+
+[[rule]]
+id = "b"
+kind = "absence"
+trigger = { event = "checkout_started" }
+until = { event = "order_placed" }
+within = "20m"
+notify = { channel = "email", template = "t" }
+
+[[rule]]
+id = "c"
+kind = "absence"
+trigger = { event = "checkout_started" }
+until = { event = "order_placed", if = "event.session == trigger.session" }
+within = "10m"
+notify = { channel = "email", template = "t" }
+"#;
+    let mut e = engine_for(rules, None);
+    let mut out = Output::default();
+    for (c, t) in [("c1", 0), ("c2", 1)] {
+        let event = ev(
+            "checkout_started",
+            c,
+            t,
+            json!({"cart": {"total": 42.0 + t as f64}, "session": format!("s-{c}"), "customer": {"email": format!("{c}@example.com")}, "noise": "n".repeat(100)}),
+        );
+        e.on_event(0, &event, Clock::Virtual, &mut out);
+    }
+    e.flush(Clock::Virtual, &mut out);
+    let mut got: Vec<(String, String, serde_json::Value)> = out
+        .decisions
+        .iter()
+        .map(|d| {
+            let f = &d.firing;
+            (
+                f.rule.id.clone(),
+                f.event.customer.clone(),
+                f.event.payload().clone(),
+            )
+        })
+        .collect();
+    got.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
+    let plain = |c: &str, total: f64| json!({"cart": {"total": total}, "customer": {"email": format!("{c}@example.com")}});
+    let with_session = |c: &str, total: f64| json!({"cart": {"total": total}, "customer": {"email": format!("{c}@example.com")}, "session": format!("s-{c}")});
+    let want = vec![
+        ("a".to_string(), "c1".to_string(), plain("c1", 42.0)),
+        ("a".to_string(), "c2".to_string(), plain("c2", 43.0)),
+        ("b".to_string(), "c1".to_string(), plain("c1", 42.0)),
+        ("b".to_string(), "c2".to_string(), plain("c2", 43.0)),
+        ("c".to_string(), "c1".to_string(), with_session("c1", 42.0)),
+        ("c".to_string(), "c2".to_string(), with_session("c2", 43.0)),
+    ];
+    assert_eq!(got, want);
+}
+
+#[test]
 fn notification_ids_are_deterministic_and_distinct() {
     let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let a = notification_id("r", &k(&["c1", "e1"]), 5);
