@@ -817,6 +817,22 @@ struct Tally {
 }
 
 impl Tally {
+    /// How many decisions, by outcome and by rule kind.
+    fn decisions(&self) -> String {
+        let n = |x: usize| group(x as f64);
+        format!(
+            "{} (fired {}, cooldown {}, duplicate {}, stale {}; from match {}, absence {}, threshold {})",
+            n(self.decisions),
+            n(self.by_outcome[0]),
+            n(self.by_outcome[1]),
+            n(self.by_outcome[2]),
+            n(self.by_outcome[3]),
+            n(self.by_kind[0]),
+            n(self.by_kind[1]),
+            n(self.by_kind[2]),
+        )
+    }
+
     fn drain(&mut self, out: &mut Output) {
         self.decisions += out.decisions.len();
         for d in &out.decisions {
@@ -1593,19 +1609,7 @@ fn main() {
         )
         .unwrap();
         let t = &run.tally;
-        writeln!(
-            o,
-            "  decisions per run: {} (fired {}, cooldown {}, duplicate {}, stale {}; from match {}, absence {}, threshold {})",
-            group(t.decisions as f64),
-            group(t.by_outcome[0] as f64),
-            group(t.by_outcome[1] as f64),
-            group(t.by_outcome[2] as f64),
-            group(t.by_outcome[3] as f64),
-            group(t.by_kind[0] as f64),
-            group(t.by_kind[1] as f64),
-            group(t.by_kind[2] as f64),
-        )
-        .unwrap();
+        writeln!(o, "  decisions per run: {}", t.decisions()).unwrap();
         writeln!(
             o,
             "  rule errors: {}   missing key: {}   late events: {}   invalid records: {}",
@@ -1661,15 +1665,8 @@ fn main() {
         let st = &sus.tally;
         writeln!(
             o,
-            "    decisions over the stretches: {} (fired {}, cooldown {}, duplicate {}, stale {}; from match {}, absence {}, threshold {}); late {}, invalid {}",
-            group(st.decisions as f64),
-            group(st.by_outcome[0] as f64),
-            group(st.by_outcome[1] as f64),
-            group(st.by_outcome[2] as f64),
-            group(st.by_outcome[3] as f64),
-            group(st.by_kind[0] as f64),
-            group(st.by_kind[1] as f64),
-            group(st.by_kind[2] as f64),
+            "    decisions over the stretches: {}; late {}, invalid {}",
+            st.decisions(),
             st.late,
             st.invalid
         )
