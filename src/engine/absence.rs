@@ -38,7 +38,7 @@ fn hash_of(key: &Key) -> u128 {
 
 /// The open episodes of one partition, laid out for millions: a slab of
 /// small slots, an index from key to the newest slot of that key (older
-/// ones chain through `next`), and one deadline heap.
+/// ones chain through `next`), and one deadline calendar ([`Deadlines`]).
 #[derive(Debug, Default)]
 pub(crate) struct Episodes {
     index: Table<u32>,
