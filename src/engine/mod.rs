@@ -827,12 +827,11 @@ impl<'a> LazyScope<'a> {
     }
 }
 
-/// What the per-kind modules need from the engine for one event.
-/// (retain class, the trigger as stored) for the event being processed.
-/// (retain class, slot of the episode holding this event's stored form):
-/// see [`absence::on_trigger`].
+/// (retain class, slot of the episode holding this event's stored form)
+/// for the event being processed: see [`absence::on_trigger`].
 type EncodedTriggers = std::cell::RefCell<smallvec::SmallVec<[(u32, u32); 4]>>;
 
+/// What the per-kind modules need from the engine for one event.
 struct Cx<'a> {
     rules: &'a RuleSet,
     plans: &'a [Option<project::Plan>],
