@@ -9,8 +9,9 @@
 //! Here a deadline goes into the bucket of the 2^[`SHIFT`] ms of event
 //! time it falls in: a push appends to a `Vec` (found among the last few
 //! buckets pushed to, since most deadlines are an event's time plus a
-//! rule's fixed `within`), and the earliest bucket is sorted once, when it comes to
-//! the front, and then popped from its start. Memory is walked in order.
+//! rule's fixed `within`), and the earliest bucket is sorted once, when
+//! it comes to the front, and then popped from its start. Memory is
+//! walked in order.
 //!
 //! The order is exactly a min-heap's on (deadline, slot): ties on the
 //! deadline go to the lower slot (the property test below checks it
