@@ -37,7 +37,9 @@
 //! end prints both figures next to their targets.
 //!
 //! For profiling: `FOREWARN_BENCH_ONLY=memory|throughput|durable` runs one part,
-//! `FOREWARN_BENCH_EVENTS=N` shrinks the stream and the episode count.
+//! `FOREWARN_BENCH_EVENTS=N` shrinks the stream, the sustained stretches
+//! and the episode count (not the sustained warm-up: its 40 minutes of
+//! event time are what make the state steady).
 
 mod common;
 use common::group;
