@@ -1461,7 +1461,7 @@ fn main() {
         .unwrap();
         writeln!(
             o,
-            "  stored trigger (projected MessagePack envelope, Box<[u8]>), average: {:.1} bytes; other state: {:.1} bytes",
+            "  stored trigger (projected MessagePack envelope, SharedBytes), average: {:.1} bytes; other state: {:.1} bytes",
             mem.trigger_bytes_avg,
             per_episode - mem.trigger_bytes_avg
         )

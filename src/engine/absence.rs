@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
 use super::project::{decode_trigger, encode_trigger};
+use super::shared::SharedBytes;
 use super::table::Table;
 use super::timers::Deadlines;
 use std::collections::HashMap;
@@ -66,7 +67,7 @@ struct Slot {
     rule: u32,
     next: u32,
     /// The trigger, reduced to the fields the rule can use (see `project`).
-    trigger: Box<[u8]>,
+    trigger: SharedBytes,
 }
 
 /// Fired episodes whose notification is not yet delivered, for the
@@ -86,7 +87,7 @@ struct Fired {
     id: String,
     start: Millis,
     rule: u32,
-    trigger: Box<[u8]>,
+    trigger: SharedBytes,
 }
 
 impl Guard {
@@ -136,7 +137,7 @@ struct Episode {
     start: Millis,
     deadline: Millis,
     rule: u32,
-    trigger: Box<[u8]>,
+    trigger: SharedBytes,
 }
 
 /// The customer a stored trigger belongs to.
@@ -203,7 +204,7 @@ impl Episodes {
         start: Millis,
         deadline: Millis,
         rule: u32,
-        trigger: Box<[u8]>,
+        trigger: SharedBytes,
     ) -> u32 {
         self.journal.note((key, start, deadline));
         let hash = hash_of(&key);
@@ -354,7 +355,7 @@ pub(super) fn on_trigger(
     }
     // The trigger's stored form depends only on the rule's retain class:
     // an event that opens episodes of several rules encodes it once, and
-    // copies it from the first episode it went to. (Nothing closes an
+    // shares it with the first episode it went to. (Nothing closes an
     // episode of this event's while its triggers are handled, but the slot
     // is checked: open, from this event's time, of this retain class.)
     let class = cx.retain_class[idx as usize];
@@ -656,7 +657,13 @@ impl Episodes {
         if !rule.enabled || !matches!(rule.kind, RuleKind::Absence(_)) {
             return false;
         }
-        self.insert(key_of(hash), start, deadline, idx, v.rest().into());
+        self.insert(
+            key_of(hash),
+            start,
+            deadline,
+            idx,
+            SharedBytes::new(v.rest()),
+        );
         true
     }
 }
@@ -722,7 +729,7 @@ impl Guard {
                 id: id.to_string(),
                 start,
                 rule,
-                trigger: v.rest().into(),
+                trigger: SharedBytes::new(v.rest()),
             },
         );
         true
@@ -762,7 +769,7 @@ mod tests {
                     _ => i as Millis,
                 };
                 let key = key_of(u128::from(r));
-                eps.insert(key, 0, deadline, 0, Box::new([1]));
+                eps.insert(key, 0, deadline, 0, SharedBytes::new(&[1]));
                 let at = eps.index.get(hash_of(&key)).copied().unwrap();
                 model.insert((deadline, at));
             }

@@ -17,6 +17,7 @@ mod ledger;
 mod matcher;
 pub mod persist;
 pub mod project;
+pub mod shared;
 mod table;
 mod threshold;
 mod timers;

@@ -5,6 +5,7 @@
 
 use serde_json::{Map, Value};
 
+use super::shared::SharedBytes;
 use crate::event::{Event, FieldPath, Members, Millis};
 use crate::rules::{DeadlineSpec, KeyField, OncePerField, Rule, RuleKind};
 
@@ -123,8 +124,9 @@ impl Plan {
 /// `(customer, id, project(payload))` (the tests compare them), and
 /// `decode_trigger` reads them back with rmp_serde. They are written here
 /// with rmp's own encoders, straight from the payload by the plan: going
-/// through serde's data model cost more than the writing.
-pub fn encode_trigger(event: &Event, plan: Option<&Plan>) -> Box<[u8]> {
+/// through serde's data model cost more than the writing. Shared
+/// ([`SharedBytes`]): episodes of several rules keep one copy.
+pub fn encode_trigger(event: &Event, plan: Option<&Plan>) -> SharedBytes {
     // Encoded into a buffer kept per thread, then copied out once: one
     // allocation of the exact size instead of a growing vector's several.
     thread_local! {
@@ -138,8 +140,8 @@ pub fn encode_trigger(event: &Event, plan: Option<&Plan>) -> Box<[u8]> {
                 None => mp::value(buf, event.payload()),
             });
         let bytes = match written {
-            Some(()) => Box::from(&buf[..]),
-            None => Box::default(),
+            Some(()) => SharedBytes::new(buf),
+            None => SharedBytes::default(),
         };
         // A rare huge trigger (a whole payload kept) does not pin its
         // size for the thread's life.
