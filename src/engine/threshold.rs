@@ -154,13 +154,7 @@ pub(super) fn on_trigger(
         return;
     }
     windows.journal.note(k);
-    let at = window.times.partition_point(|&(x, _)| x <= event.time);
-    window.times.insert(at, (event.time, id));
-    let newest = window.times.last().expect("just inserted").0;
-    let cutoff = newest.saturating_sub(t.within);
-    let old = window.times.partition_point(|&(x, _)| x < cutoff);
-    window.times.drain(..old);
-    window.until = newest.saturating_add(t.within);
+    window.add(event.time, id, t.within);
     if window.times.len() >= t.count {
         let start = window.times[0].0;
         windows.map.remove(k);
@@ -181,6 +175,31 @@ pub(super) fn on_trigger(
             partition: cx.partition,
         };
         record(firing, cx.clock, cx.cfg, &mut part.ledger, out);
+    }
+}
+
+impl Window {
+    /// Counts an event at `time` (id hash `id`) in a window `within` long:
+    /// times older than the newest minus `within` leave, and `time` joins
+    /// unless it is one of them.
+    fn add(&mut self, time: Millis, id: u64, within: Millis) {
+        // Times that fall out of the window go before the new one comes
+        // in: a window then spills to the heap only when three times are
+        // in it at once, not whenever a third arrives as the first expires.
+        let newest = self.times.last().map_or(time, |&(x, _)| x.max(time));
+        let cutoff = newest.saturating_sub(within);
+        let old = self.times.partition_point(|&(x, _)| x < cutoff);
+        self.times.drain(..old);
+        if time >= cutoff {
+            let at = self.times.partition_point(|&(x, _)| x <= time);
+            self.times.insert(at, (time, id));
+        }
+        // Back inline once two or fewer are left: a spilled window costs
+        // a second cache miss on every event that reaches it.
+        if self.times.spilled() && self.times.len() <= self.times.inline_size() {
+            self.times.shrink_to_fit();
+        }
+        self.until = newest.saturating_add(within);
     }
 }
 
@@ -213,4 +232,36 @@ pub(super) fn expire(windows: &mut Windows, watermark: Millis) {
     }
     windows.next_sweep =
         watermark.saturating_add(soonest.saturating_sub(watermark).max(SWEEP_EVERY));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against the plain statement: after each event, the window holds
+        /// every time so far that is no older than the newest minus
+        /// `within`, in order; and it is inline whenever two or fewer are.
+        #[test]
+        fn a_window_keeps_the_times_within_reach_of_the_newest(
+            within in 1i64..50,
+            times in prop::collection::vec(0i64..200, 1..40),
+        ) {
+            let mut w = Window::default();
+            let mut seen: Vec<Millis> = Vec::new();
+            for (n, &t) in times.iter().enumerate() {
+                w.add(t, n as u64 + 1, within);
+                seen.push(t);
+                let newest = *seen.iter().max().unwrap();
+                let mut expected: Vec<Millis> =
+                    seen.iter().copied().filter(|&x| x >= newest - within).collect();
+                expected.sort();
+                let kept: Vec<Millis> = w.times.iter().map(|&(x, _)| x).collect();
+                prop_assert_eq!(kept, expected);
+                prop_assert_eq!(w.until, newest + within);
+                prop_assert!(w.times.len() > 2 || !w.times.spilled());
+            }
+        }
+    }
 }
