@@ -12,7 +12,7 @@ source deploy/local/common.sh
 
 # A lean test build: line tables (enough for a panic's backtrace) instead of
 # full debug info, and no incremental cache. A clean build's target/ is then
-# 2.6 GB instead of 6.6 GB, and links faster; a CI machine with little disk
+# 2.8 GB after a whole run instead of 6.6 GB, and links faster; a CI machine with little disk
 # left once failed here with "No space left on device". Set either variable
 # yourself to override it.
 export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
