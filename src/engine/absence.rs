@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
-use super::project::{decode_trigger, encode_trigger};
+use super::project::decode_trigger;
 use super::shared::SharedBytes;
 use super::table::Table;
 use super::timers::Deadlines;
@@ -197,7 +197,7 @@ impl Episodes {
         })
     }
 
-    /// Opens an episode; returns its slot.
+    /// Opens an episode.
     fn insert(
         &mut self,
         key: Key,
@@ -205,7 +205,7 @@ impl Episodes {
         deadline: Millis,
         rule: u32,
         trigger: SharedBytes,
-    ) -> u32 {
+    ) {
         self.journal.note((key, start, deadline));
         let hash = hash_of(&key);
         let next = self.index.get(hash).copied().unwrap_or(NIL);
@@ -242,7 +242,6 @@ impl Episodes {
                 .map(|at| (self.slots[at as usize].deadline, at))
                 .collect();
         }
-        at
     }
 
     fn remove(&mut self, at: u32) -> Episode {
@@ -353,34 +352,7 @@ pub(super) fn on_trigger(
     {
         return;
     }
-    // The trigger's stored form depends only on the rule's retain class:
-    // an event that opens episodes of several rules encodes it once, and
-    // shares it with the first episode it went to. (Nothing closes an
-    // episode of this event's while its triggers are handled, but the slot
-    // is checked: open, from this event's time, of this retain class.)
-    let class = cx.retain_class[idx as usize];
-    let first = cx
-        .encoded
-        .borrow()
-        .iter()
-        .rev()
-        .find(|(c, _)| *c == class)
-        .map(|&(_, at)| at as usize)
-        .filter(|&at| {
-            let s = &episodes.slots[at];
-            s.rule != NIL && s.start == event.time && cx.retain_class[s.rule as usize] == class
-        });
-    let (trigger, encoded) = match first {
-        Some(at) => (episodes.slots[at].trigger.clone(), true),
-        None => (
-            encode_trigger(event, cx.plans[idx as usize].as_ref()),
-            false,
-        ),
-    };
-    let at = episodes.insert(k, event.time, deadline, idx, trigger);
-    if !encoded {
-        cx.encoded.borrow_mut().push((class, at));
-    }
+    episodes.insert(k, event.time, deadline, idx, cx.encoded_trigger(idx, event));
 }
 
 /// What a closing event needs of rule `idx` before its episodes are looked

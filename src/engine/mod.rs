@@ -828,9 +828,8 @@ impl<'a> LazyScope<'a> {
     }
 }
 
-/// (retain class, slot of the episode holding this event's stored form)
-/// for the event being processed: see [`absence::on_trigger`].
-type EncodedTriggers = std::cell::RefCell<smallvec::SmallVec<[(u32, u32); 4]>>;
+/// (retain class, the trigger as stored) for the event being processed.
+type EncodedTriggers = std::cell::RefCell<smallvec::SmallVec<[(u32, shared::SharedBytes); 2]>>;
 
 /// What the per-kind modules need from the engine for one event.
 struct Cx<'a> {
@@ -842,13 +841,28 @@ struct Cx<'a> {
     closer_reads_trigger: &'a [bool],
     /// Per rule: the start of its key hashes.
     key_prefix: &'a [KeyBuf],
-    /// Where this event's stored form is, per retain class: encoded once
-    /// however many absence rules it opens an episode for.
+    /// This event's stored form per retain class, encoded once however
+    /// many absence rules it opens an episode for, and shared by them.
     encoded: EncodedTriggers,
     cfg: &'a EngineConfig,
     scope: &'a LazyScope<'a>,
     partition: PartitionId,
     clock: Clock,
+}
+
+impl Cx<'_> {
+    /// The trigger as rule `idx` stores it (see [`project::encode_trigger`]):
+    /// encoded for the first rule of its retain class, shared by the rest.
+    fn encoded_trigger(&self, idx: u32, event: &Event) -> shared::SharedBytes {
+        let class = self.retain_class[idx as usize];
+        let mut cache = self.encoded.borrow_mut();
+        if let Some((_, bytes)) = cache.iter().find(|(c, _)| *c == class) {
+            return bytes.clone();
+        }
+        let bytes = project::encode_trigger(event, self.plans[idx as usize].as_ref());
+        cache.push((class, bytes.clone()));
+        bytes
+    }
 }
 
 /// Applies the ledgers (stale, once_per, cooldown) to a firing and records

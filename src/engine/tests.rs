@@ -757,7 +757,7 @@ fn stored_triggers_keep_only_what_the_rule_uses() {
 fn one_event_opening_episodes_of_several_rules_stores_each_rules_own_form() {
     // a and b keep the same fields (one retain class); c also keeps the
     // session its until condition compares. The event is encoded once per
-    // class and copied for the other rules of that class.
+    // class and shared by the other rules of that class.
     let rules = r#"
 [[rule]]
 id = "a"
