@@ -15,6 +15,8 @@
 //! 2. Memory: live heap bytes per open absence episode at one million open
 //!    episodes of the checkout drop-off rule, measured with a counting
 //!    global allocator (requested sizes; malloc's own overhead excluded).
+//!    Then the time to restore them, as at a restart: every partition's
+//!    snapshot rows read back into a fresh engine (`Engine::restore`).
 //! 3. Durable: the throughput run again with the daemon's durability on:
 //!    every `state.commit_max_events` events (5,000 by default; 1,000 for
 //!    comparison) the engine's changes, the decided notifications (through
