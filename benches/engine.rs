@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use forewarn::engine::persist::Row;
+use forewarn::engine::persist::{self, Row};
 use forewarn::engine::{project, Clock, Engine, EngineConfig, Outcome, Output, Stats};
 use forewarn::event::{EventSchema, FieldPath, Millis};
 use forewarn::rules::{load_rules, LoadOptions, Rule, RuleKind, RuleSet};
@@ -1404,16 +1404,11 @@ fn measure_memory(shipped: &RuleSet, episodes: usize) -> MemoryResult {
     // 304-368 against 208-296 ns/episode, five runs each.)
     let stored: Vec<(i32, Vec<Row>)> = engine
         .partitions()
-        .collect::<Vec<_>>()
-        .into_iter()
         .map(|p| {
-            let rows = engine.snapshot(p).into_iter().filter_map(|w| {
-                Some(Row {
-                    table: w.table,
-                    key: w.key,
-                    value: w.value?,
-                })
-            });
+            let rows = engine
+                .snapshot(p)
+                .into_iter()
+                .filter_map(persist::Write::into_row);
             (p, rows.collect())
         })
         .collect();

@@ -484,13 +484,7 @@ impl Engine {
             let rows: Vec<persist::Row> = self
                 .snapshot(p)
                 .into_iter()
-                .filter_map(|w| {
-                    w.value.map(|value| persist::Row {
-                        table: w.table,
-                        key: w.key,
-                        value,
-                    })
-                })
+                .filter_map(persist::Write::into_row)
                 .collect();
             let r = next.restore(p, &rows, &|_| true);
             total.episodes += r.episodes;

@@ -83,6 +83,18 @@ pub struct Write {
     pub value: Option<Vec<u8>>,
 }
 
+impl Write {
+    /// The row a put leaves in the store, as a restore reads it back
+    /// (`None` for a delete).
+    pub fn into_row(self) -> Option<Row> {
+        Some(Row {
+            table: self.table,
+            key: self.key,
+            value: self.value?,
+        })
+    }
+}
+
 /// One stored row, as [`Engine::restore`](super::Engine::restore) reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
