@@ -874,15 +874,42 @@ fn record(
 
 /// Hash maps keyed by [`key_hash`]es: the keys are uniform hashes already,
 /// so hashing them again (std's SipHash) is wasted work on every event.
-pub(crate) type KeyMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
+/// They are still mixed with the process's secret ([`table::spread`]), so
+/// that keys crafted to share a bucket cannot be found outside the process.
+pub(crate) type KeyMap<K, V> = HashMap<K, V, KeyState>;
 
-/// Folds a key that is already a uniform hash into 64 bits.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct KeyHasher(u64);
+/// Builds [`KeyHasher`]s with the process's secret ([`table::process_seed`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyState([u64; 2]);
+
+impl Default for KeyState {
+    fn default() -> Self {
+        KeyState(table::process_seed())
+    }
+}
+
+impl std::hash::BuildHasher for KeyState {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            words: [0, 0],
+            seed: self.0,
+        }
+    }
+}
+
+/// Takes a key that is already a uniform hash as two words (longer input
+/// folds into them), then mixes them with the secret.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyHasher {
+    words: [u64; 2],
+    seed: [u64; 2],
+}
 
 impl std::hash::Hasher for KeyHasher {
     fn finish(&self) -> u64 {
-        self.0
+        table::spread(self.words, self.seed)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -893,12 +920,15 @@ impl std::hash::Hasher for KeyHasher {
         }
     }
 
+    /// The last two words written are kept as they are (a key's two
+    /// words); any written before them fold in.
     fn write_u64(&mut self, n: u64) {
-        self.0 = self.0.rotate_left(23) ^ n;
+        self.words = [self.words[1], self.words[0].rotate_left(23) ^ n];
     }
 
     fn write_u128(&mut self, n: u128) {
-        self.write_u64(n as u64 ^ (n >> 64) as u64);
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
     }
 
     fn write_usize(&mut self, _: usize) {

@@ -4,10 +4,20 @@
 //! `std`'s map (hashbrown) keeps its control bytes apart from its entries:
 //! a look-up touches two cache lines in two places, and its address is not
 //! known to the caller beforehand. Here the key sits in the entry's own
-//! line, found by linear probing from the folded key (keys are uniform
-//! hashes already), so a look-up touches one line, or the next few after it, and
+//! line, found by linear probing from its home slot, so a look-up touches
+//! one line, or the next few after it, and
 //! [`Table::prefetch`] can ask for that line while other work goes on: an
 //! event's look-ups then wait for memory together rather than one by one.
+//!
+//! Where a key starts its probe is [`spread`] of it: the key's two words
+//! mixed with a secret drawn once per process. The keys are
+//! hashes of event fields (customer ids, order numbers, page paths) and
+//! the hash is a fixed public function, so without the secret anyone who
+//! can send events could search offline for keys that share their low
+//! bits, and pile them into one probe chain: every look-up there would
+//! then walk thousands of slots (a "hash flooding" attack). With it, which
+//! keys share a home cannot be known outside the process. The keys
+//! themselves, which the store keeps, do not change.
 //!
 //! The load stays at or below one half, where a look-up of an absent key
 //! reads 2.5 slots on average and a present one 1.5. Removal shifts the
@@ -43,6 +53,24 @@ fn join(key: [u64; 2]) -> u128 {
 
 const EMPTY: [u64; 2] = [0, 0];
 
+/// The secret [`spread`] mixes with: random, drawn on first use and the
+/// same for the rest of the process (like std's `RandomState`).
+pub(crate) fn process_seed() -> [u64; 2] {
+    static SEED: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
+    *SEED.get_or_init(rand::random)
+}
+
+/// Mixes a 128-bit key (two words) with `seed` into 64 bits whose every
+/// bit, low ones included, depends on every bit of the key: each word is
+/// masked with a secret word, and the two multiplied into 128 bits whose
+/// halves are folded together. Two keys then share their low bits, and a
+/// home slot, only by chance.
+#[inline]
+pub(crate) fn spread(key: [u64; 2], seed: [u64; 2]) -> u64 {
+    let product = u128::from(key[0] ^ seed[0]) * u128::from(key[1] ^ seed[1]);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
 /// `A` is the slots' alignment: `u64` packs small values densely, [`Line`]
 /// keeps each slot in one cache line.
 #[derive(Debug, Clone)]
@@ -52,6 +80,8 @@ pub(crate) struct Table<V, A = u64> {
     zero: Option<V>,
     /// Entries in `slots` (not counting `zero`).
     len: usize,
+    /// [`process_seed`], kept here so that a probe reads no shared state.
+    seed: [u64; 2],
 }
 
 impl<V, A> Default for Table<V, A> {
@@ -60,6 +90,7 @@ impl<V, A> Default for Table<V, A> {
             slots: Vec::new(),
             zero: None,
             len: 0,
+            seed: process_seed(),
         }
     }
 }
@@ -74,7 +105,7 @@ impl<V: Default, A: Default> Table<V, A> {
     }
 
     fn home(&self, key: [u64; 2]) -> usize {
-        (key[0] ^ key[1]) as usize & self.mask()
+        spread(key, self.seed) as usize & self.mask()
     }
 
     /// The slot holding `key`, or the empty slot where it would go.
@@ -258,8 +289,10 @@ mod tests {
         Retain(u32),
     }
 
-    /// Keys from a small pool, with shared low bits so that probes collide
-    /// and wrap, and 0 among them.
+    /// Keys from a small pool, and 0 among them. Under the all-zero seed
+    /// (see [`behaves_as_a_map`]) a fifth of the pool's keys share the
+    /// home slot 0 and the rest crowd few others, so probes collide and
+    /// wrap whatever the process's secret is.
     fn key() -> impl Strategy<Value = u128> {
         prop_oneof![
             Just(0u128),
@@ -278,8 +311,11 @@ mod tests {
     }
 
     /// Runs `ops` on a table and on a `HashMap`, checking they agree.
-    fn agrees_with_a_map<A: Default>(ops: &[Op]) -> Result<(), TestCaseError> {
-        let mut t: Table<u32, A> = Table::default();
+    fn agrees_with_a_map<A: Default>(ops: &[Op], seed: [u64; 2]) -> Result<(), TestCaseError> {
+        let mut t: Table<u32, A> = Table {
+            seed,
+            ..Table::default()
+        };
         let mut m: HashMap<u128, u32> = HashMap::new();
         for op in ops {
             match *op {
@@ -319,12 +355,66 @@ mod tests {
     proptest! {
         /// The table behaves as a `HashMap` under any sequence of
         /// operations, including keys that collide, wrap and are 0, in
-        /// either slot layout.
+        /// either slot layout, with the process's secret and with the
+        /// all-zero one (under which [`spread`] is the product of the key's
+        /// two words: many keys of the pool share a home).
         #[test]
         fn behaves_as_a_map(ops in prop::collection::vec(op(), 1..300)) {
-            agrees_with_a_map::<u64>(&ops)?;
-            agrees_with_a_map::<Line>(&ops)?;
+            for seed in [process_seed(), [0, 0]] {
+                agrees_with_a_map::<u64>(&ops, seed)?;
+                agrees_with_a_map::<Line>(&ops, seed)?;
+            }
         }
+    }
+
+    /// How far each entry sits from its home slot.
+    fn displacements<V: Default, A: Default>(t: &Table<V, A>) -> Vec<usize> {
+        let mask = t.mask();
+        t.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.key != EMPTY)
+            .map(|(at, s)| at.wrapping_sub(t.home(s.key)) & mask)
+            .collect()
+    }
+
+    /// A flooding attack's keys: the low 32 bits of both words alike (0),
+    /// so that a table homing keys by those bits (as this one did before
+    /// [`spread`]) puts all 20,000 in one probe chain, 10,000 slots long
+    /// on average. Mixed with the secret, they spread as random keys do.
+    #[test]
+    fn keys_sharing_their_low_bits_do_not_share_a_probe_chain() {
+        let keys: Vec<u128> = (1..=20_000u128).map(|i| i << 96 | i << 32).collect();
+        let mut t: Table<u32> = Table::default();
+        for (i, &k) in keys.iter().enumerate() {
+            t.insert(k, i as u32);
+        }
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(t.get(k), Some(&(i as u32)));
+        }
+        let d = displacements(&t);
+        let max = d.iter().copied().max().unwrap_or(0);
+        let mean = d.iter().sum::<usize>() as f64 / d.len() as f64;
+        // Linear probing at a load of at most a half: about half a slot
+        // from home on average, a few dozen at the worst.
+        assert!(max < 100 && mean < 1.5, "max {max}, mean {mean:.2}");
+
+        // And where they land depends on the secret: another one puts
+        // nearly every key elsewhere.
+        let mut other = Table::<u32> {
+            seed: [t.seed[0] ^ 0x9e37_79b9_7f4a_7c15, t.seed[1].wrapping_add(1)],
+            ..Table::default()
+        };
+        other.slots.resize_with(t.slots.len(), Slot::default);
+        let moved = keys
+            .iter()
+            .filter(|&&k| t.home(split(k)) != other.home(split(k)))
+            .count();
+        assert!(
+            moved > keys.len() * 9 / 10,
+            "{moved} of {} moved",
+            keys.len()
+        );
     }
 
     #[test]

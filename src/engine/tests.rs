@@ -1302,3 +1302,23 @@ notify = { channel = "email", template = "t" }
     fired.sort();
     assert_eq!(fired, ["c1", "c3"]);
 }
+
+/// The maps keyed by key hashes (fired episodes, ledgers) bucket by the
+/// hasher's low bits. Keys whose two words are equal all folded to 0
+/// before the secret was mixed in (one bucket for all: a flooding
+/// attack's keys); now they spread as random keys do.
+#[test]
+fn key_maps_spread_keys_an_attacker_could_have_lined_up() {
+    use std::hash::BuildHasher;
+    let state = KeyState::default();
+    let buckets: std::collections::HashSet<u64> = (1..=4096u64)
+        .map(|i| state.hash_one(u128::from(i) << 64 | u128::from(i)) & 0xfff)
+        .collect();
+    // 4,096 random keys in 4,096 buckets fill about 63% of them.
+    assert!(buckets.len() > 2_300, "{} buckets of 4096", buckets.len());
+    // The same for the two-word keys episodes are found by.
+    let buckets: std::collections::HashSet<u64> = (1..=4096u64)
+        .map(|i| state.hash_one([i << 32, i << 32]) & 0xfff)
+        .collect();
+    assert!(buckets.len() > 2_300, "{} buckets of 4096", buckets.len());
+}
