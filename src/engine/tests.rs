@@ -1316,7 +1316,7 @@ fn key_maps_spread_keys_an_attacker_could_have_lined_up() {
         .collect();
     // 4,096 random keys in 4,096 buckets fill about 63% of them.
     assert!(buckets.len() > 2_300, "{} buckets of 4096", buckets.len());
-    // The same for the two-word keys episodes are found by.
+    // The same for the two-word keys fired episodes are kept under.
     let buckets: std::collections::HashSet<u64> = (1..=4096u64)
         .map(|i| state.hash_one([i << 32, i << 32]) & 0xfff)
         .collect();
