@@ -378,7 +378,7 @@ pub(super) struct CloserProbe {
 }
 
 /// The closing conditions of `rule` for this event's type.
-fn closing_conditions<'r>(
+pub(super) fn closing_conditions<'r>(
     a: &'r Absence,
     event: &'r Event,
 ) -> impl Iterator<Item = &'r crate::rules::Condition> + Clone {
@@ -394,6 +394,7 @@ pub(super) fn closer_probe(
     cx: &Cx,
     part: &Partition,
     idx: u32,
+    slots: &[u8],
     event: &Event,
 ) -> Option<CloserProbe> {
     let rule = cx.rules.rule(idx);
@@ -411,10 +412,16 @@ pub(super) fn closer_probe(
     let mut closes_every_episode = false;
     if !cx.closer_reads_trigger[idx as usize] {
         let mut failed = false;
-        let holds = closing_conditions(a, event).any(|c| {
-            condition_holds(event, || cx.scope.get(), c).unwrap_or_else(|_| {
-                failed = true;
-                false
+        let holds = closing_conditions(a, event).enumerate().any(|(i, c)| {
+            let slot = slots.get(i).copied().unwrap_or(super::NOT_SHARED);
+            cx.shared.holds(slot, || {
+                match condition_holds(event, || cx.scope.get(), c) {
+                    Ok(holds) => (holds, true),
+                    Err(_) => {
+                        failed = true;
+                        (false, false)
+                    }
+                }
             })
         });
         if !failed {

@@ -245,6 +245,113 @@ struct TypeRules {
     /// The payload fields their conditions read (None: all). Only these are
     /// converted to CEL, once per event.
     bindings: Option<Vec<crate::event::FieldPath>>,
+    /// Per trigger (as `triggers`): its condition's slot in
+    /// [`SharedConditions`], or [`NOT_SHARED`].
+    trigger_slots: Vec<u8>,
+    /// Per closer (as `closers`): a slot per condition of its that this
+    /// type meets, in [`absence::closing_conditions`] order.
+    closer_slots: Vec<Vec<u8>>,
+}
+
+/// A condition no other rule of the event type shares: evaluated directly.
+const NOT_SHARED: u8 = u8::MAX;
+
+/// Slots for the conditions on an event alone that several of one event
+/// type's rules share (the same source text decides the same on the same
+/// event): [`SharedConditions`] evaluates each once per event. A rule
+/// engine shares such tests across rules (Rete's alpha memories); rule
+/// sets share them where several rules watch one page, platform or
+/// status, or where a shadow copy of a rule runs beside it. Conditions
+/// that name `trigger` depend on the episode and are never shared. Up to
+/// 64 shared conditions per type get a slot; any more are evaluated per
+/// rule as before.
+fn shared_condition_slots<'r>(
+    kind: &str,
+    rules: &'r RuleSet,
+    triggers: &[u32],
+    closers: &[u32],
+    closer_reads_trigger: &[bool],
+) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let trigger_source = |idx: &u32| -> Option<&'r str> {
+        rules.rule(*idx).trigger.when.as_ref().map(|w| w.source())
+    };
+    let closer_sources = |idx: &u32| -> Vec<Option<&'r str>> {
+        match &rules.rule(*idx).kind {
+            RuleKind::Absence(a) if !closer_reads_trigger[*idx as usize] => a
+                .until
+                .iter()
+                .chain(&a.cancel_on)
+                .filter(|c| c.event == kind)
+                .map(|c| c.when.as_ref().map(|w| w.source()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut uses: HashMap<&'r str, usize> = HashMap::new();
+    let all = triggers
+        .iter()
+        .map(trigger_source)
+        .chain(closers.iter().flat_map(closer_sources));
+    for source in all.flatten() {
+        *uses.entry(source).or_default() += 1;
+    }
+    let mut slots: HashMap<&'r str, u8> = HashMap::new();
+    let mut slot_of = |source: Option<&'r str>| -> u8 {
+        let Some(source) = source.filter(|s| uses.get(s).is_some_and(|&n| n > 1)) else {
+            return NOT_SHARED;
+        };
+        let next = slots.len();
+        match slots.get(source) {
+            Some(&slot) => slot,
+            None if next < 64 => {
+                slots.insert(source, next as u8);
+                next as u8
+            }
+            None => NOT_SHARED,
+        }
+    };
+    let trigger_slots = triggers
+        .iter()
+        .map(|i| slot_of(trigger_source(i)))
+        .collect();
+    let closer_slots = closers
+        .iter()
+        .map(|i| closer_sources(i).into_iter().map(&mut slot_of).collect())
+        .collect();
+    (trigger_slots, closer_slots)
+}
+
+/// The results so far, for one event, of its type's shared conditions
+/// (see [`shared_condition_slots`]): a bit per slot.
+#[derive(Debug, Default)]
+struct SharedConditions {
+    known: std::cell::Cell<u64>,
+    holds: std::cell::Cell<u64>,
+}
+
+impl SharedConditions {
+    /// Whether the condition in `slot` holds: its result for this event if
+    /// another rule has evaluated it, else `eval`'s. `eval` returns the
+    /// result and whether it may be shared: a condition that failed to
+    /// evaluate is not, so that each rule evaluates it and reports its
+    /// error itself.
+    fn holds(&self, slot: u8, eval: impl FnOnce() -> (bool, bool)) -> bool {
+        if slot == NOT_SHARED {
+            return eval().0;
+        }
+        let bit = 1u64 << slot;
+        if self.known.get() & bit != 0 {
+            return self.holds.get() & bit != 0;
+        }
+        let (holds, shared) = eval();
+        if shared {
+            self.known.set(self.known.get() | bit);
+            if holds {
+                self.holds.set(self.holds.get() | bit);
+            }
+        }
+        holds
+    }
 }
 
 pub struct Engine {
@@ -296,7 +403,7 @@ impl Engine {
         let retain_class = (0..retain.len())
             .map(|i| retain.iter().position(|r| *r == retain[i]).unwrap_or(i) as u32)
             .collect();
-        let closer_reads_trigger = rules
+        let closer_reads_trigger: Vec<bool> = rules
             .rules
             .iter()
             .map(|r| match &r.kind {
@@ -314,10 +421,21 @@ impl Engine {
         let by_type = bindings
             .into_iter()
             .map(|(kind, bindings)| {
+                let closers = rules.closed_by(&kind).to_vec();
+                let triggers = rules.triggered_by(&kind).to_vec();
+                let (trigger_slots, closer_slots) = shared_condition_slots(
+                    &kind,
+                    &rules,
+                    &triggers,
+                    &closers,
+                    &closer_reads_trigger,
+                );
                 let rules = TypeRules {
-                    closers: rules.closed_by(&kind).to_vec(),
-                    triggers: rules.triggered_by(&kind).to_vec(),
+                    closers,
+                    triggers,
                     bindings,
+                    trigger_slots,
+                    closer_slots,
                 };
                 (kind, rules)
             })
@@ -605,6 +723,8 @@ impl Engine {
             closers,
             triggers,
             bindings,
+            trigger_slots,
+            closer_slots,
         }) = self.by_type.get(event.kind.as_str())
         {
             let scope = LazyScope {
@@ -620,6 +740,7 @@ impl Engine {
                 closer_reads_trigger: &self.closer_reads_trigger,
                 key_prefix: &self.key_prefix,
                 encoded: Default::default(),
+                shared: SharedConditions::default(),
                 cfg: &self.cfg,
                 scope: &scope,
                 partition: p,
@@ -631,9 +752,15 @@ impl Engine {
             // so that their cache misses overlap rather than come one after
             // another.
             let mut held: smallvec::SmallVec<[(u32, Option<u128>); 8]> = Default::default();
-            for &idx in triggers {
+            for (&idx, &slot) in triggers.iter().zip(trigger_slots) {
                 let rule = self.rules.rule(idx);
-                if !matcher::trigger_holds(rule, event, || scope.get(), &rule.trigger, out) {
+                let holds = cx.shared.holds(slot, || {
+                    let errors = out.errors.len();
+                    let holds =
+                        matcher::trigger_holds(rule, event, || scope.get(), &rule.trigger, out);
+                    (holds, out.errors.len() == errors)
+                });
+                if !holds {
                     continue;
                 }
                 // Absence and threshold state is found by the key's hash,
@@ -662,7 +789,8 @@ impl Engine {
             // old episode before it opens the next.
             let probes: smallvec::SmallVec<[absence::CloserProbe; 8]> = closers
                 .iter()
-                .filter_map(|&idx| absence::closer_probe(&cx, part, idx, event))
+                .zip(closer_slots)
+                .filter_map(|(&idx, slots)| absence::closer_probe(&cx, part, idx, slots, event))
                 .collect();
             // Both lists walked in place: moved into an iterator, each
             // (a few hundred bytes inline) was copied whole first.
@@ -838,6 +966,8 @@ struct Cx<'a> {
     /// This event's stored form per retain class, encoded once however
     /// many absence rules it opens an episode for, and shared by them.
     encoded: EncodedTriggers,
+    /// This event's results of the conditions its type's rules share.
+    shared: SharedConditions,
     cfg: &'a EngineConfig,
     scope: &'a LazyScope<'a>,
     partition: PartitionId,

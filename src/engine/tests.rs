@@ -1322,3 +1322,122 @@ fn key_maps_spread_keys_an_attacker_could_have_lined_up() {
         .collect();
     assert!(buckets.len() > 2_300, "{} buckets of 4096", buckets.len());
 }
+
+/// Rules of one event type that share a condition (the same source text)
+/// have it evaluated once per event. They must fire, close and report
+/// errors exactly as rules whose conditions are written apart (here the
+/// same test with different spacing, which no rule shares).
+#[test]
+fn conditions_shared_by_rules_decide_and_report_as_each_rule_alone() {
+    let rules = |cond: [&str; 5]| {
+        format!(
+            r#"
+[[rule]]
+id = "help-a"
+kind = "match"
+trigger = {{ event = "page_view", if = '{}' }}
+notify = {{ channel = "email", template = "t" }}
+
+[[rule]]
+id = "help-b"
+kind = "match"
+trigger = {{ event = "page_view", if = '{}' }}
+notify = {{ channel = "email", template = "t" }}
+
+[[rule]]
+id = "help-twice"
+kind = "threshold"
+trigger = {{ event = "page_view", if = '{}' }}
+count = 2
+within = "10m"
+notify = {{ channel = "email", template = "t" }}
+
+[[rule]]
+id = "help-after-error-a"
+kind = "absence"
+trigger = {{ event = "app_error" }}
+until = {{ event = "page_view", if = '{}' }}
+within = "30m"
+notify = {{ channel = "email", template = "t" }}
+
+[[rule]]
+id = "help-after-error-b"
+kind = "absence"
+trigger = {{ event = "app_error" }}
+until = {{ event = "page_view", if = '{}' }}
+within = "30m"
+notify = {{ channel = "email", template = "t" }}
+"#,
+            cond[0], cond[1], cond[2], cond[3], cond[4]
+        )
+    };
+    let shared = rules([r#"event.page.startsWith("/help")"#; 5]);
+    let apart = rules([
+        r#"event.page.startsWith("/help")"#,
+        r#"event.page.startsWith( "/help")"#,
+        r#"event.page.startsWith("/help" )"#,
+        r#"event.page.startsWith ("/help")"#,
+        r#" event.page.startsWith("/help")"#,
+    ]);
+    let view = |c: &str, t: Millis, page: serde_json::Value| {
+        ev("page_view", c, t, json!({ "page": page }))
+    };
+    let events = [
+        ev("app_error", "c1", 0, json!({})),
+        ev("app_error", "c2", 0, json!({})),
+        view("c1", MIN, json!("/help/refunds")),
+        view("c2", MIN, json!("/pricing")),
+        // A page that is a number: every rule's condition fails to evaluate.
+        view("c2", 2 * MIN, json!(404)),
+        view("c1", 3 * MIN, json!("/help/returns")),
+    ];
+    let decide = |toml: &str| {
+        let mut e = engine_for(toml, None);
+        let slots = e.by_type.get("page_view").unwrap().trigger_slots.clone();
+        let mut out = Output::default();
+        for event in &events {
+            e.on_event(0, event, Clock::Virtual, &mut out);
+        }
+        e.flush(Clock::Virtual, &mut out);
+        let mut errors: Vec<String> = out.errors.iter().map(|e| e.rule_id.clone()).collect();
+        errors.sort();
+        let mut fired = summarize(out);
+        fired.sort_by(|a, b| (&a.0, &a.1, a.3).cmp(&(&b.0, &b.1, b.3)));
+        (slots, errors, fired)
+    };
+    let (shared_slots, shared_errors, shared_fired) = decide(&shared);
+    let (apart_slots, apart_errors, apart_fired) = decide(&apart);
+    // The three triggers share one slot; written apart, none is shared.
+    assert_eq!(shared_slots, [0, 0, 0]);
+    assert_eq!(apart_slots, [NOT_SHARED; 3]);
+    assert_eq!(shared_fired, apart_fired);
+    assert_eq!(shared_errors, apart_errors);
+    // One error per rule that evaluated the failing condition (each open
+    // episode of the absence rules: c2's), none shared away.
+    assert_eq!(
+        shared_errors,
+        [
+            "help-a",
+            "help-after-error-a",
+            "help-after-error-b",
+            "help-b",
+            "help-twice"
+        ]
+    );
+    let fired: Vec<(&str, &str)> = shared_fired
+        .iter()
+        .map(|f| (f.0.as_str(), f.1.as_str()))
+        .collect();
+    assert_eq!(
+        fired,
+        [
+            ("help-a", "c1"),
+            ("help-a", "c1"),
+            ("help-after-error-a", "c2"),
+            ("help-after-error-b", "c2"),
+            ("help-b", "c1"),
+            ("help-b", "c1"),
+            ("help-twice", "c1"),
+        ]
+    );
+}
