@@ -377,15 +377,16 @@ pub(super) struct CloserProbe {
     closes_every_episode: bool,
 }
 
-/// The closing conditions of `rule` for this event's type.
+/// The closing conditions of `rule` for events of type `kind`, in the
+/// order [`super::shared_condition_slots`] numbers them.
 pub(super) fn closing_conditions<'r>(
     a: &'r Absence,
-    event: &'r Event,
+    kind: &'r str,
 ) -> impl Iterator<Item = &'r crate::rules::Condition> + Clone {
     a.until
         .iter()
         .chain(&a.cancel_on)
-        .filter(|c| crate::event::same_text(&c.event, &event.kind))
+        .filter(move |c| crate::event::same_text(&c.event, kind))
 }
 
 /// Decides whether `event` can close anything of rule `idx` here, and if
@@ -412,18 +413,20 @@ pub(super) fn closer_probe(
     let mut closes_every_episode = false;
     if !cx.closer_reads_trigger[idx as usize] {
         let mut failed = false;
-        let holds = closing_conditions(a, event).enumerate().any(|(i, c)| {
-            let slot = slots.get(i).copied().unwrap_or(super::NOT_SHARED);
-            cx.shared.holds(slot, || {
-                match condition_holds(event, || cx.scope.get(), c) {
-                    Ok(holds) => (holds, true),
-                    Err(_) => {
-                        failed = true;
-                        (false, false)
+        let holds = closing_conditions(a, &event.kind)
+            .enumerate()
+            .any(|(i, c)| {
+                let slot = slots.get(i).copied().unwrap_or(super::NOT_SHARED);
+                cx.shared.holds(slot, || {
+                    match condition_holds(event, || cx.scope.get(), c) {
+                        Ok(holds) => (holds, true),
+                        Err(_) => {
+                            failed = true;
+                            (false, false)
+                        }
                     }
-                }
-            })
-        });
+                })
+            });
         if !failed {
             if !holds {
                 return None;
@@ -464,7 +467,7 @@ pub(super) fn on_closer(
     if chain.is_empty() && !guarded {
         return;
     }
-    let conditions = closing_conditions(a, event);
+    let conditions = closing_conditions(a, &event.kind);
     // `trigger` is only decoded for conditions that name it.
     let needs_trigger = cx.closer_reads_trigger[idx as usize];
     // Conditions that name `trigger` run in CEL with the stored trigger

@@ -266,7 +266,7 @@ const NOT_SHARED: u8 = u8::MAX;
 /// 64 shared conditions per type get a slot; any more are evaluated per
 /// rule as before.
 fn shared_condition_slots<'r>(
-    kind: &str,
+    kind: &'r str,
     rules: &'r RuleSet,
     triggers: &[u32],
     closers: &[u32],
@@ -277,13 +277,11 @@ fn shared_condition_slots<'r>(
     };
     let closer_sources = |idx: &u32| -> Vec<Option<&'r str>> {
         match &rules.rule(*idx).kind {
-            RuleKind::Absence(a) if !closer_reads_trigger[*idx as usize] => a
-                .until
-                .iter()
-                .chain(&a.cancel_on)
-                .filter(|c| c.event == kind)
-                .map(|c| c.when.as_ref().map(|w| w.source()))
-                .collect(),
+            RuleKind::Absence(a) if !closer_reads_trigger[*idx as usize] => {
+                absence::closing_conditions(a, kind)
+                    .map(|c| c.when.as_ref().map(|w| w.source()))
+                    .collect()
+            }
             _ => Vec::new(),
         }
     };
