@@ -827,6 +827,15 @@ fn notification_ids_are_deterministic_and_distinct() {
     let a = notification_id("r", &k(&["c1", "e1"]), 5);
     assert_eq!(a, notification_id("r", &k(&["c1", "e1"]), 5));
     assert_eq!(a.len(), 32);
+    // Ids are stored (ledger, decision log, delivery de-duplication): the
+    // same inputs must keep their id across versions. The first 16 bytes
+    // of SHA-256 over the length-prefixed parts, in lowercase hex
+    // (computed apart, with Python's hashlib).
+    assert_eq!(a, "ceb4975c0464008832873d1e858340de");
+    assert_eq!(
+        notification_id("checkout-dropoff", &k(&["c-0000042"]), 1_795_510_800_000),
+        "cfe02fdfd4c907e392c8db12dfe31b9a"
+    );
     assert_ne!(a, notification_id("r", &k(&["c1", "e1"]), 6));
     assert_ne!(a, notification_id("r2", &k(&["c1", "e1"]), 5));
     assert_ne!(
