@@ -378,6 +378,19 @@ pub struct Engine {
     /// engine watermark is then at most `fired_through`. Adding, dropping
     /// or restoring a partition clears it.
     settled: bool,
+    /// Lists `on_event` fills and empties on every event, kept between
+    /// events so that no event allocates them, however many rules of its
+    /// type hold (inline lists spilled to the heap past eight).
+    scratch: Scratch,
+}
+
+/// See [`Engine::scratch`].
+#[derive(Default)]
+struct Scratch {
+    /// The rules whose trigger held, with their key hashes.
+    held: Vec<(u32, Option<u128>)>,
+    /// The closers that have episodes to look up.
+    probes: Vec<absence::CloserProbe>,
 }
 
 impl Engine {
@@ -451,6 +464,7 @@ impl Engine {
             partitions: BTreeMap::new(),
             fired_through: None,
             settled: false,
+            scratch: Scratch::default(),
         }
     }
 
@@ -717,6 +731,12 @@ impl Engine {
         let nothing_due =
             self.settled && matches!((before, fired_through), (Some(b), Some(f)) if b > f);
 
+        let Scratch {
+            mut held,
+            mut probes,
+        } = std::mem::take(&mut self.scratch);
+        held.clear();
+        probes.clear();
         if let Some(TypeRules {
             closers,
             triggers,
@@ -748,8 +768,7 @@ impl Engine {
             // Every condition on the event alone, and every key hash,
             // first: the episodes and windows they lead to are prefetched,
             // so that their cache misses overlap rather than come one after
-            // another.
-            let mut held: smallvec::SmallVec<[(u32, Option<u128>); 8]> = Default::default();
+            // another. (The lists are the engine's, reused: see `scratch`.)
             for (&idx, &slot) in triggers.iter().zip(trigger_slots) {
                 let rule = self.rules.rule(idx);
                 let holds = cx.shared.holds(slot, || {
@@ -785,13 +804,14 @@ impl Engine {
             // Closers before triggers: an event that both closes and
             // re-triggers (say, a second checkout after an order) ends the
             // old episode before it opens the next.
-            let probes: smallvec::SmallVec<[absence::CloserProbe; 8]> = closers
-                .iter()
-                .zip(closer_slots)
-                .filter_map(|(&idx, slots)| absence::closer_probe(&cx, part, idx, slots, event))
-                .collect();
-            // Both lists walked in place: moved into an iterator, each
-            // (a few hundred bytes inline) was copied whole first.
+            probes.extend(
+                closers
+                    .iter()
+                    .zip(closer_slots)
+                    .filter_map(|(&idx, slots)| {
+                        absence::closer_probe(&cx, part, idx, slots, event)
+                    }),
+            );
             for &probe in &probes {
                 absence::on_closer(&cx, part, probe, event, out);
             }
@@ -829,6 +849,7 @@ impl Engine {
                 }
             }
         }
+        self.scratch = Scratch { held, probes };
         if !nothing_due {
             self.fire_due(clock, out);
         }
