@@ -41,9 +41,8 @@ async fn sigterm_drains_and_commits_so_a_restart_sends_nothing_twice() {
 
     daemon.signal("TERM");
     let status = daemon
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("exits after SIGTERM");
+        .exits_within(Duration::from_secs(30), "exits after SIGTERM")
+        .await;
     assert!(
         status.success(),
         "exit status {status:?}; log:\n{}",
@@ -70,9 +69,8 @@ async fn sigterm_drains_and_commits_so_a_restart_sends_nothing_twice() {
     assert_eq!(ids.len(), 25);
     daemon.signal("INT");
     let status = daemon
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("exits after SIGINT");
+        .exits_within(Duration::from_secs(30), "exits after SIGINT")
+        .await;
     assert!(status.success(), "{}", daemon.logs());
 }
 
@@ -117,9 +115,8 @@ async fn sigterm_during_a_burst_exits_0_commits_and_keeps_the_outbox() {
     smtp.wait_for_count(50, Duration::from_secs(60)).await;
     daemon.signal("TERM");
     let status = daemon
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("exits within 30 s of SIGTERM");
+        .exits_within(Duration::from_secs(30), "exits within 30 s of SIGTERM")
+        .await;
     assert!(
         status.success(),
         "exit status {status:?}; log:\n{}",
@@ -242,10 +239,7 @@ async fn a_broker_outage_makes_it_unready_not_dead_and_it_carries_on() {
     assert!(logs.contains("Kafka brokers reachable again"), "{logs}");
 
     daemon.signal("TERM");
-    let status = daemon
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("exits");
+    let status = daemon.exits_within(Duration::from_secs(30), "exits").await;
     assert!(status.success(), "{}", daemon.logs());
 }
 
@@ -266,10 +260,7 @@ async fn a_missing_topic_is_named_at_startup() {
         ),
     );
     let mut daemon = DaemonProcess::spawn(&config, admin_port, &dir.path().join("run.log"));
-    let status = daemon
-        .wait_exit(Duration::from_secs(60))
-        .await
-        .expect("exits");
+    let status = daemon.exits_within(Duration::from_secs(60), "exits").await;
     assert!(!status.success());
     let logs = daemon.logs();
     assert!(

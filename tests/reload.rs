@@ -202,9 +202,6 @@ async fn rules_reload_on_change_and_sighup_and_a_bad_change_keeps_the_old_rules(
     assert_eq!(reloads(&admin, "applied"), 2.0);
 
     daemon.signal("TERM");
-    let status = daemon
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("exits");
+    let status = daemon.exits_within(Duration::from_secs(30), "exits").await;
     assert!(status.success(), "{}", daemon.logs_tail(30));
 }

@@ -904,6 +904,23 @@ impl DaemonProcess {
         }
     }
 
+    /// [`Self::wait_exit`], failing the test with `what` and the last
+    /// lines of the daemon's log when it is still running at `timeout`
+    /// (what it was waiting on is the first thing to know).
+    pub async fn exits_within(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+    ) -> std::process::ExitStatus {
+        match self.wait_exit(timeout).await {
+            Some(status) => status,
+            None => panic!(
+                "{what}: still running after {timeout:?}; the log's last lines:\n{}",
+                self.logs_tail(40)
+            ),
+        }
+    }
+
     pub async fn wait_ready(&self, timeout: Duration) {
         let admin = self.admin.clone();
         let log = self.log.clone();
