@@ -81,7 +81,7 @@ pub(crate) fn process_seed() -> [u64; 2] {
 /// The second fold is needed: after one, keys whose two words agree in
 /// their low bits (4,096 such keys, in the test
 /// `key_maps_spread_keys_an_attacker_could_have_lined_up`) filled as few
-/// as 1,186 of 4,096 buckets under some seeds, and under one seed in
+/// as 1,081 of 4,096 buckets under some seeds, and under one seed in
 /// twenty fewer than 2,300, where random keys fill about 2,590. The low
 /// bits of one fold are then little more than a product of the keys' low
 /// bits; the second brings the high bits down into them.
