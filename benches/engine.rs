@@ -1352,6 +1352,9 @@ fn measure_memory(shipped: &RuleSet, episodes: usize) -> MemoryResult {
     let mut sampled = (0usize, 0usize);
     let mut sample_trigger = String::new();
 
+    // The allocator counts from here until the episodes are open (below),
+    // so that each call measures on its own.
+    COUNTING.store(true, Ordering::SeqCst);
     let before = live_bytes();
     let watch = Stopwatch::start();
     for i in 0..episodes {
@@ -1539,10 +1542,6 @@ fn main() {
         .unwrap();
         mem_summary = Some((per_episode, mem.delta, mem.open));
         if events_override.is_none() {
-            // `measure_memory` stops the counting when its episodes are
-            // open; the deltas it takes are its own, so counting again is
-            // all a second count needs.
-            COUNTING.store(true, Ordering::SeqCst);
             let past = measure_memory(&shipped, EPISODES_PAST_DOUBLING);
             let per = past.delta as f64 / past.open.max(1) as f64;
             writeln!(
