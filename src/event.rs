@@ -793,21 +793,17 @@ fn parse_timestamp(s: &str) -> Option<Millis> {
 fn utc_fast(b: &[u8]) -> Option<Millis> {
     // The fixed part as an array: every index below is checked once, here.
     let head: &[u8; 20] = b.first_chunk()?;
-    if head[4] != b'-'
-        || head[7] != b'-'
-        || head[10] != b'T'
-        || head[13] != b':'
-        || head[16] != b':'
-    {
-        return None;
-    }
-    let digit = |k: usize| {
-        let d = head[k].wrapping_sub(b'0');
-        (d < 10).then_some(i64::from(d))
-    };
-    let two = |k: usize| Some(digit(k)? * 10 + digit(k + 1)?);
-    let (year, month, day) = (two(0)? * 100 + two(2)?, two(5)?, two(8)?);
-    let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
+    // Eight bytes at a time: "YYYY-MM-", "DDTHH:MM" and (overlapping)
+    // "HH:MM:SS", each checked for its separators and digits in a few
+    // word operations rather than byte by byte (every event has a time).
+    let word = |at: usize| u64::from_le_bytes(*head[at..].first_chunk().expect("eight bytes"));
+    let ymd = digits(word(0), [(4, b'-'), (7, b'-')])?;
+    let dh = digits(word(8), [(2, b'T'), (5, b':')])?;
+    let hms = digits(word(11), [(2, b':'), (5, b':')])?;
+    let at = |w: u64, k: u32| (w >> (8 * k)) as i64 & 0xff;
+    let two = |w: u64, k: u32| at(w, k) * 10 + at(w, k + 1);
+    let (year, month, day) = (two(ymd, 0) * 100 + two(ymd, 2), two(ymd, 5), two(dh, 0));
+    let (hour, minute, second) = (two(hms, 0), two(hms, 3), two(hms, 6));
     let mut i = 19;
     let mut millis = 0;
     if head[19] == b'.' {
@@ -845,6 +841,26 @@ fn utc_fast(b: &[u8]) -> Option<Millis> {
     let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
     let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
     Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1_000 + millis)
+}
+
+/// The bytes of `w` (little-endian) as digit values, 0–9 each, when its
+/// bytes at the two `(index, byte)` separators hold those bytes and every
+/// other byte is an ASCII digit; the separators' own bytes come out 0.
+#[inline(always)]
+fn digits(w: u64, seps: [(u32, u8); 2]) -> Option<u64> {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    const HIGH: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+    let (mask, value) = seps.iter().fold((0, 0), |(m, v), &(k, c)| {
+        (m | 0xff << (8 * k), v | u64::from(c) << (8 * k))
+    });
+    // The separators read as '0', so that one test checks every byte:
+    // 0x30..=0x3f has the high nibble 3, and adding 6 keeps it 3 only up
+    // to 0x39 (no byte carries into the next: none is above 0x3f then).
+    let x = (w & !mask) | (ZEROS & mask);
+    (w & mask == value
+        && x & HIGH == ZEROS
+        && x.wrapping_add(0x0606_0606_0606_0606) & HIGH == ZEROS)
+        .then(|| x - ZEROS)
 }
 
 pub fn format_time(ms: Millis) -> String {
@@ -1037,6 +1053,32 @@ mod tests {
                 proptest::prop_assert_eq!(same_text(&a, &b), a == b);
                 let shorter = &a[..a.char_indices().last().map_or(0, |(i, _)| i)];
                 proptest::prop_assert_eq!(same_text(&a, shorter), a == shorter);
+            }
+        }
+    }
+
+    /// Every byte value at every position of the fixed part: the fast
+    /// reading takes only what jiff reads the same, and declines the rest
+    /// (the word-wise digit test has edges at '/', ':' and bytes from 0xfa
+    /// up that a sampled garble can miss).
+    #[test]
+    fn utc_fast_declines_every_other_byte_anywhere() {
+        for text in ["2026-12-06T15:30:41Z", "1999-02-28T23:59:59.123456Z"] {
+            for at in 0..20 {
+                for byte in 0..=u8::MAX {
+                    let mut bytes = text.as_bytes().to_vec();
+                    bytes[at] = byte;
+                    let jiff_ms = std::str::from_utf8(&bytes)
+                        .ok()
+                        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                        .map(|t| t.as_millisecond());
+                    if let Some(fast) = utc_fast(&bytes) {
+                        assert_eq!(Some(fast), jiff_ms, "{}", String::from_utf8_lossy(&bytes));
+                    }
+                    if byte == text.as_bytes()[at] {
+                        assert!(jiff_ms.is_some() && utc_fast(&bytes) == jiff_ms, "{text}");
+                    }
+                }
             }
         }
     }
