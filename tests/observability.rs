@@ -304,8 +304,10 @@ async fn logs_hold_no_address_payload_customer_id_or_secret_and_metrics_pass_pro
 
     // 5. A clean stop, so the log is complete.
     daemon.signal("TERM");
-    let status = daemon.wait_exit(Duration::from_secs(30)).await;
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let status = daemon
+        .exits_within(Duration::from_secs(30), "exits after SIGTERM")
+        .await;
+    assert!(status.success(), "{status:?}");
 
     let logs = daemon.logs();
     // Every line is one JSON object (--log-format json).
