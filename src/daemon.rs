@@ -22,7 +22,9 @@
 //! the dispatcher's workers; the last batch is committed; sends in flight
 //! finish (bounded by the channel timeout); pending notifications and
 //! waiting retries stay in the outbox for the next start; then the
-//! positions are committed to Kafka synchronously and `run` returns.
+//! positions are committed to Kafka synchronously and the consumer leaves
+//! its group, within [`KAFKA_CLOSE_TIMEOUT`] (a hung broker must not hold
+//! the exit: the store has the positions), and `run` returns.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -49,6 +51,13 @@ use crate::pipeline::{prepare, Decide, Prepared};
 use crate::rules::{load_rules, Diagnostics, LoadOptions};
 use crate::source::kafka::{KafkaSource, SourceError};
 use crate::state::{Store, StoreError};
+
+/// How long shutdown waits for the final commit to Kafka and for the
+/// consumer to leave its group. librdkafka sets no limit on either, and a
+/// broker that holds the connection but answers nothing would hold the
+/// exit past any orchestrator's grace period (then SIGKILL). Nothing
+/// depends on them: the state store has the positions.
+pub const KAFKA_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -537,14 +546,24 @@ async fn consume(
             stop = Some(e);
         }
     }
-    tracing::info!("stopping: committing positions");
-    match source.commit(CommitMode::Sync) {
-        Ok(n) => tracing::info!(partitions = n, "positions committed"),
-        Err(e) => {
+    probe.abort();
+    tracing::info!("stopping: committing positions to Kafka and leaving the group");
+    let closed = source.close(KAFKA_CLOSE_TIMEOUT).await;
+    match closed.commit {
+        Some(Ok(n)) => tracing::info!(partitions = n, "positions committed"),
+        Some(Err(e)) => {
             tracing::warn!(error_code = "kafka_commit_failed", stage = "source", error = %e, "final commit to Kafka failed; the state store has the positions, Kafka's lag figures catch up at the next start")
         }
+        None => {
+            tracing::warn!(error_code = "kafka_commit_timeout", stage = "source", timeout_s = KAFKA_CLOSE_TIMEOUT.as_secs(), "Kafka did not answer the final commit in time; stopping without it: the state store has the positions, Kafka's lag figures catch up at the next start")
+        }
     }
-    probe.abort();
+    match closed.left {
+        true => tracing::info!("left the consumer group"),
+        false => {
+            tracing::warn!(error_code = "kafka_close_timeout", stage = "source", timeout_s = KAFKA_CLOSE_TIMEOUT.as_secs(), "stopping without leaving the consumer group: the group hands this instance's partitions on after kafka session.timeout.ms")
+        }
+    }
     match stop {
         Some(e) => {
             tracing::error!(error_code = "state_store_failed", stage = "dispatch", error = %e, "stopping: the last batch could not be made durable; its events will be read again after a restart");

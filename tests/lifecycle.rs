@@ -244,6 +244,109 @@ async fn a_broker_outage_makes_it_unready_not_dead_and_it_carries_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_broker_hung_still_exits_0_promptly() {
+    let mut broker = Broker::start_persistent().await;
+    if broker.is_external() {
+        return; // cannot freeze someone else's cluster
+    }
+    let smtp = SmtpSink::start().await;
+    let topic = "events";
+    broker.create_topic(topic, 1).await;
+    // The profiles reader is the daemon's other consumer: it must not
+    // hold the exit either.
+    broker.create_topic("profiles", 1).await;
+    broker
+        .produce("profiles", Some("c-1"), r#"{"tier":"gold"}"#)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    // A short session, so that a group that still counts the member which
+    // could not leave hands its partition on sooner.
+    let config = write_config_with(
+        dir.path(),
+        &broker.brokers,
+        &[topic],
+        admin_port,
+        &smtp_channel(smtp.port),
+        &ConfigOptions {
+            kafka_properties: &[
+                ("session.timeout.ms", "3000"),
+                ("heartbeat.interval.ms", "500"),
+            ],
+            customers_toml: "profiles_topic = \"profiles\"\n",
+            ..ConfigOptions::default()
+        },
+    );
+    let mut daemon = DaemonProcess::spawn(&config, admin_port, &dir.path().join("run.log"));
+    daemon.wait_ready(Duration::from_secs(60)).await;
+    broker.produce(topic, Some("c-1"), &delay_event(1)).await;
+    smtp.wait_for_count(1, Duration::from_secs(60)).await;
+
+    // The broker stops answering but keeps its connections: the final
+    // commit to Kafka and leaving the group get no reply. (librdkafka
+    // waits on them without a limit: before the deadline, this daemon was
+    // still running 120 s after SIGTERM.)
+    broker.freeze();
+    let stopped = std::time::Instant::now();
+    daemon.signal("TERM");
+    let status = daemon.exits_within(Duration::from_secs(30), "exits").await;
+    let took = stopped.elapsed();
+    broker.thaw();
+    // Tansu's group coordinator does not come back from SIGSTOP (it never
+    // hands the partition on): a fresh broker process, same storage.
+    broker.restart().await;
+    assert!(status.success(), "{status:?}\n{}", daemon.logs_tail(20));
+    assert!(
+        took >= Duration::from_secs(9),
+        "waited for the broker ({took:?})"
+    );
+    let logs = daemon.logs();
+    assert!(logs.contains("customer profiles loaded"), "{logs}");
+    assert!(
+        logs.contains("Kafka did not answer the final commit in time"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("stopping without leaving the consumer group"),
+        "{logs}"
+    );
+    // The consumer, still waiting on the broker at the exit, no longer
+    // held the state store: it was closed cleanly (a store left open by
+    // an exit needs redb's repair at the next open).
+    let repaired = std::rc::Rc::new(std::cell::Cell::new(false));
+    let flag = std::rc::Rc::clone(&repaired);
+    drop(
+        redb::Builder::new()
+            .set_repair_callback(move |_| flag.set(true))
+            .open(dir.path().join("state/forewarn.redb"))
+            .expect("the state store opens"),
+    );
+    assert!(!repaired.get(), "the state store was not closed cleanly");
+
+    // Nothing was lost: the store had the position, and a new start
+    // resumes there.
+    let mut daemon = DaemonProcess::spawn(&config, admin_port, &dir.path().join("run2.log"));
+    daemon.wait_ready(Duration::from_secs(90)).await;
+    broker.produce(topic, Some("c-2"), &delay_event(2)).await;
+    smtp.wait_for_count(2, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 2, "the first event is not sent again");
+    let to: Vec<_> = mails.iter().map(|m| m.to.as_str()).collect();
+    assert!(to.contains(&"c2@example.com"), "{to:?}");
+    let logs = daemon.logs();
+    assert!(logs.contains("resuming from the stored position"), "{logs}");
+    daemon.signal("TERM");
+    let status = daemon.exits_within(Duration::from_secs(30), "exits").await;
+    assert!(status.success(), "{}", daemon.logs_tail(20));
+    assert!(
+        daemon.logs().contains("left the consumer group"),
+        "{}",
+        daemon.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_topic_is_named_at_startup() {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();

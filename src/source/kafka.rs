@@ -66,7 +66,9 @@ pub struct SourceContext {
     metrics: Arc<Metrics>,
     done: Done,
     /// Where assigned partitions resume: the state store's positions.
-    store: Option<crate::state::Store>,
+    /// Taken out at shutdown ([`KafkaSource::close`]), so that a consumer
+    /// still waiting on the broker does not hold the store open.
+    store: Mutex<Option<crate::state::Store>>,
     revoked: Revoked,
     assigned: Assigned,
     /// (topic, partition) labels of `forewarn_consumer_lag` now set.
@@ -90,7 +92,8 @@ impl SourceContext {
     /// store holds for it; partitions it has never seen keep the group's
     /// committed offset (or `auto.offset.reset`).
     fn resume_from_store(&self, tpl: &mut TopicPartitionList) {
-        let Some(store) = &self.store else {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(store) = store.as_ref() else {
             return;
         };
         let wanted: Vec<(String, i32)> = tpl
@@ -310,6 +313,16 @@ pub struct KafkaSource {
     cfg: KafkaConfig,
 }
 
+/// How [`KafkaSource::close`] ended.
+#[derive(Debug)]
+pub struct Closed {
+    /// The final commit: how many partitions' positions, or its error;
+    /// `None` when the broker did not answer in time.
+    pub commit: Option<Result<usize, KafkaError>>,
+    /// The consumer closed, leaving its group, in time.
+    pub left: bool,
+}
+
 /// librdkafka settings forewarn owns, then the user's `kafka.properties`.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -353,7 +366,7 @@ impl KafkaSource {
                 health: Arc::clone(&health),
                 metrics: Arc::clone(&metrics),
                 done: Arc::clone(&done),
-                store,
+                store: Mutex::new(store),
                 revoked: Arc::clone(&revoked),
                 assigned: Arc::clone(&assigned),
                 lag_labels: Default::default(),
@@ -523,6 +536,68 @@ impl KafkaSource {
             self.consumer.commit(&list, mode)?;
         }
         Ok(n)
+    }
+
+    /// Commits the marked positions to Kafka and leaves the group (the
+    /// consumer's close), waiting at most `within`.
+    ///
+    /// librdkafka gives neither step a deadline of its own: a broker that
+    /// keeps the connection but answers nothing holds a synchronous commit
+    /// and the close forever. So both run on a thread of their own, and
+    /// shutdown goes on without them at `within`. Nothing is lost by that:
+    /// the state store holds every position, and is released first so that
+    /// it closes cleanly whatever the broker does. Kafka's committed
+    /// offsets (its lag figures) catch up at the next start, and the group
+    /// moves the partitions on after `session.timeout.ms`.
+    pub async fn close(self, within: Duration) -> Closed {
+        let deadline = tokio::time::Instant::now() + within;
+        self.context()
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let (committed_tx, committed) = tokio::sync::oneshot::channel();
+        let (left_tx, left) = tokio::sync::oneshot::channel();
+        // (Should the thread not start, the closure is dropped here, and
+        // the consumer with it: the close then waits on this thread.)
+        let _ = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                let _ = committed_tx.send(self.commit(CommitMode::Sync));
+                let KafkaSource {
+                    mut consumer,
+                    dead_letter,
+                    ..
+                } = self;
+                drop(dead_letter);
+                // The consumer closes where its last handle drops, which
+                // must be here: the health probe's and the lag reader's
+                // handles live on in metadata requests of two seconds at
+                // most, on tokio's blocking threads, which the runtime
+                // waits for when it stops.
+                let consumer = loop {
+                    match Arc::try_unwrap(consumer) {
+                        Ok(c) => break c,
+                        Err(shared) => {
+                            consumer = shared;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                };
+                drop(consumer);
+                let _ = left_tx.send(());
+            });
+        let commit = tokio::time::timeout_at(deadline, committed)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let left =
+            commit.is_some() && matches!(tokio::time::timeout_at(deadline, left).await, Ok(Ok(())));
+        Closed { commit, left }
+    }
+
+    fn context(&self) -> &SourceContext {
+        self.consumer.context()
     }
 
     /// Copies an invalid record to the dead-letter topic, with the reason

@@ -170,6 +170,26 @@ impl Broker {
         }
     }
 
+    /// SIGSTOP: the broker keeps its connections open and answers nothing,
+    /// as a hung or partitioned broker does. [`Broker::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`Broker::freeze`].
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("a local Tansu").id();
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .expect("kill command");
+        assert!(status.success(), "kill -{sig} {pid} failed");
+    }
+
     /// Starts the broker again on the same port and storage.
     pub async fn restart(&mut self) {
         self.kill();
