@@ -543,7 +543,8 @@ impl KafkaSource {
     ///
     /// librdkafka gives neither step a deadline of its own: a broker that
     /// keeps the connection but answers nothing holds a synchronous commit
-    /// and the close forever. So both run on a thread of their own, and
+    /// and the close without limit (over 120 s in the test that freezes
+    /// the broker, `tests/lifecycle.rs`). So both run on a thread of their own, and
     /// shutdown goes on without them at `within`. Nothing is lost by that:
     /// the state store holds every position, and is released first so that
     /// it closes cleanly whatever the broker does. Kafka's committed
