@@ -64,6 +64,16 @@ fn tansu_binary() -> PathBuf {
     panic!("the Tansu broker is not installed: run `deploy/test.sh` (it installs Tansu with cargo), or set FOREWARN_TEST_BROKERS to a real Kafka")
 }
 
+/// `kill -SIG` to a child process (SIGTERM, SIGSTOP, …), asserting it was delivered.
+fn send_signal(child: &Child, sig: &str) {
+    let pid = child.id();
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill command");
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
 /// A Kafka-compatible broker for one test.
 pub struct Broker {
     pub brokers: String,
@@ -182,12 +192,7 @@ impl Broker {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("a local Tansu").id();
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &pid.to_string()])
-            .status()
-            .expect("kill command");
-        assert!(status.success(), "kill -{sig} {pid} failed");
+        send_signal(self.child.as_ref().expect("a local Tansu"), sig);
     }
 
     /// Starts the broker again on the same port and storage.
@@ -903,11 +908,7 @@ impl DaemonProcess {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill command");
-        assert!(status.success(), "kill -{sig} failed");
+        send_signal(&self.child, sig);
     }
 
     /// Waits for the process to exit; `None` on timeout.
