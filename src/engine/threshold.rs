@@ -60,11 +60,10 @@ impl Windows {
         for key in keys {
             // until, the marker, then (time, event id hash) per event.
             let value = self.map.get(key).map(|w| {
-                w.times
-                    .iter()
+                w.times()
                     .fold(
                         Enc::value().millis(w.until).millis(WITH_IDS),
-                        |e, &(t, id)| e.millis(t).millis(id as Millis),
+                        |e, (t, id)| e.millis(t).millis(Millis::from(id)),
                     )
                     .done()
             });
@@ -85,7 +84,7 @@ impl Windows {
         let Some(until) = v.millis() else {
             return false;
         };
-        let mut times = SmallVec::new();
+        let mut times = Vec::new();
         let mut with_ids = false;
         while !v.is_empty() {
             let Some(t) = v.millis() else {
@@ -95,17 +94,21 @@ impl Windows {
                 with_ids = true;
                 continue;
             }
-            // Rows written before event ids were kept have times only.
+            // Rows written before event ids were kept have times only;
+            // rows written before ids were kept in 32 bits hold 64.
             let id = match with_ids {
                 true => match v.millis() {
-                    Some(id) => id as u64,
+                    Some(id) => narrow_id(id as u64),
                     None => return false,
                 },
                 false => NO_ID,
             };
             times.push((t, id));
         }
-        self.map.insert(key, Window { times, until });
+        // Written sorted; sorted again so that a damaged row cannot
+        // break the window's order.
+        times.sort_unstable_by_key(|&(t, _)| t);
+        self.map.insert(key, Window::from_times(times, until));
         true
     }
 }
@@ -114,26 +117,122 @@ impl Windows {
 /// time no event has; older rows hold times only).
 const WITH_IDS: Millis = Millis::MIN;
 /// The id hash of an event without an id: never taken for a repeat.
-const NO_ID: u64 = 0;
+const NO_ID: u32 = 0;
 
-/// An event's id, hashed: a redelivered event (same id) is recognised.
-fn id_hash(event: &Event) -> u64 {
+/// An event's id, hashed to 32 bits: a redelivered event (same id, same
+/// time) is recognised.
+fn id_hash(event: &Event) -> u32 {
     match &event.id {
-        Some(id) => xxhash_rust::xxh3::xxh3_64(id.as_bytes()).max(1),
+        Some(id) => narrow_id(xxhash_rust::xxh3::xxh3_64(id.as_bytes())),
         None => NO_ID,
     }
 }
 
+/// A 64-bit id hash (as rows before the compact windows stored them) in
+/// the 32 bits a window keeps, never [`NO_ID`].
+fn narrow_id(h: u64) -> u32 {
+    (h as u32).max(1)
+}
+
+/// The times a window holds inline: up to four fit its 64-byte table
+/// slot with the key and `until`.
+const INLINE: usize = 4;
+
+/// The times of one window since its last firing, sorted by event time,
+/// each with its event's id hash (for redeliveries).
 #[derive(Debug, Default)]
 pub(crate) struct Window {
-    /// Sorted (event time, event id hash). Two inline: most windows hold
-    /// one or two events, and a table slot (key and window) then fits
-    /// one 64-byte cache line (see [`Table`]). The tables hold hundreds of
-    /// thousands of windows reached at random, so their size is what the
-    /// look-ups cost (with four inline, an entry took 112 bytes).
-    times: SmallVec<[(Millis, u64); 2]>,
     /// Newest time + within: past this, no in-order event can join.
     until: Millis,
+    times: Times,
+}
+
+/// A window's times. Most windows hold one to four events, so they are
+/// kept inline, each time as its distance back from `until` in 32 bits
+/// (a time the window keeps is at most `2 × within` back: no older than
+/// the newest minus `within`). The tables hold hundreds of thousands of
+/// windows reached at random, so a second cache line, or an allocation,
+/// per window is what the look-ups cost. A window of more times, or one
+/// whose times do not fit 32 bits (a `within` over 24 days), is kept on
+/// the heap with full times, and comes back inline once it can.
+#[derive(Debug)]
+enum Times {
+    Inline {
+        len: u8,
+        back: [u32; INLINE],
+        ids: [u32; INLINE],
+    },
+    Heap(Vec<(Millis, u32)>),
+}
+
+impl Default for Times {
+    fn default() -> Self {
+        Times::Inline {
+            len: 0,
+            back: [0; INLINE],
+            ids: [0; INLINE],
+        }
+    }
+}
+
+impl Window {
+    /// A window of `times` (sorted), in whichever form they fit.
+    fn from_times(times: Vec<(Millis, u32)>, until: Millis) -> Window {
+        let times = Times::inline(&times, until).unwrap_or(Times::Heap(times));
+        Window { until, times }
+    }
+
+    fn len(&self) -> usize {
+        match &self.times {
+            Times::Inline { len, .. } => usize::from(*len),
+            Times::Heap(v) => v.len(),
+        }
+    }
+
+    /// (event time, id hash), oldest first.
+    fn times(&self) -> impl Iterator<Item = (Millis, u32)> + '_ {
+        let (inline, heap) = match &self.times {
+            Times::Inline { len, back, ids } => {
+                let n = usize::from(*len);
+                (Some((&back[..n], &ids[..n])), None)
+            }
+            Times::Heap(v) => (None, Some(v.iter().copied())),
+        };
+        let until = self.until;
+        inline
+            .into_iter()
+            .flat_map(move |(back, ids)| {
+                back.iter()
+                    .zip(ids)
+                    .map(move |(&b, &id)| (until - Millis::from(b), id))
+            })
+            .chain(heap.into_iter().flatten())
+    }
+
+    #[cfg(test)]
+    fn is_spilled(&self) -> bool {
+        matches!(self.times, Times::Heap(_))
+    }
+}
+
+impl Times {
+    /// The inline form of `times` (sorted) under `until`, when they fit.
+    fn inline(times: &[(Millis, u32)], until: Millis) -> Option<Times> {
+        if times.len() > INLINE {
+            return None;
+        }
+        let mut back = [0; INLINE];
+        let mut ids = [0; INLINE];
+        for (i, &(t, id)) in times.iter().enumerate() {
+            back[i] = u32::try_from(until.checked_sub(t)?).ok()?;
+            ids[i] = id;
+        }
+        Some(Times::Inline {
+            len: times.len() as u8,
+            back,
+            ids,
+        })
+    }
 }
 
 pub(super) fn on_trigger(
@@ -148,15 +247,21 @@ pub(super) fn on_trigger(
     let windows = &mut part.windows;
     let id = id_hash(event);
     let window = windows.map.get_or_default(k);
-    // A redelivered event (an id already in the window) is one failure,
-    // not two: it does not count again.
-    if id != NO_ID && window.times.iter().any(|&(_, seen)| seen == id) {
+    // A redelivered event (its id already in the window at its time) is
+    // one failure, not two: it does not count again. Ids are kept as
+    // 32-bit hashes, so two events are taken for one only when they also
+    // share the millisecond.
+    if id != NO_ID
+        && window
+            .times()
+            .any(|(at, seen)| seen == id && at == event.time)
+    {
         return;
     }
     windows.journal.note(k);
     window.add(event.time, id, t.within);
-    if window.times.len() >= t.count {
-        let start = window.times[0].0;
+    if window.len() >= t.count {
+        let start = window.oldest().unwrap_or(event.time);
         windows.map.remove(k);
         // The firing event's identity keeps two windows that start in the
         // same millisecond apart (the id is still stable on redelivery).
@@ -179,27 +284,63 @@ pub(super) fn on_trigger(
 }
 
 impl Window {
+    /// The newest time held, if any.
+    fn newest(&self) -> Option<Millis> {
+        match &self.times {
+            Times::Inline { len: 0, .. } => None,
+            Times::Inline { len, back, .. } => {
+                Some(self.until - Millis::from(back[usize::from(*len) - 1]))
+            }
+            Times::Heap(v) => v.last().map(|&(t, _)| t),
+        }
+    }
+
+    /// The oldest time held, if any.
+    fn oldest(&self) -> Option<Millis> {
+        self.times().next().map(|(t, _)| t)
+    }
+
     /// Counts an event at `time` (id hash `id`) in a window `within` long:
     /// times older than the newest minus `within` leave, and `time` joins
     /// unless it is one of them.
-    fn add(&mut self, time: Millis, id: u64, within: Millis) {
+    fn add(&mut self, time: Millis, id: u32, within: Millis) {
         // Times that fall out of the window go before the new one comes
-        // in: a window then spills to the heap only when three times are
-        // in it at once, not whenever a third arrives as the first expires.
-        let newest = self.times.last().map_or(time, |&(x, _)| x.max(time));
+        // in: a window then leaves its inline form only when five times
+        // are in it at once, not whenever a fifth arrives as the first
+        // expires.
+        let newest = self.newest().map_or(time, |x| x.max(time));
         let cutoff = newest.saturating_sub(within);
-        let old = self.times.partition_point(|&(x, _)| x < cutoff);
-        self.times.drain(..old);
-        if time >= cutoff {
-            let at = self.times.partition_point(|&(x, _)| x <= time);
-            self.times.insert(at, (time, id));
+        let until = newest.saturating_add(within);
+        let times = match &mut self.times {
+            Times::Heap(v) => {
+                let old = v.partition_point(|&(x, _)| x < cutoff);
+                v.drain(..old);
+                if time >= cutoff {
+                    let at = v.partition_point(|&(x, _)| x <= time);
+                    v.insert(at, (time, id));
+                }
+                // Back inline once it fits: a spilled window costs a
+                // second cache miss on every event that reaches it.
+                Times::inline(v, until)
+            }
+            Times::Inline { len, back, ids } => {
+                let mut kept: SmallVec<[(Millis, u32); INLINE + 1]> = back[..usize::from(*len)]
+                    .iter()
+                    .zip(ids.iter())
+                    .map(|(&b, &id)| (self.until - Millis::from(b), id))
+                    .filter(|&(x, _)| x >= cutoff)
+                    .collect();
+                if time >= cutoff {
+                    let at = kept.partition_point(|&(x, _)| x <= time);
+                    kept.insert(at, (time, id));
+                }
+                Some(Times::inline(&kept, until).unwrap_or_else(|| Times::Heap(kept.into_vec())))
+            }
+        };
+        if let Some(times) = times {
+            self.times = times;
         }
-        // Back inline once two or fewer are left: a spilled window costs
-        // a second cache miss on every event that reaches it.
-        if self.times.spilled() && self.times.len() <= self.times.inline_size() {
-            self.times.shrink_to_fit();
-        }
-        self.until = newest.saturating_add(within);
+        self.until = until;
     }
 }
 
@@ -242,26 +383,93 @@ mod tests {
     proptest! {
         /// Against the plain statement: after each event, the window holds
         /// every time so far that is no older than the newest minus
-        /// `within`, in order; and it is inline whenever two or fewer are.
+        /// `within`, in order, each with its id; it is inline whenever four
+        /// or fewer are and they fit 32 bits back from `until`; and its
+        /// stored row reads back as the same window. `within` reaches past
+        /// 24 days, where the times no longer fit inline.
         #[test]
         fn a_window_keeps_the_times_within_reach_of_the_newest(
-            within in 1i64..50,
-            times in prop::collection::vec(0i64..200, 1..40),
+            (within, times) in prop_oneof![
+                (1i64..50, prop::collection::vec(0i64..200, 1..40)),
+                (
+                    (1i64 << 31) - 50..(1i64 << 31) + 50,
+                    prop::collection::vec(0i64..(1i64 << 33), 1..40),
+                ),
+            ],
+            base in prop_oneof![Just(0i64), Just(1_780_000_000_000i64), Just(-5_000_000_000i64)],
         ) {
             let mut w = Window::default();
-            let mut seen: Vec<Millis> = Vec::new();
+            let mut seen: Vec<(Millis, u32)> = Vec::new();
             for (n, &t) in times.iter().enumerate() {
-                w.add(t, n as u64 + 1, within);
-                seen.push(t);
-                let newest = *seen.iter().max().unwrap();
-                let mut expected: Vec<Millis> =
-                    seen.iter().copied().filter(|&x| x >= newest - within).collect();
+                let (t, id) = (base + t, n as u32 + 1);
+                w.add(t, id, within);
+                seen.push((t, id));
+                let newest = seen.iter().map(|&(x, _)| x).max().unwrap();
+                let mut expected: Vec<(Millis, u32)> =
+                    seen.iter().copied().filter(|&(x, _)| x >= newest - within).collect();
+                expected.sort_by_key(|&(x, _)| x);
+                let kept: Vec<(Millis, u32)> = w.times().collect();
+                prop_assert_eq!(kept.iter().map(|&(x, _)| x).collect::<Vec<_>>(),
+                    expected.iter().map(|&(x, _)| x).collect::<Vec<_>>());
+                // Equal times keep their events, in either order.
+                let mut sorted = kept.clone();
+                sorted.sort();
                 expected.sort();
-                let kept: Vec<Millis> = w.times.iter().map(|&(x, _)| x).collect();
-                prop_assert_eq!(kept, expected);
+                prop_assert_eq!(&sorted, &expected);
                 prop_assert_eq!(w.until, newest + within);
-                prop_assert!(w.times.len() > 2 || !w.times.spilled());
+                prop_assert_eq!(w.len(), kept.len());
+                prop_assert_eq!(w.oldest(), kept.first().map(|&(x, _)| x));
+                let fits = kept.len() <= INLINE
+                    && kept.iter().all(|&(x, _)| w.until - x <= Millis::from(u32::MAX));
+                prop_assert_eq!(w.is_spilled(), !fits);
+
+                let mut out = Vec::new();
+                let mut windows = Windows::default();
+                windows.map.insert(7, Window::from_times(kept.clone(), w.until));
+                windows.snapshot(PartitionId::default(), &mut out);
+                let mut back = Windows::default();
+                let row = Row { table: StateTable::Windows, key: out[0].key.clone(), value: out[0].value.clone().unwrap() };
+                prop_assert!(back.restore(&row));
+                let again = back.map.get(7).unwrap();
+                prop_assert_eq!(again.times().collect::<Vec<_>>(), kept);
+                prop_assert_eq!(again.until, w.until);
+                prop_assert_eq!(again.is_spilled(), w.is_spilled());
             }
         }
+    }
+
+    #[test]
+    fn a_window_with_its_key_fills_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Window>(), 48);
+    }
+
+    /// Rows written before ids were narrowed to 32 bits (64-bit ids), and
+    /// before ids were kept at all (times only), read back.
+    #[test]
+    fn older_window_rows_read_back() {
+        let key = Enc::key(PartitionId::default()).u128(9).done();
+        let wide = u64::MAX - 6;
+        let row = Row {
+            table: StateTable::Windows,
+            key: key.clone(),
+            value: Enc::value()
+                .millis(700)
+                .millis(WITH_IDS)
+                .millis(100)
+                .millis(wide as Millis)
+                .done(),
+        };
+        let mut w = Windows::default();
+        assert!(w.restore(&row));
+        let got: Vec<_> = w.map.get(9).unwrap().times().collect();
+        assert_eq!(got, vec![(100, narrow_id(wide))]);
+        let row = Row {
+            table: StateTable::Windows,
+            key,
+            value: Enc::value().millis(700).millis(100).millis(200).done(),
+        };
+        assert!(w.restore(&row));
+        let got: Vec<_> = w.map.get(9).unwrap().times().collect();
+        assert_eq!(got, vec![(100, NO_ID), (200, NO_ID)]);
     }
 }
