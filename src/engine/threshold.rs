@@ -63,7 +63,7 @@ impl Windows {
                 w.times()
                     .fold(
                         Enc::value().millis(w.until).millis(WITH_IDS),
-                        |e, (t, id)| e.millis(t).millis(Millis::from(id)),
+                        |e, (t, id)| e.millis(t).millis(id as Millis),
                     )
                     .done()
             });
@@ -94,11 +94,10 @@ impl Windows {
                 with_ids = true;
                 continue;
             }
-            // Rows written before event ids were kept have times only;
-            // rows written before ids were kept in 32 bits hold 64.
+            // Rows written before event ids were kept have times only.
             let id = match with_ids {
                 true => match v.millis() {
-                    Some(id) => narrow_id(id as u64),
+                    Some(id) => id as u64,
                     None => return false,
                 },
                 false => NO_ID,
@@ -117,26 +116,19 @@ impl Windows {
 /// time no event has; older rows hold times only).
 const WITH_IDS: Millis = Millis::MIN;
 /// The id hash of an event without an id: never taken for a repeat.
-const NO_ID: u32 = 0;
+const NO_ID: u64 = 0;
 
-/// An event's id, hashed to 32 bits: a redelivered event (same id, same
-/// time) is recognised.
-fn id_hash(event: &Event) -> u32 {
+/// An event's id, hashed: a redelivered event (same id) is recognised.
+fn id_hash(event: &Event) -> u64 {
     match &event.id {
-        Some(id) => narrow_id(xxhash_rust::xxh3::xxh3_64(id.as_bytes())),
+        Some(id) => xxhash_rust::xxh3::xxh3_64(id.as_bytes()).max(1),
         None => NO_ID,
     }
 }
 
-/// A 64-bit id hash (as rows before the compact windows stored them) in
-/// the 32 bits a window keeps, never [`NO_ID`].
-fn narrow_id(h: u64) -> u32 {
-    (h as u32).max(1)
-}
-
-/// The times a window holds inline: up to four fit its 64-byte table
+/// The times a window holds inline: up to three fit its 64-byte table
 /// slot with the key and `until`.
-const INLINE: usize = 4;
+const INLINE: usize = 3;
 
 /// The times of one window since its last firing, sorted by event time,
 /// each with its event's id hash (for redeliveries).
@@ -147,7 +139,7 @@ pub(crate) struct Window {
     times: Times,
 }
 
-/// A window's times. Most windows hold one to four events, so they are
+/// A window's times. Most windows hold one to three events, so they are
 /// kept inline, each time as its distance back from `until` in 32 bits
 /// (a time the window keeps is at most `2 × within` back: no older than
 /// the newest minus `within`). The tables hold hundreds of thousands of
@@ -160,9 +152,9 @@ enum Times {
     Inline {
         len: u8,
         back: [u32; INLINE],
-        ids: [u32; INLINE],
+        ids: [u64; INLINE],
     },
-    Heap(Vec<(Millis, u32)>),
+    Heap(Vec<(Millis, u64)>),
 }
 
 impl Default for Times {
@@ -177,7 +169,7 @@ impl Default for Times {
 
 impl Window {
     /// A window of `times` (sorted), in whichever form they fit.
-    fn from_times(times: Vec<(Millis, u32)>, until: Millis) -> Window {
+    fn from_times(times: Vec<(Millis, u64)>, until: Millis) -> Window {
         let times = Times::inline(&times, until).unwrap_or(Times::Heap(times));
         Window { until, times }
     }
@@ -190,7 +182,7 @@ impl Window {
     }
 
     /// (event time, id hash), oldest first.
-    fn times(&self) -> impl Iterator<Item = (Millis, u32)> + '_ {
+    fn times(&self) -> impl Iterator<Item = (Millis, u64)> + '_ {
         let (inline, heap) = match &self.times {
             Times::Inline { len, back, ids } => {
                 let n = usize::from(*len);
@@ -217,7 +209,7 @@ impl Window {
 
 impl Times {
     /// The inline form of `times` (sorted) under `until`, when they fit.
-    fn inline(times: &[(Millis, u32)], until: Millis) -> Option<Times> {
+    fn inline(times: &[(Millis, u64)], until: Millis) -> Option<Times> {
         if times.len() > INLINE {
             return None;
         }
@@ -247,15 +239,9 @@ pub(super) fn on_trigger(
     let windows = &mut part.windows;
     let id = id_hash(event);
     let window = windows.map.get_or_default(k);
-    // A redelivered event (its id already in the window at its time) is
-    // one failure, not two: it does not count again. Ids are kept as
-    // 32-bit hashes, so two events are taken for one only when they also
-    // share the millisecond.
-    if id != NO_ID
-        && window
-            .times()
-            .any(|(at, seen)| seen == id && at == event.time)
-    {
+    // A redelivered event (an id already in the window) is one failure,
+    // not two: it does not count again.
+    if id != NO_ID && window.times().any(|(_, seen)| seen == id) {
         return;
     }
     windows.journal.note(k);
@@ -303,10 +289,10 @@ impl Window {
     /// Counts an event at `time` (id hash `id`) in a window `within` long:
     /// times older than the newest minus `within` leave, and `time` joins
     /// unless it is one of them.
-    fn add(&mut self, time: Millis, id: u32, within: Millis) {
+    fn add(&mut self, time: Millis, id: u64, within: Millis) {
         // Times that fall out of the window go before the new one comes
-        // in: a window then leaves its inline form only when five times
-        // are in it at once, not whenever a fifth arrives as the first
+        // in: a window then leaves its inline form only when four times
+        // are in it at once, not whenever a fourth arrives as the first
         // expires.
         let newest = self.newest().map_or(time, |x| x.max(time));
         let cutoff = newest.saturating_sub(within);
@@ -324,7 +310,7 @@ impl Window {
                 Times::inline(v, until)
             }
             Times::Inline { len, back, ids } => {
-                let mut kept: SmallVec<[(Millis, u32); INLINE + 1]> = back[..usize::from(*len)]
+                let mut kept: SmallVec<[(Millis, u64); INLINE + 1]> = back[..usize::from(*len)]
                     .iter()
                     .zip(ids.iter())
                     .map(|(&b, &id)| (self.until - Millis::from(b), id))
@@ -383,7 +369,7 @@ mod tests {
     proptest! {
         /// Against the plain statement: after each event, the window holds
         /// every time so far that is no older than the newest minus
-        /// `within`, in order, each with its id; it is inline whenever four
+        /// `within`, in order, each with its id; it is inline whenever three
         /// or fewer are and they fit 32 bits back from `until`; and its
         /// stored row reads back as the same window. `within` reaches past
         /// 24 days, where the times no longer fit inline.
@@ -399,16 +385,16 @@ mod tests {
             base in prop_oneof![Just(0i64), Just(1_780_000_000_000i64), Just(-5_000_000_000i64)],
         ) {
             let mut w = Window::default();
-            let mut seen: Vec<(Millis, u32)> = Vec::new();
+            let mut seen: Vec<(Millis, u64)> = Vec::new();
             for (n, &t) in times.iter().enumerate() {
-                let (t, id) = (base + t, n as u32 + 1);
+                let (t, id) = (base + t, n as u64 + 1);
                 w.add(t, id, within);
                 seen.push((t, id));
                 let newest = seen.iter().map(|&(x, _)| x).max().unwrap();
-                let mut expected: Vec<(Millis, u32)> =
+                let mut expected: Vec<(Millis, u64)> =
                     seen.iter().copied().filter(|&(x, _)| x >= newest - within).collect();
                 expected.sort_by_key(|&(x, _)| x);
-                let kept: Vec<(Millis, u32)> = w.times().collect();
+                let kept: Vec<(Millis, u64)> = w.times().collect();
                 prop_assert_eq!(kept.iter().map(|&(x, _)| x).collect::<Vec<_>>(),
                     expected.iter().map(|&(x, _)| x).collect::<Vec<_>>());
                 // Equal times keep their events, in either order.
@@ -443,8 +429,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<Window>(), 48);
     }
 
-    /// Rows written before ids were narrowed to 32 bits (64-bit ids), and
-    /// before ids were kept at all (times only), read back.
+    /// Rows written before ids were kept (times only) read back; rows
+    /// with ids keep them whole.
     #[test]
     fn older_window_rows_read_back() {
         let key = Enc::key(PartitionId::default()).u128(9).done();
@@ -462,7 +448,7 @@ mod tests {
         let mut w = Windows::default();
         assert!(w.restore(&row));
         let got: Vec<_> = w.map.get(9).unwrap().times().collect();
-        assert_eq!(got, vec![(100, narrow_id(wide))]);
+        assert_eq!(got, vec![(100, wide)]);
         let row = Row {
             table: StateTable::Windows,
             key,
