@@ -206,21 +206,38 @@ mod mp {
     /// [`super::project`] as it serializes, written straight from the
     /// source by its [`Plan`]: the same map, member for member, without
     /// building it first.
+    ///
+    /// The plan's members that are present are written as they are found,
+    /// in its (the map's) order. How many there are is known only then, so
+    /// the map's header goes first as a one-byte placeholder, set after
+    /// (a fixmap, up to 15 members) or widened in place (past 15, rare).
+    /// Gathering the members first, to count them, cost a fifth of the
+    /// encoding.
     pub(super) fn projected(buf: &mut Vec<u8>, src: Members<'_>, plan: &Plan) -> Option<()> {
-        // The plan's members that are present, in its (the map's) order.
-        let present: smallvec::SmallVec<[(&String, MemberValue<'_>, Option<&Plan>); 8]> = plan
-            .members
-            .iter()
-            .filter_map(|(name, below)| src.get(name).map(|v| (name, v, below.as_ref())))
-            .collect();
-        enc::write_map_len(buf, len(present.len())?).ok()?;
-        for (name, v, below) in present {
+        let header = buf.len();
+        buf.push(0);
+        let mut present = 0usize;
+        for (name, below) in &plan.members {
+            let Some(v) = src.get(name) else {
+                continue;
+            };
+            present += 1;
             enc::write_str(buf, name).ok()?;
             // A path that ends here, or a non-object on the way, keeps it whole.
             match (v.object(), below) {
                 (Some(obj), Some(plan)) => projected(buf, obj, plan)?,
                 _ => member(buf, &v)?,
             }
+        }
+        let mut head = [0u8; 5];
+        let unused = {
+            let mut w = &mut head[..];
+            enc::write_map_len(&mut w, len(present)?).ok()?;
+            w.len()
+        };
+        match head[..head.len() - unused] {
+            [fixmap] => buf[header] = fixmap,
+            ref wide => drop(buf.splice(header..=header, wide.iter().copied())),
         }
         Some(())
     }
@@ -318,6 +335,41 @@ mod tests {
                     let whole = rmp_serde::to_vec(&(&e.customer, &e.id, e.payload())).unwrap();
                     assert_eq!(&*encode_trigger(&e, None), &whole[..]);
                 }
+            }
+        }
+    }
+
+    /// A map header is written before its members are counted: past 15
+    /// present members it is widened from one byte to three (map16), in
+    /// place, at every level.
+    #[test]
+    fn a_projection_of_many_members_widens_its_header() {
+        for present in [0usize, 1, 15, 16, 17, 40] {
+            let inner: serde_json::Map<String, Value> = (0..present)
+                .map(|i| (format!("m{i:02}"), json!(i)))
+                .collect();
+            let mut outer = inner.clone();
+            outer.insert("nested".into(), Value::Object(inner));
+            let payload = Value::Object(outer);
+            // Every member at both levels, and some that are missing.
+            let mut paths: Vec<String> = (0..present + 3)
+                .flat_map(|i| [format!("m{i:02}"), format!("nested.m{i:02}")])
+                .collect();
+            paths.push("nested".into());
+            let paths: Vec<FieldPath> =
+                paths.iter().map(|p| FieldPath::parse(p).unwrap()).collect();
+            let bytes = serde_json::to_vec(&payload).unwrap();
+            let tree = Event::new("k".into(), "c1".into(), 5, None, payload);
+            let in_place = Event::in_place("k".into(), "c1".into(), 5, None, &bytes).unwrap();
+            let expected =
+                rmp_serde::to_vec(&(&tree.customer, &tree.id, project(tree.payload(), &paths)))
+                    .unwrap();
+            for e in [&tree, &in_place] {
+                assert_eq!(
+                    &*encode_trigger(e, Some(&Plan::new(&paths))),
+                    &expected[..],
+                    "{present}"
+                );
             }
         }
     }
