@@ -241,7 +241,7 @@ pub(super) fn on_trigger(
     let window = windows.map.get_or_default(k);
     // A redelivered event (an id already in the window) is one failure,
     // not two: it does not count again.
-    if id != NO_ID && window.times().any(|(_, seen)| seen == id) {
+    if id != NO_ID && window.holds_id(id) {
         return;
     }
     windows.journal.note(k);
@@ -278,6 +278,15 @@ impl Window {
                 Some(self.until - Millis::from(back[usize::from(*len) - 1]))
             }
             Times::Heap(v) => v.last().map(|&(t, _)| t),
+        }
+    }
+
+    /// Whether an event with id hash `id` is held, whatever its time: its
+    /// ids alone are read, without working out the times beside them.
+    fn holds_id(&self, id: u64) -> bool {
+        match &self.times {
+            Times::Inline { len, ids, .. } => ids[..usize::from(*len)].contains(&id),
+            Times::Heap(v) => v.iter().any(|&(_, seen)| seen == id),
         }
     }
 
@@ -409,6 +418,9 @@ mod tests {
                 prop_assert_eq!(w.until, newest + within);
                 prop_assert_eq!(w.len(), kept.len());
                 prop_assert_eq!(w.oldest(), kept.first().map(|&(x, _)| x));
+                for &(_, id) in &seen {
+                    prop_assert_eq!(w.holds_id(id), kept.iter().any(|&(_, k)| k == id));
+                }
                 let fits = kept.len() <= INLINE
                     && kept.iter().all(|&(x, _)| w.until - x <= Millis::from(u32::MAX));
                 prop_assert_eq!(w.is_spilled(), !fits);
