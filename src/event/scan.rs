@@ -478,7 +478,7 @@ impl<'a> Scanner<'a> {
             self.ws();
             let at = self.i;
             let node = self.open(start, end);
-            self.value(1)?;
+            self.member_value(1)?;
             self.close(node);
             each(key, self.text(at, self.i))?;
             self.ws();
@@ -522,6 +522,18 @@ impl<'a> Scanner<'a> {
             m.next = next;
             m.plain = plain;
         }
+    }
+
+    /// [`Scanner::value`], with a string (most values: every id, type,
+    /// time and name) scanned here rather than through the call.
+    #[inline(always)]
+    fn member_value(&mut self, depth: usize) -> Option<()> {
+        if self.peek() == Some(b'"') {
+            let (_, _, escaped) = self.string()?;
+            self.plain = !escaped;
+            return Some(());
+        }
+        self.value(depth)
     }
 
     /// Skips one value, checking it.
@@ -571,7 +583,7 @@ impl<'a> Scanner<'a> {
                 self.ws();
                 node = self.open(start, end);
             }
-            self.value(depth + 1)?;
+            self.member_value(depth + 1)?;
             self.close(node);
             self.ws();
             match self.peek()? {
