@@ -553,10 +553,21 @@ impl<'a> Scalar<'a> {
         }
     }
 
+    /// The value at node `i`. A string without escapes, the most common
+    /// value, is answered here, inline where it is asked for; the rest
+    /// (numbers, objects, escapes) in [`Scalar::of_doc_rest`], whose
+    /// number reading needs enough registers that entering and leaving it
+    /// cost more than a string's whole answer.
+    #[inline(always)]
     fn of_doc(d: scan::DocRef<'a>, i: usize) -> Scalar<'a> {
-        if let Some(s) = d.plain_str(i) {
-            return Scalar::Str(Cow::Borrowed(s));
+        match d.plain_str(i) {
+            Some(s) => Scalar::Str(Cow::Borrowed(s)),
+            None => Scalar::of_doc_rest(d, i),
         }
+    }
+
+    #[inline(never)]
+    fn of_doc_rest(d: scan::DocRef<'a>, i: usize) -> Scalar<'a> {
         match d.children(i) {
             Some(level) => Scalar::Object(Object(ObjectIn::Doc(d, level))),
             None => Scalar::of_raw(d.raw(i)).unwrap_or(Scalar::Null),
