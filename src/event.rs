@@ -747,24 +747,39 @@ impl EventSchema {
 /// The field at `path` of a record in place, for the envelope. An array on
 /// the way is parsed and walked; a container found there is reported as
 /// [`Scalar::Array`] (the envelope only asks whether a value is a scalar).
+///
+/// Inline where the envelope asks (four times per event); an array on the
+/// way, which parses JSON, is [`doc_field_below`], apart, so that its
+/// registers are saved and restored only when it runs.
+#[inline(always)]
 fn doc_field<'a>(d: scan::DocRef<'a>, path: &FieldPath) -> Option<Scalar<'a>> {
     match d.lookup(path) {
         scan::Found::At(i) => Some(Scalar::of_doc(d, i)),
         scan::Found::Missing => None,
-        scan::Found::Below(i, rest) => {
-            let v: Value = serde_json::from_str(d.raw(i)).ok()?;
-            let segs = path.segments();
-            // Built per record: not numbered (nothing remembers it).
-            let tail = FieldPath::with_id(segs[segs.len() - rest..].to_vec(), u32::MAX);
-            Some(match tail.get(&v)? {
-                Value::String(s) => Scalar::Str(Cow::Owned(s.clone())),
-                Value::Number(n) => Scalar::of_number(n),
-                Value::Bool(b) => Scalar::Bool(*b),
-                Value::Null => Scalar::Null,
-                Value::Object(_) | Value::Array(_) => Scalar::Array,
-            })
-        }
+        scan::Found::Below(i, rest) => doc_field_below(d, path, i, rest),
     }
+}
+
+/// [`doc_field`] when the value at node `i` is not an object and `rest`
+/// segments of `path` remain below it.
+#[inline(never)]
+fn doc_field_below<'a>(
+    d: scan::DocRef<'a>,
+    path: &FieldPath,
+    i: usize,
+    rest: usize,
+) -> Option<Scalar<'a>> {
+    let v: Value = serde_json::from_str(d.raw(i)).ok()?;
+    let segs = path.segments();
+    // Built per record: not numbered (nothing remembers it).
+    let tail = FieldPath::with_id(segs[segs.len() - rest..].to_vec(), u32::MAX);
+    Some(match tail.get(&v)? {
+        Value::String(s) => Scalar::Str(Cow::Owned(s.clone())),
+        Value::Number(n) => Scalar::of_number(n),
+        Value::Bool(b) => Scalar::Bool(*b),
+        Value::Null => Scalar::Null,
+        Value::Object(_) | Value::Array(_) => Scalar::Array,
+    })
 }
 
 impl Envelope {

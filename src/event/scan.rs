@@ -184,7 +184,10 @@ impl<'a> DocRef<'a> {
             .map(|i| self.raw(i))
     }
 
-    /// Follows `path` from the record's top level.
+    /// Follows `path` from the record's top level. Inlined where it is
+    /// asked (the envelope's fields, a path's first reading in an event):
+    /// a call's entry and exit were a tenth of its cost.
+    #[inline]
     pub(crate) fn lookup(&self, path: &super::FieldPath) -> Found {
         let mut level = self.top();
         let mut at = None;
