@@ -334,7 +334,27 @@ impl Event {
     /// The value at `path` as conditions read it: `Some(None)` when a
     /// member on the way is missing, `None` when a value on the way is not
     /// an object.
+    ///
+    /// A path this event has been asked for already (its memo knows where
+    /// it led) is answered inline where it is asked; a first reading, in
+    /// [`Event::field_first`], apart.
+    #[inline]
     pub fn field(&self, path: &FieldPath) -> Option<Option<Scalar<'_>>> {
+        if let Body::Record {
+            bytes, doc, memo, ..
+        } = &self.body
+        {
+            // The memo holds only paths `locate` looked up: never the root.
+            if let Some(at) = memo.get(path.id) {
+                let d = doc.on(bytes);
+                return Some(at.map(|i| Scalar::of_doc(d, i)));
+            }
+        }
+        self.field_first(path)
+    }
+
+    #[inline(never)]
+    fn field_first(&self, path: &FieldPath) -> Option<Option<Scalar<'_>>> {
         match &self.body {
             Body::Tree(v) => tree_field(v, path.segments()),
             Body::Record {
