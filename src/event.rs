@@ -344,7 +344,7 @@ impl Event {
             bytes, doc, memo, ..
         } = &self.body
         {
-            // The memo holds only paths `locate` looked up: never the root.
+            // The memo holds only paths `look_up` found: never the root.
             if let Some(at) = memo.get(path.id) {
                 let d = doc.on(bytes);
                 return Some(at.map(|i| Scalar::of_doc(d, i)));
@@ -353,6 +353,8 @@ impl Event {
         self.field_first(path)
     }
 
+    /// [`Event::field`] of a path the memo does not know (it was asked
+    /// first), or of the root, or on a tree.
     #[inline(never)]
     fn field_first(&self, path: &FieldPath) -> Option<Option<Scalar<'_>>> {
         match &self.body {
@@ -364,7 +366,8 @@ impl Event {
                 if path.segments().is_empty() {
                     return Some(Some(Scalar::Object(Object(ObjectIn::Doc(d, d.top())))));
                 }
-                match locate(d, memo, path) {
+                // `field` asked the memo already.
+                match look_up(d, memo, path) {
                     scan::Found::At(i) => Some(Some(Scalar::of_doc(d, i))),
                     scan::Found::Missing => Some(None),
                     scan::Found::Below(..) => None,
@@ -424,9 +427,15 @@ impl Event {
 
 /// Where `path` leads in a record, remembered in `memo`.
 fn locate(d: scan::DocRef<'_>, memo: &Memo, path: &FieldPath) -> scan::Found {
-    if let Some(at) = memo.get(path.id) {
-        return at.map_or(scan::Found::Missing, scan::Found::At);
+    match memo.get(path.id) {
+        Some(at) => at.map_or(scan::Found::Missing, scan::Found::At),
+        None => look_up(d, memo, path),
     }
+}
+
+/// Where `path` leads in a record whose `memo` does not know it yet,
+/// remembered there.
+fn look_up(d: scan::DocRef<'_>, memo: &Memo, path: &FieldPath) -> scan::Found {
     let found = d.lookup(path);
     match found {
         scan::Found::At(i) => memo.put(path.id, Some(i)),
