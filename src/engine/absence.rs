@@ -435,7 +435,7 @@ pub(super) fn closer_probe(
         }
     }
     // Most closers concern no open episode: hash without copying the key.
-    let hash = event_key_hash(&cx.key_prefix[idx as usize], rule, event)?;
+    let hash = event_key_hash(&cx.key_bufs[idx as usize], rule, event)?;
     part.episodes.prefetch(hash);
     Some(CloserProbe {
         idx,

@@ -882,30 +882,40 @@ notify = { channel = "email", template = "t" }
     assert_ne!(ids[0], ids[2]);
 }
 
+/// Key hashes taken from an event's fields in the rule's reused buffer
+/// agree with [`key_hash`] of the copied values, one after another: after
+/// a key long enough to spill the buffer to the heap, after a missing
+/// field, and with a rule id that alone is too long for its stack part.
 #[test]
 fn closer_key_hashes_match_trigger_key_hashes() {
-    let rules = DROPOFF.replace(
-        "within",
-        "key = [\"customer_id\", \"order.n\", \"flag\"]\nwithin",
-    );
-    let e = engine_for(&rules, None);
-    let rule = e.rules().rule(0);
-    for payload in [
-        json!({"order": {"n": 42}, "flag": true}),
-        json!({"order": {"n": "A-1"}, "flag": false}),
-        json!({"order": {"n": 1.5}, "flag": "x"}),
-    ] {
-        let event = ev("order_placed", "c1", 0, payload);
-        let values = rule.key_values(&event).unwrap();
-        assert_eq!(
-            event_key_hash(&key_prefix(rule), rule, &event),
-            Some(key_hash("episode", &rule.id, &values)),
-            "{values:?}"
-        );
+    let long = "n".repeat(300);
+    for id in ["checkout-dropoff", &"r".repeat(250)] {
+        let rules = DROPOFF
+            .replace(
+                "within",
+                "key = [\"customer_id\", \"order.n\", \"flag\"]\nwithin",
+            )
+            .replace("checkout-dropoff", id);
+        let e = engine_for(&rules, None);
+        let rule = e.rules().rule(0);
+        let buf = std::cell::RefCell::new(key_prefix(rule));
+        for payload in [
+            json!({"order": {"n": 42}, "flag": true}),
+            json!({"order": {"n": long}, "flag": true}),
+            json!({"order": {"n": "A-1"}, "flag": false}),
+            json!({"flag": true}),
+            json!({"order": {"n": 1.5}, "flag": "x"}),
+        ] {
+            let event = ev("order_placed", "c1", 0, payload);
+            let expected = rule
+                .key_values(&event)
+                .map(|values| key_hash("episode", &rule.id, &values));
+            assert_eq!(event_key_hash(&buf, rule, &event), expected, "{id}");
+        }
+        let missing = ev("order_placed", "c1", 0, json!({"flag": true}));
+        assert_eq!(rule.key_values(&missing), None);
+        assert_eq!(event_key_hash(&buf, rule, &missing), None);
     }
-    let missing = ev("order_placed", "c1", 0, json!({"flag": true}));
-    assert_eq!(event_key_hash(&key_prefix(rule), rule, &missing), None);
-    assert_eq!(rule.key_values(&missing), None);
 }
 
 // Durable state (SPEC 6): what `take_changes` hands the store is enough
