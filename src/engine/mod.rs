@@ -236,6 +236,54 @@ impl Partition {
     }
 }
 
+/// [`TypeRules`] by event type.
+struct Types {
+    rules: Vec<TypeRules>,
+    /// Each type, as `rules`.
+    names: Vec<String>,
+    /// Where each type's rules are in `rules`.
+    at: TypeMap<u32>,
+    /// Where the type [`Types::reads`] looked up last is (`u32::MAX`: it
+    /// found none).
+    last: std::cell::Cell<u32>,
+}
+
+impl Types {
+    fn new(types: Vec<(String, TypeRules)>) -> Types {
+        let (names, rules): (Vec<String>, Vec<TypeRules>) = types.into_iter().unzip();
+        Types {
+            at: names
+                .iter()
+                .enumerate()
+                .map(|(at, kind)| (kind.clone(), at as u32))
+                .collect(),
+            names,
+            rules,
+            last: std::cell::Cell::new(u32::MAX),
+        }
+    }
+
+    /// Whether some rule names `kind` (see [`Engine::reads`]).
+    fn reads(&self, kind: &str) -> bool {
+        let at = self.at.get(kind).copied();
+        self.last.set(at.unwrap_or(u32::MAX));
+        at.is_some()
+    }
+
+    /// The rules an event of type `kind` meets, if any. The daemon (as
+    /// replay, `forewarn test` and the benchmark) asks [`Engine::reads`]
+    /// while it decodes an event, then hands the event to
+    /// [`Engine::on_event`], which finds its type here: compared with the
+    /// one `reads` found, rather than hashed and looked up again.
+    fn get(&self, kind: &str) -> Option<&TypeRules> {
+        let last = self.last.get() as usize;
+        if self.names.get(last).is_some_and(|name| name == kind) {
+            return Some(&self.rules[last]);
+        }
+        self.at.get(kind).map(|&at| &self.rules[at as usize])
+    }
+}
+
 /// What an event of one type meets.
 struct TypeRules {
     /// Absence rules it may close (as [`RuleSet::closed_by`]).
@@ -356,7 +404,7 @@ pub struct Engine {
     rules: Arc<RuleSet>,
     /// Per event type that some enabled rule names: its rules and the
     /// fields their conditions read, found with one lookup per event.
-    by_type: TypeMap<TypeRules>,
+    types: Types,
     /// Per rule: the trigger fields an episode keeps, as the encoder
     /// walks them (None: all).
     plans: Vec<Option<project::Plan>>,
@@ -430,7 +478,7 @@ impl Engine {
         // `event_bindings` has an entry for every type an enabled rule
         // triggers on or closes on: exactly the keys of `triggered_by` and
         // `closed_by`.
-        let by_type = bindings
+        let types: Vec<(String, TypeRules)> = bindings
             .into_iter()
             .map(|(kind, bindings)| {
                 let closers = rules.closed_by(&kind).to_vec();
@@ -460,7 +508,7 @@ impl Engine {
                 .map(|r| std::cell::RefCell::new(key_prefix(r)))
                 .collect(),
             rules,
-            by_type,
+            types: Types::new(types),
             retain_class,
             plans,
             always_retain: always_retain.to_vec(),
@@ -481,7 +529,7 @@ impl Engine {
     /// keeps nothing of its payload (see
     /// [`crate::event::EventSchema::decode_lazy`]).
     pub fn reads(&self, kind: &str) -> bool {
-        self.by_type.contains_key(kind)
+        self.types.reads(kind)
     }
 
     /// Starts tracking a partition. Until it sees an event or goes idle, its
@@ -748,7 +796,7 @@ impl Engine {
             bindings,
             trigger_slots,
             closer_slots,
-        }) = self.by_type.get(event.kind.as_str())
+        }) = self.types.get(&event.kind)
         {
             let scope = LazyScope {
                 base: &self.cel,

@@ -882,6 +882,42 @@ notify = { channel = "email", template = "t" }
     assert_ne!(ids[0], ids[2]);
 }
 
+/// The rules an event type meets are the same whichever type `reads` was
+/// asked about last: that type (found again by its bytes), another one,
+/// one no rule names, or one too long to be kept.
+#[test]
+fn type_rules_do_not_depend_on_the_type_read_before() {
+    let long = "x".repeat(60);
+    let toml = format!(
+        "{DROPOFF}\n[[rule]]\nid = \"long\"\nkind = \"match\"\ntrigger = {{ event = \"{long}\" }}\nnotify = {{ channel = \"email\", template = \"t\" }}\n"
+    );
+    let e = engine_for(&toml, None);
+    let kinds = [
+        "checkout_started",
+        "order_placed",
+        "support_ticket_opened",
+        "page_view",
+        "checkout_starte",
+        long.as_str(),
+        "",
+    ];
+    let expected = |kind: &str| {
+        let triggers = e.rules().triggered_by(kind).to_vec();
+        let closers = e.rules().closed_by(kind).to_vec();
+        (!triggers.is_empty() || !closers.is_empty()).then_some((triggers, closers))
+    };
+    for before in kinds {
+        for kind in kinds {
+            assert_eq!(e.reads(before), expected(before).is_some(), "{before}");
+            let got = e
+                .types
+                .get(kind)
+                .map(|r| (r.triggers.clone(), r.closers.clone()));
+            assert_eq!(got, expected(kind), "{kind} after {before}");
+        }
+    }
+}
+
 /// Key hashes taken from an event's fields in the rule's reused buffer
 /// agree with [`key_hash`] of the copied values, one after another: after
 /// a key long enough to spill the buffer to the heap, after a missing
@@ -1435,7 +1471,7 @@ notify = {{ channel = "email", template = "t" }}
     ];
     let decide = |toml: &str| {
         let mut e = engine_for(toml, None);
-        let slots = e.by_type.get("page_view").unwrap().trigger_slots.clone();
+        let slots = e.types.get("page_view").unwrap().trigger_slots.clone();
         let mut out = Output::default();
         for event in &events {
             e.on_event(0, event, Clock::Virtual, &mut out);
