@@ -883,8 +883,9 @@ notify = { channel = "email", template = "t" }
 }
 
 /// The rules an event type meets are the same whichever type `reads` was
-/// asked about last: that type (found again by its bytes), another one,
-/// one no rule names, or one too long to be kept.
+/// asked about last: that type (found again by comparison), another one,
+/// one no rule names, a prefix of a named one, a long one, or the empty
+/// one.
 #[test]
 fn type_rules_do_not_depend_on_the_type_read_before() {
     let long = "x".repeat(60);
