@@ -1258,7 +1258,8 @@ fn key_prefix(rule: &Rule) -> KeyBuf {
 /// The key hash of an event for `rule`, straight from its fields (string
 /// values are borrowed, not copied); `None` when a key field is missing.
 /// `buf` holds the rule's [`key_prefix`]: the same hash as [`key_hash`]
-/// of its tag, id and key values. It is left holding the prefix alone.
+/// of its tag, id and key values. It is rewound to the prefix before the
+/// values go in, so whatever the last hash left after it does not count.
 fn event_key_hash(buf: &std::cell::RefCell<KeyBuf>, rule: &Rule, event: &Event) -> Option<u128> {
     use crate::rules::KeyField;
     let mut buf = buf.borrow_mut();
