@@ -917,7 +917,7 @@ fn feed(
     for (i, bytes) in stream.iter().take(limit).enumerate() {
         events += 1;
         // The daemon's path: the full payload only for types a rule names.
-        let event = match schema.decode_lazy(bytes, |kind| engine.reads(kind)) {
+        let event = match schema.decode_lazy(bytes, &|kind| engine.reads(kind)) {
             Ok(e) => e,
             Err(_) => {
                 tally.invalid += 1;
@@ -1151,7 +1151,7 @@ fn run_durable(
     let n = limit.min(stream.len());
     let start = Instant::now();
     for (i, bytes) in stream.iter().take(n).enumerate() {
-        if let Ok(event) = schema.decode_lazy(bytes, |kind| engine.reads(kind)) {
+        if let Ok(event) = schema.decode_lazy(bytes, &|kind| engine.reads(kind)) {
             let p = partition_of(&event.customer);
             engine.on_event(p, &event, Clock::Virtual, &mut out);
             let t = Instant::now();
@@ -1209,7 +1209,7 @@ fn run_decode(
     let watch = Stopwatch::start();
     for bytes in stream.iter().take(limit) {
         let decoded = match lazy {
-            Some(engine) => schema.decode_lazy(bytes, |kind| engine.reads(kind)),
+            Some(engine) => schema.decode_lazy(bytes, &|kind| engine.reads(kind)),
             // Shared as the engine path shares it (decode_lazy builds the
             // event in its Arc).
             None => schema.decode(bytes).map(Arc::new),

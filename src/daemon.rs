@@ -834,10 +834,14 @@ impl Pipeline {
     ) -> Result<(), Option<DaemonError>> {
         let topic = msg.topic();
         let engine = &self.engine;
-        let event = match self
+        // Decoded before the match: the closure is a temporary that the
+        // match would keep across its awaits (and it is not Sync).
+        let decoded = self
             .schema
-            .decode_lazy(msg.payload().unwrap_or_default(), |kind| engine.reads(kind))
-        {
+            .decode_lazy(msg.payload().unwrap_or_default(), &|kind| {
+                engine.reads(kind)
+            });
+        let event = match decoded {
             Ok(e) => e,
             Err(invalid) => {
                 self.metrics

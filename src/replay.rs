@@ -190,7 +190,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         }
         let event = match opts
             .schema
-            .decode_lazy(line.as_bytes(), |kind| engine.reads(kind))
+            .decode_lazy(line.as_bytes(), &|kind| engine.reads(kind))
         {
             Ok(e) => e,
             Err(e) => {

@@ -846,7 +846,7 @@ pub fn read_file(path: &Path, schema: &EventSchema, m: &mut Measure) -> Result<(
         if line.trim_ascii().is_empty() {
             continue;
         }
-        match schema.decode_lazy(&line, |_| false) {
+        match schema.decode_lazy(&line, &|_| false) {
             Ok(e) => m.observe(&e.kind, &e.customer, e.time),
             Err(e) => m.invalid(format!("line {n}: {e}")),
         }
@@ -987,7 +987,7 @@ pub fn read_kafka(
                         )
                     };
                     match msg.payload() {
-                        Some(bytes) => match schema.decode_lazy(bytes, |_| false) {
+                        Some(bytes) => match schema.decode_lazy(bytes, &|_| false) {
                             Ok(e) => m.observe(&e.kind, &e.customer, e.time),
                             Err(e) => m.invalid(format!("{}: {e}", at())),
                         },

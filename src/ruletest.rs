@@ -492,7 +492,7 @@ impl Suite<'_> {
         let mut notes = Vec::new();
         let mut last = test.start;
         for (label, bytes) in &test.events {
-            let event = match self.schema.decode_lazy(bytes, |kind| engine.reads(kind)) {
+            let event = match self.schema.decode_lazy(bytes, &|kind| engine.reads(kind)) {
                 Ok(e) => e,
                 Err(e) => {
                     notes.push(format!("{label} is invalid and was skipped: {e}"));
