@@ -249,6 +249,57 @@ async fn the_week_replayed_through_the_shipped_rules_shows_every_outcome_they_ca
     assert_eq!(report.still_open, 496);
 }
 
+/// The training rules of the profile-guided build (deploy/pgo/rules,
+/// replayed by deploy/pgo/build.sh over the same week) are there to reach
+/// the engine's code that the shipped rules leave out; code the training
+/// never runs is built as cold. So each of them must still load, fire in
+/// the week and render, and together they must cover every rule kind and
+/// the outcomes the shipped rules do not show.
+#[tokio::test]
+async fn every_training_rule_of_the_profile_guided_build_fires_in_the_week() {
+    let config = Config::load(&root().join(CONFIG)).unwrap_or_else(|e| panic!("{e}"));
+    let mut opts = options(&config, root().join(SAMPLE));
+    opts.rules_dir = root().join("deploy/pgo/rules");
+    // As build.sh replays it: time runs on past the longest deadline.
+    opts.until = Some(ms("2026-11-26T00:00:00Z"));
+    let report = replay(&opts).await.unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", report.table());
+
+    let loaded = forewarn::rules::load::load_rules(&opts.rules_dir, &Default::default())
+        .unwrap_or_else(|d| panic!("{d}"));
+    let kinds: std::collections::BTreeSet<&str> =
+        loaded.rules.rules.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert_eq!(report.outcomes.len(), loaded.rules.rules.len());
+    for (rule, counts) in &report.outcomes {
+        assert!(
+            counts.values().sum::<u64>() > 0,
+            "{rule} never fired in the week:\n{}",
+            report.table()
+        );
+    }
+    let total = |outcome: &str| -> u64 {
+        report
+            .outcomes
+            .values()
+            .filter_map(|c| c.get(outcome))
+            .sum()
+    };
+    for outcome in [
+        "sent",
+        "holdout",
+        "shadow",
+        "duplicate",
+        "cooldown",
+        "deferred",
+        "no_address",
+    ] {
+        assert!(total(outcome) > 0, "no {outcome} in\n{}", report.table());
+    }
+    assert_eq!(total("render_failed"), 0, "\n{}", report.table());
+    assert!(report.rule_errors.is_empty(), "{:?}", report.rule_errors);
+}
+
 fn ms(rfc3339: &str) -> i64 {
     rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond()
 }
