@@ -1,4 +1,6 @@
-//! Engine benchmark: `cargo bench --bench engine`.
+//! Engine benchmark: `cargo bench --bench engine`. `deploy/pgo/build.sh
+//! --bench` builds and runs it profile-guided, as the container image's
+//! binary is built (trained on the sample week, not on this stream).
 //!
 //! Prints figures, asserts nothing about speed. Single-threaded throughout.
 //!

@@ -834,8 +834,9 @@ impl Pipeline {
     ) -> Result<(), Option<DaemonError>> {
         let topic = msg.topic();
         let engine = &self.engine;
-        // Decoded before the match: the closure is a temporary that the
-        // match would keep across its awaits (and it is not Sync).
+        // Decoded before the match: the match would keep the closure's
+        // reference, a temporary, across its awaits, and a `&dyn Fn` is
+        // not Send.
         let decoded = self
             .schema
             .decode_lazy(msg.payload().unwrap_or_default(), &|kind| {

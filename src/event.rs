@@ -691,7 +691,8 @@ impl EventSchema {
     /// generic was compiled once per caller, and the profile-guided build
     /// (deploy/pgo/) trains through replay: the daemon's copy never ran in
     /// training and was built as cold code, and the benchmark's had no
-    /// profile (decode alone 25% slower than without one).
+    /// profile (decode alone 25% slower than in the build without a
+    /// profile).
     pub fn decode_lazy(
         &self,
         bytes: &[u8],
