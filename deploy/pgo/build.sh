@@ -71,12 +71,12 @@ trained="$dir/instrumented/$host/release/forewarn"
 # ---- 2. training ---------------------------------------------------------------
 log "2/3 training: the sample week through the shipped and the training rules"
 rm -rf "$dir/profraw" "$dir/replay-out"
+week=(--events rules/samples/week.jsonl.gz --config rules/samples/week.toml
+  --rules rules --out "$dir/replay-out")
 {
   # --until lets the training rules' later deadlines (two days) pass.
-  "$trained" replay --events rules/samples/week.jsonl.gz --config rules/samples/week.toml \
-    --rules rules --compare deploy/pgo/rules --out "$dir/replay-out" --until 2026-11-26T00:00:00Z
-  "$trained" replay --events rules/samples/week.jsonl.gz --config rules/samples/week.toml \
-    --rules rules --out "$dir/replay-out" --report "$dir/training-report.html"
+  "$trained" replay "${week[@]}" --compare deploy/pgo/rules --until 2026-11-26T00:00:00Z
+  "$trained" replay "${week[@]}" --report "$dir/training-report.html"
   "$trained" check rules
   "$trained" test rules
 } >"$dir/training.txt"
