@@ -44,10 +44,11 @@ const CHUNK: usize = 1 << CHUNK_BITS;
 /// The episodes' slots, in chunks of [`CHUNK`] that never move: the slab
 /// grows by a chunk, not by copying itself into an allocation half as
 /// large again, so no slot is copied and no page is filled twice. (A
-/// growing `Vec` took 1.5% of a fresh engine's samples in the benchmark,
-/// the kernel zeroing each new allocation's pages and the old slots
-/// copied into them; the chunks take 0.4%. Finding a slot's chunk costs
-/// 0.2% more instructions.) The first chunk alone grows as a `Vec`
+/// growing `Vec` took most of the 1.5% of a fresh engine's samples in
+/// the benchmark that went to growing allocations under `insert`, the
+/// kernel zeroing each new allocation's pages and the old slots copied
+/// into them; 0.4% with the chunks. Finding a slot's chunk costs 0.2%
+/// more instructions.) The first chunk alone grows as a `Vec`
 /// does, by half, so a partition with a few episodes keeps a few slots.
 #[derive(Debug, Default)]
 struct Slab {
