@@ -52,13 +52,15 @@ const CHUNK: usize = 1 << CHUNK_BITS;
 /// does, by half, so a partition with a few episodes keeps a few slots.
 #[derive(Debug, Default)]
 struct Slab {
+    /// Every chunk but the last is full.
     chunks: Vec<Vec<Slot>>,
-    len: usize,
 }
 
 impl Slab {
     fn len(&self) -> usize {
-        self.len
+        self.chunks
+            .last()
+            .map_or(0, |last| (self.chunks.len() - 1) * CHUNK + last.len())
     }
 
     fn push(&mut self, slot: Slot) {
@@ -80,7 +82,6 @@ impl Slab {
             last.reserve_exact(more);
         }
         last.push(slot);
-        self.len += 1;
     }
 
     #[cfg(test)]
