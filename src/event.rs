@@ -18,6 +18,8 @@ use serde_json::Value;
 
 mod scan;
 
+pub(crate) use scan::key_word;
+
 /// A dotted path into a JSON object, parsed once (`customer.id` → ["customer", "id"]).
 /// Paths are equal when their segments are.
 #[derive(Debug, Clone)]
@@ -469,11 +471,17 @@ impl<'a> Members<'a> {
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<MemberValue<'a>> {
+        self.get_by_word(key, scan::key_word(key.as_bytes()))
+    }
+
+    /// [`Members::get`] with the key's [`key_word`] worked out already.
+    #[inline]
+    pub(crate) fn get_by_word(&self, key: &str, word: u64) -> Option<MemberValue<'a>> {
         match self {
             Members::Empty => None,
             Members::Tree(m) => m.get(key).map(MemberValue::Tree),
             Members::Doc(d, level) => d
-                .find(level.clone(), key, scan::key_word(key.as_bytes()))
+                .find(level.clone(), key, word)
                 .map(|i| MemberValue::Doc(*d, i)),
         }
     }
