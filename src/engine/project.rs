@@ -182,7 +182,7 @@ mod mp {
 
     /// A string as `rmp::encode::write_str` writes it (the shortest of
     /// fixstr, str8, str16 and str32), straight into the buffer: rmp's
-    /// generic writer took some 70 instructions a string, a tenth of a
+    /// generic writer took some 70 instructions a string, a third of a
     /// stored trigger's encoding.
     #[inline]
     pub(super) fn str(buf: &mut Vec<u8>, s: &str) -> Option<()> {
@@ -475,7 +475,7 @@ mod tests {
     }
 
     /// Strings at each edge of MessagePack's length classes are written as
-    /// rmp writes them (the property test below reaches past 255 bytes,
+    /// rmp writes them (the property test above reaches past 255 bytes,
     /// not past 65,535).
     #[test]
     fn strings_are_written_as_rmp_writes_them() {
