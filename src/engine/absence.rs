@@ -537,8 +537,9 @@ pub(super) fn on_closer(
     // `trigger` is only decoded for conditions that name it.
     let needs_trigger = cx.closer_reads_trigger[idx as usize];
     // Conditions that name `trigger` run in CEL with the stored trigger
-    // decoded; the others may take the fast path.
-    let closes = |trigger: &[u8], start: Millis, out: &mut Output| {
+    // decoded; the others may take the fast path. (The trigger is not
+    // touched otherwise: its bytes are far from the slot, and cold.)
+    let closes = |trigger: &SharedBytes, start: Millis, out: &mut Output| {
         if closes_every_episode {
             return true;
         }
