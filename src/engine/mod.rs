@@ -277,8 +277,19 @@ impl Types {
         }
     }
 
-    /// Whether some rule names `kind` (see [`Engine::reads`]).
+    /// Whether some rule names `kind` (see [`Engine::reads`]). The type
+    /// found last is compared first: events of one type often come in a
+    /// row (most are page views), and a comparison of words costs less
+    /// than a hash and the map's `memcmp` call.
     fn reads(&self, kind: &str) -> bool {
+        let last = self.last.get() as usize;
+        if self
+            .names
+            .get(last)
+            .is_some_and(|name| crate::event::same_text(name, kind))
+        {
+            return true;
+        }
         let at = self.at.get(kind).copied();
         self.last.set(at.unwrap_or(u32::MAX));
         at.is_some()
@@ -291,7 +302,11 @@ impl Types {
     /// one `reads` found, rather than hashed and looked up again.
     fn get(&self, kind: &str) -> Option<&TypeRules> {
         let last = self.last.get() as usize;
-        if self.names.get(last).is_some_and(|name| name == kind) {
+        if self
+            .names
+            .get(last)
+            .is_some_and(|name| crate::event::same_text(name, kind))
+        {
             return Some(&self.rules[last]);
         }
         self.at.get(kind).map(|&at| &self.rules[at as usize])
