@@ -135,11 +135,35 @@ pub(crate) fn member<'a>(m: &'a serde_json::Map<String, Value>, key: &str) -> Op
 }
 
 /// `a == b`, without a call to `memcmp` for short texts (field names,
-/// event types), where the call costs more than the comparison: up to 16
-/// bytes are compared as two overlapping words.
+/// event types, page paths), where the call costs more than the
+/// comparison: up to 16 bytes are compared as two overlapping words, up to
+/// 32 as four.
 #[inline(always)]
 pub(crate) fn same_text(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+    same_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// Whether `s` starts with `prefix`, as [`str::starts_with`] (a byte
+/// prefix), compared as [`same_text`] compares.
+#[inline(always)]
+pub(crate) fn text_starts_with(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| same_bytes(head, prefix.as_bytes()))
+}
+
+/// Whether `s` ends with `suffix`, as [`str::ends_with`] (a byte
+/// suffix), compared as [`same_text`] compares.
+#[inline(always)]
+pub(crate) fn text_ends_with(s: &str, suffix: &str) -> bool {
+    s.len()
+        .checked_sub(suffix.len())
+        .is_some_and(|at| same_bytes(&s.as_bytes()[at..], suffix.as_bytes()))
+}
+
+/// [`same_text`] of bytes.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;
@@ -150,6 +174,13 @@ pub(crate) fn same_text(a: &str, b: &str) -> bool {
         0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
         4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
         8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        // The first 16 bytes and the last 16, which overlap or meet.
+        17..=32 => {
+            word(a, 0) == word(b, 0)
+                && word(a, 8) == word(b, 8)
+                && word(a, n - 16) == word(b, n - 16)
+                && word(a, n - 8) == word(b, n - 8)
+        }
         _ => a == b,
     }
 }
@@ -1114,7 +1145,7 @@ mod tests {
         /// for equal texts and texts differing in any one byte.
         #[test]
         fn same_text_is_equality(
-            a in "[a-c_é]{0,20}",
+            a in "[a-c_é]{0,40}",
             flip in proptest::option::of(0usize..40),
         ) {
             let mut b = a.clone().into_bytes();
@@ -1126,6 +1157,33 @@ mod tests {
                 proptest::prop_assert_eq!(same_text(&a, &b), a == b);
                 let shorter = &a[..a.char_indices().last().map_or(0, |(i, _)| i)];
                 proptest::prop_assert_eq!(same_text(&a, shorter), a == shorter);
+            }
+        }
+
+        /// `text_starts_with` and `text_ends_with` are `str`'s, for every
+        /// prefix and suffix of a text (at every length around the word
+        /// sizes), each also with one byte changed, and for texts longer
+        /// than the one they are tested on.
+        #[test]
+        fn text_starts_and_ends_with_are_strs(
+            s in "[a-c/é-]{0,40}",
+            flip in 0usize..80,
+        ) {
+            let cuts = (0..=s.len()).filter(|&i| s.is_char_boundary(i));
+            for at in cuts {
+                for part in [&s[..at], &s[at..]] {
+                    let mut changed = part.to_string().into_bytes();
+                    if !changed.is_empty() {
+                        let i = flip % changed.len();
+                        changed[i] = if changed[i] == b'a' { b'b' } else { b'a' };
+                    }
+                    let changed = String::from_utf8(changed).unwrap_or_default();
+                    let longer = format!("{s}x");
+                    for p in [part, changed.as_str(), longer.as_str()] {
+                        proptest::prop_assert_eq!(text_starts_with(&s, p), s.starts_with(p));
+                        proptest::prop_assert_eq!(text_ends_with(&s, p), s.ends_with(p));
+                    }
+                }
             }
         }
     }

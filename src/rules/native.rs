@@ -188,8 +188,8 @@ impl Node {
             Node::Str(path, f, arg) => match event.field(path)? {
                 None => Tri::Missing,
                 Some(Scalar::Str(s)) => match f {
-                    StrFn::StartsWith => s.starts_with(arg.as_str()),
-                    StrFn::EndsWith => s.ends_with(arg.as_str()),
+                    StrFn::StartsWith => crate::event::text_starts_with(&s, arg),
+                    StrFn::EndsWith => crate::event::text_ends_with(&s, arg),
                     StrFn::Contains => s.contains(arg.as_str()),
                 }
                 .into(),
