@@ -282,12 +282,7 @@ impl Types {
     /// row (most are page views), and a comparison of words costs less
     /// than a hash and the map's `memcmp` call.
     fn reads(&self, kind: &str) -> bool {
-        let last = self.last.get() as usize;
-        if self
-            .names
-            .get(last)
-            .is_some_and(|name| crate::event::same_text(name, kind))
-        {
+        if self.found_last(kind).is_some() {
             return true;
         }
         let at = self.at.get(kind).copied();
@@ -301,15 +296,20 @@ impl Types {
     /// [`Engine::on_event`], which finds its type here: compared with the
     /// one `reads` found, rather than hashed and looked up again.
     fn get(&self, kind: &str) -> Option<&TypeRules> {
-        let last = self.last.get() as usize;
-        if self
-            .names
-            .get(last)
-            .is_some_and(|name| crate::event::same_text(name, kind))
-        {
+        if let Some(last) = self.found_last(kind) {
             return Some(&self.rules[last]);
         }
         self.at.get(kind).map(|&at| &self.rules[at as usize])
+    }
+
+    /// Where `kind` is, if it is the type [`Types::reads`] found last
+    /// (compared as words: no hash, no `memcmp` call).
+    fn found_last(&self, kind: &str) -> Option<usize> {
+        let last = self.last.get() as usize;
+        self.names
+            .get(last)
+            .is_some_and(|name| crate::event::same_text(name, kind))
+            .then_some(last)
     }
 }
 

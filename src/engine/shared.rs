@@ -104,11 +104,12 @@ impl SharedBytes {
 /// size classes are a word apart), so that every length of one rounded
 /// size can reuse the same pooled blocks.
 fn layout(len: usize) -> Layout {
-    Layout::from_size_align(
-        (std::mem::size_of::<Head>() + len).next_multiple_of(WORD),
-        std::mem::align_of::<Head>(),
-    )
-    .expect("a layout under 4 GiB")
+    block((std::mem::size_of::<Head>() + len).next_multiple_of(WORD))
+}
+
+/// A block of `size` bytes, aligned for the head.
+fn block(size: usize) -> Layout {
+    Layout::from_size_align(size, std::mem::align_of::<Head>()).expect("a layout under 4 GiB")
 }
 
 const WORD: usize = 8;
@@ -163,8 +164,7 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         for (words, list) in self.sizes.iter_mut().enumerate() {
-            let layout = Layout::from_size_align((words + 1) * WORD, std::mem::align_of::<Head>())
-                .expect("a small layout");
+            let layout = block((words + 1) * WORD);
             for head in list.drain(..) {
                 // SAFETY: pooled blocks have no owner; allocated with the
                 // layout of their size.
@@ -172,23 +172,6 @@ impl Drop for Pool {
             }
         }
     }
-}
-
-/// Takes one owner off the block at `head`: its length when that was the
-/// last owner (the block is then the caller's to reuse or free).
-///
-/// # Safety
-/// `head` is a counted block (not [`EMPTY`]) with an owner the caller
-/// gives up.
-unsafe fn last_owner(head: NonNull<Head>) -> Option<usize> {
-    // SAFETY: the caller's owner keeps the block alive until this.
-    let h = unsafe { head.as_ref() };
-    if h.count.fetch_sub(1, Ordering::Release) != 1 {
-        return None;
-    }
-    // As `Arc`'s drop: every other owner's use happens before the reuse.
-    fence(Ordering::Acquire);
-    Some(h.len as usize)
 }
 
 impl Default for SharedBytes {
@@ -226,14 +209,13 @@ impl Clone for SharedBytes {
 
 impl Drop for SharedBytes {
     fn drop(&mut self) {
-        if self.is_static() {
+        if self.is_static() || self.head().count.fetch_sub(1, Ordering::Release) != 1 {
             return;
         }
-        // SAFETY: this owner is given up here.
-        let Some(len) = (unsafe { last_owner(self.0) }) else {
-            return;
-        };
-        let head = self.0;
+        // As `Arc`'s drop: every other owner's use happens before the block
+        // is reused or freed.
+        fence(Ordering::Acquire);
+        let (head, len) = (self.0, self.head().len as usize);
         // Pooled (see the module documentation); on a thread whose pool is
         // already gone (its exit), freed.
         if !POOL
