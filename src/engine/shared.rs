@@ -62,12 +62,12 @@ impl SharedBytes {
             return SharedBytes::default();
         }
         let len = u32::try_from(bytes.len()).expect("shared bytes are less than 4 GiB");
+        let layout = layout(bytes.len());
         let head = POOL
-            .try_with(|pool| pool.borrow_mut().take(bytes.len()))
+            .try_with(|pool| pool.borrow_mut().take(layout.size()))
             .ok()
             .flatten()
             .unwrap_or_else(|| {
-                let layout = layout(bytes.len());
                 // SAFETY: the layout has a non-zero size (the head).
                 NonNull::new(unsafe { alloc(layout) }.cast::<Head>())
                     .unwrap_or_else(|| handle_alloc_error(layout))
@@ -143,15 +143,16 @@ impl Pool {
         self.sizes.get_mut(size / WORD - 1)
     }
 
-    /// A block that fits `len` bytes after the head, if one is pooled.
-    fn take(&mut self, len: usize) -> Option<NonNull<Head>> {
-        self.list(layout(len).size())?.pop()
+    /// A pooled block of `size` bytes (a [`layout`]'s size), if any.
+    fn take(&mut self, size: usize) -> Option<NonNull<Head>> {
+        self.list(size)?.pop()
     }
 
-    /// Keeps `head`, a block of `len` bytes that nobody owns, for reuse:
-    /// false when its size is not pooled or its list is full.
-    fn keep(&mut self, head: NonNull<Head>, len: usize) -> bool {
-        match self.list(layout(len).size()) {
+    /// Keeps `head`, a block of `size` bytes (a [`layout`]'s size) that
+    /// nobody owns, for reuse: false when its size is not pooled or its
+    /// list is full.
+    fn keep(&mut self, head: NonNull<Head>, size: usize) -> bool {
+        match self.list(size) {
             Some(list) if list.len() < POOL_PER_SIZE => {
                 list.push(head);
                 true
@@ -215,15 +216,15 @@ impl Drop for SharedBytes {
         // As `Arc`'s drop: every other owner's use happens before the block
         // is reused or freed.
         fence(Ordering::Acquire);
-        let (head, len) = (self.0, self.head().len as usize);
+        let (head, layout) = (self.0, layout(self.head().len as usize));
         // Pooled (see the module documentation); on a thread whose pool is
         // already gone (its exit), freed.
         if !POOL
-            .try_with(|pool| pool.borrow_mut().keep(head, len))
+            .try_with(|pool| pool.borrow_mut().keep(head, layout.size()))
             .unwrap_or(false)
         {
             // SAFETY: the last owner; allocated with this layout.
-            unsafe { dealloc(head.as_ptr().cast::<u8>(), layout(len)) }
+            unsafe { dealloc(head.as_ptr().cast::<u8>(), layout) }
         }
     }
 }
