@@ -336,7 +336,7 @@ impl Event {
         bytes: &[u8],
     ) -> Option<Event> {
         let mut doc = scan::Doc::default();
-        scan::object(bytes, &mut doc)?;
+        scan::object(bytes, &mut doc, scan::Watch::NONE)?;
         Some(Event {
             kind,
             customer,
@@ -745,20 +745,37 @@ impl EventSchema {
             static SCRATCH: std::cell::RefCell<scan::Doc> = std::cell::RefCell::default();
         }
         SCRATCH.with_borrow_mut(|doc| {
-            let Some(()) = scan::object(bytes, doc) else {
+            // The envelope's members are noted as the scan passes them.
+            let watch = scan::Watch::of([
+                Some(&self.kind),
+                Some(&self.customer),
+                Some(&self.time),
+                self.id.as_ref(),
+            ]);
+            let Some(()) = scan::object(bytes, doc, watch) else {
                 // Not an object, not JSON, or what the scanner leaves to
                 // serde_json: the full parse decides (and names the problem).
                 return self.decode(bytes).map(Arc::new);
             };
             let d = doc.on(bytes);
-            let env = self.envelope(|path| doc_field(d, path))?;
+            // Where the envelope's paths led is remembered for the rules,
+            // which read the customer (their keys) and the type again.
+            let memo = Memo::default();
+            // Each in its place in the watch list.
+            let field = |j, path| doc_field(d, &memo, doc.watched(d, j, path), path);
+            let env = self.envelope([
+                field(0, &self.kind),
+                field(1, &self.customer),
+                field(2, &self.time),
+                self.id.as_ref().and_then(|path| field(3, path)),
+            ])?;
             let body = match read(&env.kind) {
                 false => Body::Tree(Value::Null),
                 true => Body::Record {
                     bytes: Arc::from(bytes),
                     doc: doc.clone(),
                     tree: std::sync::OnceLock::new(),
-                    memo: Memo::default(),
+                    memo,
                 },
             };
             Ok(Arc::new(env.into_event(body)))
@@ -777,41 +794,44 @@ impl EventSchema {
         if !payload.is_object() {
             return Err(InvalidEvent::NotObject);
         }
-        let env = self.envelope(|p| p.get(&payload).map(Scalar::of_value))?;
+        let field = |p: &FieldPath| p.get(&payload).map(Scalar::of_value);
+        let env = self.envelope([
+            field(&self.kind),
+            field(&self.customer),
+            field(&self.time),
+            self.id.as_ref().and_then(field),
+        ])?;
         Ok(env.into_event(Body::Tree(payload)))
     }
 
-    /// Type, customer, time and id through `field`: a lookup on the parsed
-    /// payload, or on the record in place (`decode_lazy`). One place for
-    /// the checks and their errors, whichever way the event was read.
-    fn envelope<'v>(
+    /// Type, customer, time and id from the values found at their paths
+    /// (in the parsed payload, or in the record in place: `decode_lazy`).
+    /// One place for the checks and their errors, whichever way the event
+    /// was read. The values are found by the caller, inline: a closure
+    /// called here for each was a call of a hundred instructions each.
+    fn envelope(
         &self,
-        field: impl Fn(&FieldPath) -> Option<Scalar<'v>>,
+        [kind, customer, time, id]: [Option<Scalar<'_>>; 4],
     ) -> Result<Envelope, InvalidEvent> {
         let missing = |path: &FieldPath, role| InvalidEvent::MissingField {
             field: path.to_string(),
             role,
         };
-        let kind = match field(&self.kind) {
+        let kind = match kind {
             Some(Scalar::Str(s)) if !s.is_empty() => s.into_owned(),
             _ => return Err(missing(&self.kind, "type")),
         };
-        let customer = field(&self.customer)
+        let customer = customer
             .and_then(Scalar::into_text)
             .ok_or_else(|| missing(&self.customer, "customer"))?
             .into_owned();
-        let time = match field(&self.time) {
+        let time = match time {
             None | Some(Scalar::Null) => return Err(missing(&self.time, "time")),
             Some(f) => f.time().ok_or_else(|| InvalidEvent::BadTime {
                 field: self.time.to_string(),
             })?,
         };
-        let id = self
-            .id
-            .as_ref()
-            .and_then(&field)
-            .and_then(Scalar::into_text)
-            .map(Cow::into_owned);
+        let id = id.and_then(Scalar::into_text).map(Cow::into_owned);
         Ok(Envelope {
             kind,
             customer,
@@ -821,18 +841,36 @@ impl EventSchema {
     }
 }
 
-/// The field at `path` of a record in place, for the envelope. An array on
-/// the way is parsed and walked; a container found there is reported as
-/// [`Scalar::Array`] (the envelope only asks whether a value is a scalar).
+/// The field at `path` of a record in place, for the envelope, where the
+/// scan `found` it; remembered in `memo`. An array on the way is parsed
+/// and walked; a container found there is reported as [`Scalar::Array`]
+/// (the envelope only asks whether a value is a scalar).
 ///
 /// Inline where the envelope asks (four times per event); an array on the
 /// way, which parses JSON, is [`doc_field_below`], apart, so that its
 /// registers are saved and restored only when it runs.
 #[inline(always)]
-fn doc_field<'a>(d: scan::DocRef<'a>, path: &FieldPath) -> Option<Scalar<'a>> {
-    match d.lookup(path) {
-        scan::Found::At(i) => Some(Scalar::of_doc(d, i)),
-        scan::Found::Missing => None,
+fn doc_field<'a>(
+    d: scan::DocRef<'a>,
+    memo: &Memo,
+    found: scan::Found,
+    path: &FieldPath,
+) -> Option<Scalar<'a>> {
+    // The memo never holds the root (see `Event::field`).
+    let remember = !path.segments().is_empty();
+    match found {
+        scan::Found::At(i) => {
+            if remember {
+                memo.put(path.id, Some(i));
+            }
+            Some(Scalar::of_doc(d, i))
+        }
+        scan::Found::Missing => {
+            if remember {
+                memo.put(path.id, None);
+            }
+            None
+        }
         scan::Found::Below(i, rest) => doc_field_below(d, path, i, rest),
     }
 }

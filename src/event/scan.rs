@@ -63,6 +63,36 @@ pub(crate) fn key_word(key: &[u8]) -> u64 {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Doc {
     nodes: Vec<Node>,
+    /// For each [`Watch`] key, the last top-level member whose key has its
+    /// first word and length (`u32::MAX`: none).
+    watched: [u32; WATCHED],
+}
+
+/// How many top-level keys one scan can watch for: an event's envelope
+/// (type, customer, time, id).
+pub(crate) const WATCHED: usize = 4;
+
+/// Top-level keys a scan notes as it passes them, by first word and
+/// length: the first segments of the envelope's paths, which every event
+/// is asked for. Noting them costs a few compares per top-level member;
+/// looking each up afterwards walked the whole top level (the last of a
+/// repeated key counts), some 160 instructions a path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watch([(u64, u32); WATCHED]);
+
+impl Watch {
+    /// Watches for nothing.
+    pub(crate) const NONE: Watch = Watch([(0, u32::MAX); WATCHED]);
+
+    /// Watches for the first segment of each path (none for `None` or the
+    /// empty path).
+    #[inline]
+    pub(crate) fn of(paths: [Option<&super::FieldPath>; WATCHED]) -> Watch {
+        Watch(paths.map(|p| match p {
+            Some(p) if !p.segments().is_empty() => (p.words[0], p.segments()[0].len() as u32),
+            _ => (0, u32::MAX),
+        }))
+    }
 }
 
 impl Doc {
@@ -71,6 +101,39 @@ impl Doc {
         DocRef {
             b: bytes,
             nodes: &self.nodes,
+        }
+    }
+
+    /// Where `path` leads in `d` (this doc on its record), when the scan
+    /// watched for its first segment as key `j` of its [`Watch`]: as
+    /// [`DocRef::lookup`] finds it, without walking the top level. A path
+    /// of one segment (every envelope path by default) is answered here,
+    /// inline; others in [`Doc::watched_rest`].
+    #[inline(always)]
+    pub(crate) fn watched(&self, d: DocRef<'_>, j: usize, path: &super::FieldPath) -> Found {
+        match (path.segments(), self.watched[j]) {
+            ([_], u32::MAX) => Found::Missing,
+            // Up to eight bytes, the word and the length are the key; a
+            // longer one is compared whole. The last member with this word
+            // and length was noted: when it is another key, the walk decides.
+            ([first], at) if first.len() <= 8 || super::same_text(d.key(at as usize), first) => {
+                Found::At(at as usize)
+            }
+            _ => self.watched_rest(d, j, path),
+        }
+    }
+
+    /// [`Doc::watched`] of a path of several segments (or none), or of a
+    /// long key another one shares its first word and length with.
+    #[inline(never)]
+    fn watched_rest(&self, d: DocRef<'_>, j: usize, path: &super::FieldPath) -> Found {
+        let Some(first) = path.segments().first() else {
+            return d.lookup(path);
+        };
+        match self.watched[j] {
+            u32::MAX => Found::Missing,
+            at if super::same_text(d.key(at as usize), first) => d.lookup_below(at as usize, path),
+            _ => d.lookup(path),
         }
     }
 }
@@ -103,7 +166,7 @@ impl<'a> DocRef<'a> {
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
-    #[cfg(test)]
+    /// The key of node `i`.
     pub(crate) fn key(&self, i: usize) -> &'a str {
         let n = &self.nodes[i];
         self.text(n.key, n.key + n.key_len)
@@ -206,12 +269,30 @@ impl<'a> DocRef<'a> {
         }
         at.map_or(Found::Missing, Found::At)
     }
+
+    /// Follows `path` below node `first`, the member its first segment
+    /// names.
+    fn lookup_below(&self, first: usize, path: &super::FieldPath) -> Found {
+        let mut at = first;
+        let segments = path.segments();
+        for (k, (seg, &word)) in segments.iter().zip(path.words.iter()).enumerate().skip(1) {
+            let Some(level) = self.children(at) else {
+                return Found::Below(at, segments.len() - k);
+            };
+            match self.find(level, seg, word) {
+                Some(i) => at = i,
+                None => return Found::Missing,
+            }
+        }
+        Found::At(at)
+    }
 }
 
 /// Reads `bytes` into `into` when it is one JSON object (surrounding white
 /// space allowed) whose keys outside arrays have no escapes, and no longer
-/// than 4 GiB; `None` otherwise.
-pub(crate) fn object(bytes: &[u8], into: &mut Doc) -> Option<()> {
+/// than 4 GiB; `None` otherwise. Top-level members with `watch`'s keys are
+/// noted on the way ([`Doc::watched`]).
+pub(crate) fn object(bytes: &[u8], into: &mut Doc, watch: Watch) -> Option<()> {
     into.nodes.clear();
     u32::try_from(bytes.len()).ok()?;
     let mut s = Scanner {
@@ -221,11 +302,14 @@ pub(crate) fn object(bytes: &[u8], into: &mut Doc) -> Option<()> {
         record: true,
         arrays: 0,
         plain: false,
+        watch,
+        watched: [u32::MAX; WATCHED],
     };
     s.ws();
     let read = s.members(&mut |_, _| Some(()));
     s.ws();
     into.nodes = std::mem::take(&mut s.nodes);
+    into.watched = s.watched;
     read.filter(|()| s.i == s.b.len())
 }
 
@@ -243,6 +327,8 @@ fn members_of<'a>(
         record: false,
         arrays: 0,
         plain: false,
+        watch: Watch::NONE,
+        watched: [u32::MAX; WATCHED],
     };
     s.ws();
     s.members(&mut each)?;
@@ -433,6 +519,9 @@ struct Scanner<'a> {
     arrays: u32,
     /// Whether the value just scanned is a string without escapes.
     plain: bool,
+    /// Top-level keys to note, and the last member noted for each.
+    watch: Watch,
+    watched: [u32; WATCHED],
 }
 
 impl<'a> Scanner<'a> {
@@ -481,6 +570,9 @@ impl<'a> Scanner<'a> {
             self.ws();
             let at = self.i;
             let node = self.open(start, end);
+            if let Some(n) = node {
+                self.note(n);
+            }
             self.value(1)?;
             self.close(node);
             each(key, self.text(at, self.i))?;
@@ -512,6 +604,17 @@ impl<'a> Scanner<'a> {
             });
             self.nodes.len() - 1
         })
+    }
+
+    /// Notes top-level member `n` against the watched keys.
+    #[inline(always)]
+    fn note(&mut self, n: usize) {
+        let m = &self.nodes[n];
+        for (j, &key) in self.watch.0.iter().enumerate() {
+            if key == (m.word, m.key_len) {
+                self.watched[j] = n as u32;
+            }
+        }
     }
 
     /// Ends the member `open` recorded, its value just scanned.
@@ -724,7 +827,7 @@ mod tests {
 
     fn read(bytes: &[u8]) -> Option<Doc> {
         let mut d = Doc::default();
-        object(bytes, &mut d).map(|()| d)
+        object(bytes, &mut d, Watch::NONE).map(|()| d)
     }
 
     /// What serde_json makes of a record: its members as (key, value).
@@ -873,7 +976,78 @@ mod tests {
         })
     }
 
+    #[test]
+    fn watched_keys_lead_where_the_walk_does() {
+        let path = |p: &str| super::super::FieldPath::parse(p).unwrap();
+        let paths = [
+            path("customer_id"),
+            path("type"),
+            path("c.id"),
+            path("nowhere"),
+        ];
+        let watch = Watch::of([Some(&paths[0]), Some(&paths[1]), Some(&paths[2]), None]);
+        // A longer key sharing the first word and length, before and after
+        // the watched one; a repeated key; a nested path.
+        for rec in [
+            &br#"{"customer_id":"a","customer_ix":"b","type":"t","type":"u","c":{"id":1}}"#[..],
+            br#"{"customer_ix":"b","customer_id":"a","c":[1],"c":{"id":2,"id":3}}"#,
+            br#"{"customer_ix":"b","c":"x"}"#,
+            br#"{}"#,
+        ] {
+            let mut doc = Doc::default();
+            object(rec, &mut doc, watch).unwrap();
+            let d = doc.on(rec);
+            for (j, p) in paths.iter().enumerate().take(3) {
+                let raw = |f: Found| match f {
+                    Found::At(i) => format!("at {}", d.raw(i)),
+                    Found::Missing => "missing".into(),
+                    Found::Below(i, rest) => format!("below {} {rest}", d.raw(i)),
+                };
+                assert_eq!(
+                    raw(doc.watched(d, j, p)),
+                    raw(d.lookup(p)),
+                    "{p} in {}",
+                    String::from_utf8_lossy(rec)
+                );
+            }
+            assert!(matches!(doc.watched(d, 3, &paths[3]), Found::Missing));
+        }
+    }
+
     proptest! {
+        /// A watched path leads where the walk of the top level does, with
+        /// keys repeated and keys sharing their first eight bytes.
+        #[test]
+        fn watched_paths_agree_with_the_walk(
+            members in prop::collection::vec(
+                ("(customer_i[dx]|ty|a)", json_value()), 0..8),
+            nested in "(customer_i[dx]|ty|a)",
+        ) {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), v))
+                .collect();
+            let rec = format!("{{{}}}", body.join(","));
+            let paths = [
+                super::super::FieldPath::parse("customer_id").unwrap(),
+                super::super::FieldPath::parse("ty").unwrap(),
+                super::super::FieldPath::parse(&format!("a.{nested}")).unwrap(),
+                super::super::FieldPath::parse("customer_ix").unwrap(),
+            ];
+            let watch = Watch::of([Some(&paths[0]), Some(&paths[1]), Some(&paths[2]), Some(&paths[3])]);
+            let mut doc = Doc::default();
+            prop_assume!(object(rec.as_bytes(), &mut doc, watch).is_some());
+            let d = doc.on(rec.as_bytes());
+            for (j, p) in paths.iter().enumerate() {
+                let key = |f: Found| match f {
+                    Found::At(i) => (0, i, 0),
+                    Found::Missing => (1, 0, 0),
+                    Found::Below(i, rest) => (2, i, rest),
+                };
+                prop_assert_eq!(key(doc.watched(d, j, p)), key(d.lookup(p)), "{} in {}", p, rec);
+            }
+        }
+
         /// The word-at-a-time run agrees with the byte table.
         #[test]
         fn plain_run_agrees_with_the_table(bytes in prop::collection::vec(
