@@ -551,22 +551,39 @@ impl<'a> Scanner<'a> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
+    /// The next byte after any white space (not stepped past). A compact
+    /// record has none to skip, which the first compare settles: a
+    /// [`Scanner::ws`] and then a [`Scanner::peek`] read the byte twice.
+    #[inline(always)]
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        if c > b' ' {
+            return Some(c);
+        }
+        self.ws();
+        self.peek()
+    }
+
+    /// Steps past `c` after any white space.
+    #[inline(always)]
+    fn eat_next(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then(|| self.i += 1)
+    }
+
     /// The outer object, handing each member to `each`.
     fn members(&mut self, each: &mut impl FnMut(&'a str, &'a str) -> Option<()>) -> Option<()> {
         self.eat(b'{')?;
-        self.ws();
-        if self.eat(b'}').is_some() {
+        if self.eat_next(b'}').is_some() {
             return Some(());
         }
         loop {
-            self.ws();
-            let (start, end, escaped) = self.string()?;
+            self.eat_next(b'"')?;
+            let (start, end, escaped) = self.string_body()?;
             if escaped {
                 return None;
             }
             let key = self.text(start, end);
-            self.ws();
-            self.eat(b':')?;
+            self.eat_next(b':')?;
             self.ws();
             let at = self.i;
             let node = self.open(start, end);
@@ -576,8 +593,7 @@ impl<'a> Scanner<'a> {
             self.value(1)?;
             self.close(node);
             each(key, self.text(at, self.i))?;
-            self.ws();
-            match self.peek()? {
+            match self.next()? {
                 b',' => self.i += 1,
                 b'}' => {
                     self.i += 1;
@@ -666,30 +682,29 @@ impl<'a> Scanner<'a> {
             return None;
         }
         self.i += 1;
-        self.ws();
-        if self.eat(close).is_some() {
+        if self.eat_next(close).is_some() {
             return Some(());
         }
         if !keyed {
             self.arrays += 1;
         }
         loop {
-            self.ws();
             let mut node = None;
             if keyed {
-                let (start, end, escaped) = self.string()?;
+                self.eat_next(b'"')?;
+                let (start, end, escaped) = self.string_body()?;
                 if escaped && self.record && self.arrays == 0 {
                     return None;
                 }
-                self.ws();
-                self.eat(b':')?;
+                self.eat_next(b':')?;
                 self.ws();
                 node = self.open(start, end);
+            } else {
+                self.ws();
             }
             self.value(depth + 1)?;
             self.close(node);
-            self.ws();
-            match self.peek()? {
+            match self.next()? {
                 b',' => self.i += 1,
                 c if c == close => {
                     self.i += 1;
@@ -712,6 +727,12 @@ impl<'a> Scanner<'a> {
     #[inline(always)]
     fn string(&mut self) -> Option<(usize, usize, bool)> {
         self.eat(b'"')?;
+        self.string_body()
+    }
+
+    /// [`Scanner::string`] after its opening quote.
+    #[inline(always)]
+    fn string_body(&mut self) -> Option<(usize, usize, bool)> {
         let start = self.i;
         // Most strings (every key, most values) are plain characters up to
         // the closing quote: one run, one check.
