@@ -928,7 +928,7 @@ fn feed(
                 continue;
             }
         };
-        let p = partition_of(&event.customer);
+        let p = partition_of(event.customer());
         engine.on_event(p, &event, Clock::Virtual, out);
         if i % 1024 == 1023 {
             tally.drain(out);
@@ -1156,7 +1156,7 @@ fn run_durable(
     let start = Instant::now();
     for (i, bytes) in stream.iter().take(n).enumerate() {
         if let Ok(event) = schema.decode_lazy(bytes, &|kind| engine.reads(kind)) {
-            let p = partition_of(&event.customer);
+            let p = partition_of(event.customer());
             engine.on_event(p, &event, Clock::Virtual, &mut out);
             let t = Instant::now();
             for d in out.decisions.drain(..) {
@@ -1375,7 +1375,7 @@ fn measure_memory(shipped: &RuleSet, episodes: usize) -> MemoryResult {
             }
         };
         engine.on_event(
-            partition_of(&event.customer),
+            partition_of(event.customer()),
             &event,
             Clock::Virtual,
             &mut out,
@@ -1384,13 +1384,13 @@ fn measure_memory(shipped: &RuleSet, episodes: usize) -> MemoryResult {
             let b = project::encode_trigger(&event, retained.as_ref());
             if i == 0 {
                 // MessagePack on the inside; shown decoded.
-                sample_trigger = project::decode_trigger(&b, &event.kind, event.time)
+                sample_trigger = project::decode_trigger(&b, event.kind(), event.time)
                     .map(|t| {
                         format!(
                             "{} bytes: [{:?}, {:?}, {}]",
                             b.len(),
-                            t.customer,
-                            t.id,
+                            t.customer(),
+                            t.id(),
                             t.payload()
                         )
                     })

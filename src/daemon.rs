@@ -920,9 +920,7 @@ impl Pipeline {
             let rule = &firing.rule;
             m.rule_firings.with_label_values(&[&rule.id]).inc();
             let channel = rule.notify.channel.as_str();
-            let customer = self
-                .log_customer_ids
-                .then_some(firing.event.customer.as_str());
+            let customer = self.log_customer_ids.then_some(firing.event.customer());
             let needs_address = !self.addressless.contains(channel);
             let profile = self.profile(decision);
             let cx = Decide {
@@ -1085,7 +1083,7 @@ impl Pipeline {
         if decision.outcome != crate::engine::Outcome::Fire {
             return None;
         }
-        match crate::state::customers::profile(&self.store, &decision.firing.event.customer) {
+        match crate::state::customers::profile(&self.store, decision.firing.event.customer()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error_code = "profile_read_failed", stage = "decide", error = %e, "could not read the customer's profile; deciding from the event's fields");

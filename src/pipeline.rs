@@ -86,7 +86,7 @@ pub fn prepare(
     let firing = &decision.firing;
     let rule = &firing.rule;
     let view = CustomerView {
-        id: &firing.event.customer,
+        id: firing.event.customer(),
         profile,
         event: firing.event.payload(),
     };
@@ -113,7 +113,7 @@ pub fn prepare(
     if rule.mode == Mode::Shadow {
         return Prepared::Shadow(n);
     }
-    if policy::in_holdout(rule, &firing.event.customer) {
+    if policy::in_holdout(rule, firing.event.customer()) {
         return Prepared::Skip {
             outcome: "holdout",
             detail: Some(format!(
@@ -176,7 +176,7 @@ pub fn record(decision: &Decision, prepared: &Prepared, now: Millis) -> Decision
         Prepared::Shadow(_) => (None, None),
     };
     DecisionRecord {
-        customer: f.event.customer.clone(),
+        customer: f.event.customer().to_owned(),
         at: now,
         rule: f.rule.id.clone(),
         outcome: prepared.decided().to_string(),

@@ -107,12 +107,12 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
             error: e.to_string(),
         })?;
     let profile = opts.profile.as_deref().map(read_profile).transpose()?;
-    if event.kind != rule.trigger.event {
+    if event.kind() != rule.trigger.event {
         return Err(RenderError::NoFiring {
             rule: rule.id.clone(),
             why: format!(
                 "its trigger is a {:?} event, and this event's type is {:?}; use a sample {:?} event",
-                rule.trigger.event, event.kind, rule.trigger.event
+                rule.trigger.event, event.kind(), rule.trigger.event
             ),
         });
     }
@@ -130,12 +130,8 @@ pub fn render(opts: &RenderOptions) -> Result<Vec<Preview>, RenderError> {
     let mut out = Output::default();
     for n in 0..repeats {
         // Distinct ids: the engine counts a redelivered event (same id) once.
-        let event = match (&event.id, n) {
-            (Some(id), 1..) => {
-                let mut copy = (*event).clone();
-                copy.id = Some(format!("{id}#{n}"));
-                Arc::new(copy)
-            }
+        let event = match (event.id(), n) {
+            (Some(id), 1..) => Arc::new(event.with_id(Some(&format!("{id}#{n}")))),
             _ => Arc::clone(&event),
         };
         engine.on_event(0, &event, Clock::Virtual, &mut out);

@@ -300,7 +300,7 @@ async fn record(
             .or_default() += 1;
         report.decisions.push(ReplayDecision {
             rule: f.rule.id.clone(),
-            customer: f.event.customer.clone(),
+            customer: f.event.customer().to_owned(),
             notification_id: f.notification_id.clone(),
             outcome,
             fired_at: f.fired_at,

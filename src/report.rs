@@ -314,7 +314,7 @@ pub fn measure(
 ) -> Result<Report, ReportError> {
     let mut m = Measure::new(rule, records, outcome_event, within)?;
     for e in events {
-        m.observe(&e.kind, &e.customer, e.time);
+        m.observe(e.kind(), e.customer(), e.time);
     }
     Ok(m.finish(None))
 }
@@ -847,7 +847,7 @@ pub fn read_file(path: &Path, schema: &EventSchema, m: &mut Measure) -> Result<(
             continue;
         }
         match schema.decode_lazy(&line, &|_| false) {
-            Ok(e) => m.observe(&e.kind, &e.customer, e.time),
+            Ok(e) => m.observe(e.kind(), e.customer(), e.time),
             Err(e) => m.invalid(format!("line {n}: {e}")),
         }
     }
@@ -988,7 +988,7 @@ pub fn read_kafka(
                     };
                     match msg.payload() {
                         Some(bytes) => match schema.decode_lazy(bytes, &|_| false) {
-                            Ok(e) => m.observe(&e.kind, &e.customer, e.time),
+                            Ok(e) => m.observe(e.kind(), e.customer(), e.time),
                             Err(e) => m.invalid(format!("{}: {e}", at())),
                         },
                         None => m.invalid(format!("{}: the record has no value", at())),
@@ -1057,13 +1057,7 @@ mod tests {
     /// Through [`measure`], the pure entry point: records and events in.
     fn report(records: &[DecisionRecord], events: &[(&str, &str, Millis)]) -> Report {
         let events = events.iter().map(|(kind, customer, time)| {
-            crate::event::Event::new(
-                kind.to_string(),
-                customer.to_string(),
-                *time,
-                None,
-                serde_json::Value::Null,
-            )
+            crate::event::Event::new(kind, customer, *time, None, serde_json::Value::Null)
         });
         measure(
             "checkout-dropoff",

@@ -537,7 +537,7 @@ impl Suite<'_> {
         for d in &out.decisions {
             let f = &d.firing;
             let needs_address = !self.addressless_channels.contains(&f.rule.notify.channel);
-            let profile = test.profiles.get(&f.event.customer);
+            let profile = test.profiles.get(f.event.customer());
             let prepared = state.prepare(d, &cx, needs_address, profile, f.fired_at);
             let record = crate::pipeline::record(d, &prepared, f.fired_at);
             let reason = record
@@ -550,7 +550,7 @@ impl Suite<'_> {
             };
             got.push(Got {
                 rule: f.rule.id.clone(),
-                customer: f.event.customer.clone(),
+                customer: f.event.customer().to_owned(),
                 outcome: prepared.outcome(),
                 at: f.fired_at,
                 reason,

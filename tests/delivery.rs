@@ -868,8 +868,8 @@ fn firing(loaded: &forewarn::rules::load::Loaded, id: &str, name: &str, note: &s
     Firing {
         rule: Arc::clone(&loaded.rules.rules[0]),
         event: Arc::new(Event::new(
-            "order_note".into(),
-            "c-9".into(),
+            "order_note",
+            "c-9",
             1_795_518_900_000,
             None,
             payload,

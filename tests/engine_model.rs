@@ -448,14 +448,14 @@ fn run_engine(stream: &Stream, split: &Split) -> Result<Run, TestCaseError> {
                     wm.is_some_and(|wm| wm > deadline),
                     "{} fired for {} at deadline {} with the watermark at {:?}",
                     f.rule.id,
-                    f.event.customer,
+                    f.event.customer(),
                     deadline,
                     wm
                 ),
                 // Match and threshold rules fire on the event itself.
                 None => {
                     prop_assert_eq!(f.fired_at, e.time);
-                    prop_assert_eq!(&f.event.customer, &customer_name(e.customer));
+                    prop_assert_eq!(&f.event.customer(), &customer_name(e.customer));
                     prop_assert_eq!(f.partition, p as PartitionId);
                 }
             }
@@ -475,7 +475,7 @@ fn run_engine(stream: &Stream, split: &Split) -> Result<Run, TestCaseError> {
                 .is_some_and(|deadline| wm.is_none_or(|wm| deadline >= wm)),
             "{} for {} (deadline {:?}) was held back until the flush, watermark {:?}",
             f.rule.id,
-            f.event.customer,
+            f.event.customer(),
             f.deadline,
             wm
         );
@@ -489,10 +489,10 @@ fn run_engine(stream: &Stream, split: &Split) -> Result<Run, TestCaseError> {
             Outcome::Fire,
             "{} for {}",
             f.rule.id,
-            f.event.customer
+            f.event.customer()
         );
         // Every firing comes from the customer's own partition.
-        let c: u8 = f.event.customer[1..].parse().unwrap();
+        let c: u8 = f.event.customer()[1..].parse().unwrap();
         prop_assert_eq!(f.partition, split.of_customer[c as usize] as PartitionId);
         if let Some(deadline) = f.deadline {
             prop_assert_eq!(deadline, f.fired_at);
@@ -508,7 +508,7 @@ fn fired_of(decisions: &[Decision]) -> Vec<Fired> {
         .map(|d| {
             (
                 d.firing.rule.id.clone(),
-                d.firing.event.customer.clone(),
+                d.firing.event.customer().to_owned(),
                 d.firing.episode_start,
                 d.firing.fired_at,
             )

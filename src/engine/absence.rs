@@ -216,7 +216,7 @@ struct Episode {
 
 /// The customer a stored trigger belongs to.
 fn trigger_customer(trigger: &[u8]) -> Option<String> {
-    decode_trigger(trigger, "", 0).map(|e| e.customer)
+    decode_trigger(trigger, "", 0).map(|e| e.customer().to_owned())
 }
 
 impl Episodes {
@@ -479,7 +479,7 @@ pub(super) fn closer_probe(
     let mut closes_every_episode = false;
     if !cx.closer_reads_trigger[idx as usize] {
         let mut failed = false;
-        let holds = closing_conditions(a, &event.kind)
+        let holds = closing_conditions(a, event.kind())
             .enumerate()
             .any(|(i, c)| {
                 let slot = slots.get(i).copied().unwrap_or(super::NOT_SHARED);
@@ -533,7 +533,7 @@ pub(super) fn on_closer(
     if chain.is_empty() && !guarded {
         return;
     }
-    let conditions = closing_conditions(a, &event.kind);
+    let conditions = closing_conditions(a, event.kind());
     // `trigger` is only decoded for conditions that name it.
     let needs_trigger = cx.closer_reads_trigger[idx as usize];
     // Conditions that name `trigger` run in CEL with the stored trigger

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::persist::{Dec, Enc, Journal, Row, StateTable, Write};
-use super::{key_hash, Clock, EngineConfig, Firing, KeyMap, Outcome, PartitionId};
+use super::{key_hash, key_hash_parts, Clock, EngineConfig, Firing, KeyMap, Outcome, PartitionId};
 use crate::event::Millis;
 use crate::rules::{OncePerField, Rule, RuleKind};
 
@@ -127,10 +127,10 @@ pub(crate) fn decide(
     }
     let cool = rule.cooldown.map(|c| {
         (
-            key_hash(
+            key_hash_parts(
                 "cooldown",
                 &rule.id,
-                std::slice::from_ref(&firing.event.customer),
+                std::iter::once(firing.event.customer()),
             ),
             c,
         )

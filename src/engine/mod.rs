@@ -824,7 +824,7 @@ impl Engine {
             bindings,
             trigger_slots,
             closer_slots,
-        }) = self.types.get(&event.kind)
+        }) = self.types.get(event.kind())
         {
             let scope = LazyScope {
                 base: &self.cel,
@@ -1283,7 +1283,7 @@ fn event_key_hash(buf: &std::cell::RefCell<KeyBuf>, rule: &Rule, event: &Event) 
     buf.rewind();
     for k in &rule.key {
         match k {
-            KeyField::Customer => buf.put(&event.customer),
+            KeyField::Customer => buf.put(event.customer()),
             // Strings borrowed; numbers and booleans printed as
             // `FieldPath::get_text` prints them.
             KeyField::Path(p) => buf.put(&event.text(p)?),
@@ -1296,8 +1296,8 @@ fn event_key_hash(buf: &std::cell::RefCell<KeyBuf>, rule: &Rule, event: &Event) 
 /// provides one, else a hash of its payload (so a redelivery maps to the
 /// same id). serde_json's map is ordered, so equal payloads hash equally.
 fn event_identity(event: &Event) -> String {
-    match &event.id {
-        Some(id) => id.clone(),
+    match event.id() {
+        Some(id) => id.to_owned(),
         None => {
             // Hashed over the whole payload.
             let bytes = serde_json::to_vec(event.payload()).unwrap_or_default();

@@ -86,7 +86,7 @@ fn summarize(out: Output) -> Vec<(String, String, Outcome, Millis)> {
         .map(|d| {
             (
                 d.firing.rule.id.clone(),
-                d.firing.event.customer.clone(),
+                d.firing.event.customer().to_owned(),
                 d.outcome,
                 d.firing.fired_at,
             )
@@ -178,7 +178,7 @@ fn send_time_guard_reports_a_closer_that_comes_after_the_firing() {
     let id = |c: &str| {
         out.decisions
             .iter()
-            .find(|d| d.firing.event.customer == c)
+            .find(|d| d.firing.event.customer() == c)
             .unwrap()
             .firing
             .notification_id
@@ -755,7 +755,7 @@ fn stored_triggers_keep_only_what_the_rule_uses() {
         json!({"cart": {"total": 42.0}, "customer": {"email": "a@example.com"}}),
         "the template reads trigger.cart.total; the address path is always kept"
     );
-    assert_eq!(trigger.customer, "c1");
+    assert_eq!(trigger.customer(), "c1");
     assert_eq!(trigger.time, 0);
 }
 
@@ -808,7 +808,7 @@ notify = { channel = "email", template = "t" }
             let f = &d.firing;
             (
                 f.rule.id.clone(),
-                f.event.customer.clone(),
+                f.event.customer().to_owned(),
                 f.event.payload().clone(),
             )
         })

@@ -120,7 +120,7 @@ const NO_ID: u64 = 0;
 
 /// An event's id, hashed: a redelivered event (same id) is recognised.
 fn id_hash(event: &Event) -> u64 {
-    match &event.id {
+    match event.id() {
         Some(id) => xxhash_rust::xxh3::xxh3_64(id.as_bytes()).max(1),
         None => NO_ID,
     }

@@ -166,6 +166,11 @@ impl<'a> DocRef<'a> {
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
+    /// The whole record (which the scan accepted: it is UTF-8).
+    pub(crate) fn whole(&self) -> &'a str {
+        self.text(0, self.b.len() as u32)
+    }
+
     /// The key of node `i`.
     pub(crate) fn key(&self, i: usize) -> &'a str {
         let n = &self.nodes[i];

@@ -119,7 +119,10 @@ pub fn template_context(firing: &Firing, email: Option<&str>, profile: Option<&V
     if let Some(Value::Object(obj)) = profile {
         customer.extend(obj.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
-    customer.insert("id".into(), Value::String(firing.event.customer.clone()));
+    customer.insert(
+        "id".into(),
+        Value::String(firing.event.customer().to_owned()),
+    );
     if let Some(e) = email {
         customer.insert("email".into(), Value::String(e.to_string()));
     }
@@ -173,7 +176,7 @@ pub fn compose(
     needs_address: bool,
 ) -> Result<Notification, ComposeError> {
     let view = crate::policy::CustomerView {
-        id: &firing.event.customer,
+        id: firing.event.customer(),
         profile: to.profile,
         event: firing.event.payload(),
     };
@@ -194,7 +197,7 @@ pub fn compose(
         rule_id: firing.rule.id.clone(),
         channel: firing.rule.notify.channel.clone(),
         class: firing.rule.class,
-        customer: firing.event.customer.clone(),
+        customer: firing.event.customer().to_owned(),
         recipient: address.map(str::to_string),
         message,
         episode: EpisodeInfo {

@@ -96,7 +96,7 @@ pub enum KeyField {
 impl KeyField {
     pub fn value(&self, event: &Event) -> Option<String> {
         match self {
-            KeyField::Customer => Some(event.customer.clone()),
+            KeyField::Customer => Some(event.customer().to_owned()),
             KeyField::Path(p) => event.text(p).map(std::borrow::Cow::into_owned),
         }
     }

@@ -418,7 +418,7 @@ mod tests {
             // serde_json reads from the same text (floats as read back).
             let bytes = serde_json::to_vec(&ev).unwrap();
             let ev: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            let rec = crate::event::Event::in_place("t".into(), "c".into(), 0, None, &bytes).unwrap();
+            let rec = crate::event::Event::in_place("t", "c", 0, None, &bytes).unwrap();
             let base = base_context();
             let mut scope = base.new_inner_scope();
             scope.add_variable_from_value("event", to_cel(&ev));
