@@ -283,6 +283,17 @@ impl Memo {
             .then(|| (v as u32).checked_sub(1).map(|i| i as usize))
     }
 
+    /// Notes where a look-up of path `id` led (nothing for a value on
+    /// the way that is not an object).
+    #[inline(always)]
+    fn note(&self, id: u32, found: scan::Found) {
+        match found {
+            scan::Found::At(i) => self.put(id, Some(i)),
+            scan::Found::Missing => self.put(id, None),
+            scan::Found::Below(..) => {}
+        }
+    }
+
     fn put(&self, id: u32, at: Option<usize>) {
         if id != u32::MAX {
             let node = at.map_or(0, |i| i as u64 + 1);
@@ -315,7 +326,7 @@ impl Event {
     ) -> Event {
         Event {
             time,
-            text: Text::of("", [kind, customer, id.unwrap_or("")], id.is_some()),
+            text: Text::of("", [kind, customer], id),
             body: Body::Tree(payload),
         }
     }
@@ -344,11 +355,7 @@ impl Event {
         let (kind, customer) = (self.kind(), self.customer());
         Event {
             time: self.time,
-            text: Text::of(
-                self.text.record(),
-                [kind, customer, id.unwrap_or("")],
-                id.is_some(),
-            ),
+            text: Text::of(self.text.record(), [kind, customer], id),
             body: self.body.clone(),
         }
     }
@@ -372,11 +379,7 @@ impl Event {
     ) -> Option<Event> {
         let mut doc = scan::Doc::default();
         scan::object(bytes, &mut doc, scan::Watch::NONE)?;
-        let text = Text::of(
-            doc.on(bytes).whole(),
-            [kind, customer, id.unwrap_or("")],
-            id.is_some(),
-        );
+        let text = Text::of(doc.on(bytes).whole(), [kind, customer], id);
         Some(Event {
             time,
             text,
@@ -500,11 +503,7 @@ fn locate(d: scan::DocRef<'_>, memo: &Memo, path: &FieldPath) -> scan::Found {
 /// remembered there.
 fn look_up(d: scan::DocRef<'_>, memo: &Memo, path: &FieldPath) -> scan::Found {
     let found = d.lookup(path);
-    match found {
-        scan::Found::At(i) => memo.put(path.id, Some(i)),
-        scan::Found::Missing => memo.put(path.id, None),
-        scan::Found::Below(..) => {}
-    }
+    memo.note(path.id, found);
     found
 }
 
@@ -893,20 +892,12 @@ fn doc_field<'a>(
     path: &FieldPath,
 ) -> Option<Scalar<'a>> {
     // The memo never holds the root (see `Event::field`).
-    let remember = !path.segments().is_empty();
+    if !path.segments().is_empty() {
+        memo.note(path.id, found);
+    }
     match found {
-        scan::Found::At(i) => {
-            if remember {
-                memo.put(path.id, Some(i));
-            }
-            Some(Scalar::of_doc(d, i))
-        }
-        scan::Found::Missing => {
-            if remember {
-                memo.put(path.id, None);
-            }
-            None
-        }
+        scan::Found::At(i) => Some(Scalar::of_doc(d, i)),
+        scan::Found::Missing => None,
         scan::Found::Below(i, rest) => doc_field_below(d, path, i, rest),
     }
 }
@@ -936,12 +927,7 @@ fn doc_field_below<'a>(
 impl Envelope<'_> {
     /// The event's text, with `record` first (see [`Text`]).
     fn text(&self, record: &str) -> Text {
-        let id = self.id.as_deref();
-        Text::of(
-            record,
-            [&self.kind, &self.customer, id.unwrap_or("")],
-            id.is_some(),
-        )
+        Text::of(record, [&self.kind, &self.customer], self.id.as_deref())
     }
 
     fn into_event(self, record: &str, body: Body) -> Event {
@@ -970,7 +956,7 @@ struct Text {
 
 impl Text {
     #[inline]
-    fn of(record: &str, parts: [&str; 3], has_id: bool) -> Text {
+    fn of(record: &str, [kind, customer]: [&str; 2], id: Option<&str>) -> Text {
         // A part borrowed from the record is a range of it: whole
         // characters of valid UTF-8, so its ends are character boundaries.
         // An empty part is anywhere.
@@ -981,7 +967,7 @@ impl Text {
                 false => (at <= record.len() && part.len() <= record.len() - at).then_some(at),
             }
         };
-        let [kind, customer, id] = parts;
+        let (has_id, id) = (id.is_some(), id.unwrap_or(""));
         // Most events: plain strings, all three found in the record.
         if let (Some(k), Some(c), Some(i)) = (inside(kind), inside(customer), inside(id)) {
             return Text {
@@ -995,7 +981,7 @@ impl Text {
                 has_id,
             };
         }
-        Text::copied(record, parts, has_id)
+        Text::copied(record, [kind, customer, id], has_id)
     }
 
     /// [`Text::of`] when a part is not in the record (escaped, a number,

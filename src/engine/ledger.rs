@@ -125,16 +125,9 @@ pub(crate) fn decide(
     if once.is_some_and(|k| ledger.active(k, firing.fired_at)) {
         return Outcome::Duplicate;
     }
-    let cool = rule.cooldown.map(|c| {
-        (
-            key_hash_parts(
-                "cooldown",
-                &rule.id,
-                std::iter::once(firing.event.customer()),
-            ),
-            c,
-        )
-    });
+    let cool = rule
+        .cooldown
+        .map(|c| (cooldown_key(&rule.id, firing.event.customer()), c));
     if cool.is_some_and(|(k, _)| ledger.active(k, firing.fired_at)) {
         return Outcome::Cooldown;
     }
@@ -157,7 +150,7 @@ pub(crate) fn keys_of(rules: &[Arc<Rule>], customer: &str) -> Vec<u128> {
     let mut keys = Vec::new();
     for rule in rules {
         if rule.cooldown.is_some() {
-            keys.push(key_hash("cooldown", &rule.id, &[customer.to_string()]));
+            keys.push(cooldown_key(&rule.id, customer));
         }
         let event_fields = rule
             .once_per
@@ -169,6 +162,12 @@ pub(crate) fn keys_of(rules: &[Arc<Rule>], customer: &str) -> Vec<u128> {
         }
     }
     keys
+}
+
+/// The ledger key of `rule_id`'s cooldown for `customer`: where a firing
+/// records it, and where forgetting the customer finds it.
+fn cooldown_key(rule_id: &str, customer: &str) -> u128 {
+    key_hash_parts("cooldown", rule_id, std::iter::once(customer))
 }
 
 fn once_per_value(field: &OncePerField, firing: &Firing) -> String {
