@@ -224,10 +224,10 @@ fn partition_of(customer: &str) -> i32 {
 }
 
 /// How many customers the stream spreads over: `FOREWARN_BENCH_CUSTOMERS`
-/// (at least 1), else [`CUSTOMERS`]. Fewer customers make the state small
-/// enough for the caches; more make every look-up a miss: the figures at
-/// several counts tell the cost of the state's size from the cost of
-/// the work.
+/// (at least 1), else [`CUSTOMERS`]. Fewer customers make the state
+/// smaller and more make it larger, but they also change the work: with
+/// more events per customer, windows fill and rules fire more often, so
+/// compare the decisions each run prints as well as its rate.
 fn customers() -> u64 {
     static N: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *N.get_or_init(|| {
